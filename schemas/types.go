@@ -1,0 +1,195 @@
+// Package schemas holds the Avro schemas of every record notifyd writes, the Go
+// types they map to, and the codecs (single-object encoding, so a reader can
+// decode what an older writer wrote).
+package schemas
+
+// Recipient is one addressee of a SendRequest, with optional inline contacts.
+type Recipient struct {
+	UserID string `avro:"userId" json:"userId"`
+	Email  string `avro:"email" json:"email,omitempty"`
+	Phone  string `avro:"phone" json:"phone,omitempty"`
+	Locale string `avro:"locale" json:"locale,omitempty"`
+	Upsert bool   `avro:"upsert" json:"upsert,omitempty"`
+}
+
+// SendRequest is what an upstream service asks for: one template, many recipients.
+type SendRequest struct {
+	EventID    string      `avro:"eventId"`
+	Template   string      `avro:"template"`
+	Recipients []Recipient `avro:"recipients"`
+	Data       string      `avro:"data"` // JSON object
+	Priority   string      `avro:"priority"`
+	Category   string      `avro:"category"`
+	Channels   []string    `avro:"channels"`
+	SendAt     int64       `avro:"sendAt"`
+	ExpiresAt  int64       `avro:"expiresAt"`
+	AcceptedAt int64       `avro:"acceptedAt"`
+	Source     string      `avro:"source"`
+}
+
+// Content is a rendered message for one channel.
+type Content struct {
+	Subject  string `avro:"subject" json:"subject,omitempty"`
+	HTML     string `avro:"html" json:"html,omitempty"`
+	Text     string `avro:"text" json:"text,omitempty"`
+	Title    string `avro:"title" json:"title,omitempty"`
+	Body     string `avro:"body" json:"body,omitempty"`
+	Endpoint string `avro:"endpoint" json:"endpoint,omitempty"`
+}
+
+// Notification is one recipient's share of a SendRequest. After routing it also
+// carries the channel, the address and the rendered content.
+type Notification struct {
+	ID         string    `avro:"id"`
+	EventID    string    `avro:"eventId"`
+	UserID     string    `avro:"userId"`
+	Template   string    `avro:"template"`
+	Priority   string    `avro:"priority"`
+	Category   string    `avro:"category"`
+	Channels   []string  `avro:"channels"`
+	Recipient  Recipient `avro:"recipient"`
+	Data       string    `avro:"data"`
+	SendAt     int64     `avro:"sendAt"`
+	ExpiresAt  int64     `avro:"expiresAt"`
+	AcceptedAt int64     `avro:"acceptedAt"`
+	Channel    string    `avro:"channel"`
+	Address    string    `avro:"address"`
+	Locale     string    `avro:"locale"`
+	Content    Content   `avro:"content"`
+	RoutedAt   int64     `avro:"routedAt"`
+}
+
+// Device is a push target of a profile.
+type Device struct {
+	Platform string `avro:"platform" json:"platform"`
+	Token    string `avro:"token" json:"token,omitempty"`
+	Endpoint string `avro:"endpoint" json:"endpoint,omitempty"`
+	P256dh   string `avro:"p256dh" json:"p256dh,omitempty"`
+	Auth     string `avro:"auth" json:"auth,omitempty"`
+}
+
+// Preferences are a user's opt-outs and quiet hours.
+type Preferences struct {
+	UnsubscribedAll bool                       `avro:"unsubscribedAll"`
+	Categories      map[string]map[string]bool `avro:"categories"`
+	QuietStart      string                     `avro:"quietStart"`
+	QuietEnd        string                     `avro:"quietEnd"`
+}
+
+// Profile is what notifyd knows about a user.
+type Profile struct {
+	UserID      string                       `avro:"userId"`
+	Email       string                       `avro:"email"`
+	Phone       string                       `avro:"phone"`
+	Locale      string                       `avro:"locale"`
+	Timezone    string                       `avro:"timezone"`
+	Devices     []Device                     `avro:"devices"`
+	Chat        map[string]map[string]string `avro:"chat"`
+	Preferences Preferences                  `avro:"preferences"`
+	UpdatedAt   int64                        `avro:"updatedAt"`
+}
+
+// ChannelContent is a template's unrendered content for one channel.
+type ChannelContent struct {
+	Subject  string `avro:"subject" json:"subject,omitempty"`
+	HTML     string `avro:"html" json:"html,omitempty"`
+	Text     string `avro:"text" json:"text,omitempty"`
+	Title    string `avro:"title" json:"title,omitempty"`
+	Body     string `avro:"body" json:"body,omitempty"`
+	Endpoint string `avro:"endpoint" json:"endpoint,omitempty"`
+}
+
+// Template is a message template with per-channel and per-locale content.
+type Template struct {
+	ID        string                               `avro:"id"`
+	Category  string                               `avro:"category"`
+	Priority  string                               `avro:"priority"`
+	Channels  map[string]ChannelContent            `avro:"channels"`
+	Locales   map[string]map[string]ChannelContent `avro:"locales"`
+	UpdatedAt int64                                `avro:"updatedAt"`
+}
+
+// StatusEvent is one state change of one notification.
+type StatusEvent struct {
+	ID                string `avro:"id"`
+	NotificationID    string `avro:"notificationId"`
+	EventID           string `avro:"eventId"`
+	UserID            string `avro:"userId"`
+	Template          string `avro:"template"`
+	Channel           string `avro:"channel"`
+	Priority          string `avro:"priority"`
+	Category          string `avro:"category"`
+	Provider          string `avro:"provider"`
+	Status            string `avro:"status"`
+	Reason            string `avro:"reason"`
+	At                int64  `avro:"at"`
+	AcceptedAt        int64  `avro:"acceptedAt"`
+	Attempt           int32  `avro:"attempt"`
+	ProviderMessageID string `avro:"providerMessageId"`
+}
+
+// DedupEntry records when an eventId was first seen.
+type DedupEntry struct {
+	FirstSeen int64 `avro:"firstSeen"`
+}
+
+// RecentContent is the hash of content recently sent to a user.
+type RecentContent struct {
+	Hash string `avro:"hash"`
+	At   int64  `avro:"at"`
+}
+
+// UserState is the deliver group's per-user state.
+type UserState struct {
+	Day       string           `avro:"day"`
+	SentToday map[string]int32 `avro:"sentToday"`
+	Recent    []RecentContent  `avro:"recent"`
+}
+
+// HistoryEntry is one line of a notification's history.
+type HistoryEntry struct {
+	Status   string `avro:"status"`
+	At       int64  `avro:"at"`
+	Reason   string `avro:"reason"`
+	Channel  string `avro:"channel"`
+	Provider string `avro:"provider"`
+}
+
+// Lifecycle is the status group's view of one notification.
+type Lifecycle struct {
+	ID             string            `avro:"id"`
+	EventID        string            `avro:"eventId"`
+	UserID         string            `avro:"userId"`
+	Template       string            `avro:"template"`
+	Priority       string            `avro:"priority"`
+	Category       string            `avro:"category"`
+	Channel        string            `avro:"channel"`
+	Provider       string            `avro:"provider"`
+	Status         string            `avro:"status"`
+	Channels       map[string]string `avro:"channels"`
+	History        []HistoryEntry    `avro:"history"`
+	DroppedHistory int32             `avro:"droppedHistory"`
+}
+
+// DeadLetter is a record that could not be processed, with its reason.
+type DeadLetter struct {
+	Topic     string `avro:"topic"`
+	Partition int32  `avro:"partition"`
+	Offset    int64  `avro:"offset"`
+	Key       []byte `avro:"key"`
+	Value     []byte `avro:"value"`
+	Reason    string `avro:"reason"`
+	Stage     string `avro:"stage"`
+	At        int64  `avro:"at"`
+}
+
+// LedgerEntry records a delivery handed to a provider.
+type LedgerEntry struct {
+	NotificationID string `avro:"notificationId"`
+	Channel        string `avro:"channel"`
+	Provider       string `avro:"provider"`
+	Topic          string `avro:"topic"`
+	Partition      int32  `avro:"partition"`
+	Offset         int64  `avro:"offset"`
+	At             int64  `avro:"at"`
+}
