@@ -188,3 +188,30 @@ func typeName(c *goavro.Codec) string {
 	n := c.TypeName()
 	return n.String()
 }
+
+// Decoded is a table value read leniently: a record that does not decode yields
+// Err instead of failing the processor that reads it (DESIGN rule 7).
+type Decoded[T any] struct {
+	V   *T
+	Err error
+}
+
+// Lenient adapts a Codec to goka.Codec for tables other writers may feed; values are Decoded[T].
+type Lenient[T any] struct{ C *Codec[T] }
+
+// Encode implements goka.Codec.
+func (l Lenient[T]) Encode(value any) ([]byte, error) {
+	switch v := value.(type) {
+	case *T:
+		return l.C.Encode(v)
+	case Decoded[T]:
+		return l.C.Encode(v.V)
+	}
+	return nil, fmt.Errorf("encode %s: got %T", l.C.record, value)
+}
+
+// Decode implements goka.Codec; it never fails.
+func (l Lenient[T]) Decode(data []byte) (any, error) {
+	v, err := l.C.Decode(data)
+	return Decoded[T]{V: v, Err: err}, nil
+}

@@ -1,0 +1,85 @@
+package processors
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/notifyd/notifyd/schemas"
+)
+
+// Priorities, highest first.
+var Priorities = []string{"high", "normal", "low"}
+
+// IsDuplicate tells whether a request whose eventId was first seen at entry is a
+// repeat: an entry older than the window no longer counts.
+func IsDuplicate(entry *schemas.DedupEntry, now time.Time, window time.Duration) bool {
+	return entry != nil && !DedupExpired(entry, now, window)
+}
+
+// DedupExpired tells whether a dedup entry is past its window and may be deleted.
+func DedupExpired(entry *schemas.DedupEntry, now time.Time, window time.Duration) bool {
+	return entry == nil || now.Sub(time.UnixMilli(entry.FirstSeen)) >= window
+}
+
+// ValidateRequest checks a SendRequest that may not have come through the API.
+func ValidateRequest(r *schemas.SendRequest) error {
+	if r.EventID == "" {
+		return fmt.Errorf("eventId: required")
+	}
+	if r.Template == "" {
+		return fmt.Errorf("template: required")
+	}
+	if len(r.Recipients) == 0 {
+		return fmt.Errorf("recipients: at least one recipient is required")
+	}
+	for i, rc := range r.Recipients {
+		if rc.UserID == "" {
+			return fmt.Errorf("recipients[%d].userId: required", i)
+		}
+	}
+	if r.Priority != "" && !validPriority(r.Priority) {
+		return fmt.Errorf("priority: must be high, normal or low, got %q", r.Priority)
+	}
+	for i, ch := range r.Channels {
+		if !KnownChannel(ch) {
+			return fmt.Errorf("channels[%d]: unknown channel %q", i, ch)
+		}
+	}
+	if r.Data != "" {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(r.Data), &m); err != nil {
+			return fmt.Errorf("data: must be a JSON object: %v", err)
+		}
+	}
+	return nil
+}
+
+func validPriority(p string) bool { return p == "high" || p == "normal" || p == "low" }
+
+// Fanout splits a request into one Notification per recipient.
+func Fanout(r *schemas.SendRequest) []*schemas.Notification {
+	out := make([]*schemas.Notification, 0, len(r.Recipients))
+	seen := make(map[string]bool, len(r.Recipients))
+	for _, rc := range r.Recipients {
+		if seen[rc.UserID] { // the same user twice in one request is one notification
+			continue
+		}
+		seen[rc.UserID] = true
+		out = append(out, &schemas.Notification{
+			ID: NotificationID(r.EventID, rc.UserID), EventID: r.EventID, UserID: rc.UserID,
+			Template: r.Template, Priority: r.Priority, Category: r.Category, Channels: r.Channels,
+			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt,
+		})
+	}
+	return out
+}
+
+// NotificationEvent builds a status event about a notification.
+func NotificationEvent(n *schemas.Notification, status, channel, reason string, at time.Time) *schemas.StatusEvent {
+	return &schemas.StatusEvent{
+		ID: StatusEventID(n.ID, status, channel, 0), NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID,
+		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category,
+		Status: status, Reason: reason, At: at.UnixMilli(), AcceptedAt: n.AcceptedAt,
+	}
+}

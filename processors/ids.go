@@ -1,0 +1,26 @@
+// Package processors holds the stages of the pipeline as plain functions over
+// typed values. topology/ wires them into goka groups.
+package processors
+
+import (
+	"strconv"
+
+	"github.com/google/uuid"
+)
+
+var notificationNS = uuid.MustParse("6f1c3a52-9d0e-4c1b-8f7a-2e5d9b3c4a10")
+
+// NotificationID is deterministic from (eventId, userId), so a retried request
+// yields the same ids.
+func NotificationID(eventID, userID string) string {
+	return uuid.NewSHA1(notificationNS, []byte(eventID+"\x00"+userID)).String()
+}
+
+// NewEventID names a request that came without an idempotency key.
+func NewEventID() string { return uuid.Must(uuid.NewV7()).String() }
+
+// StatusEventID is deterministic from what the event says, so a stage that
+// re-emits after a crash produces the same id and analytics can deduplicate.
+func StatusEventID(notificationID, status, channel string, attempt int32) string {
+	return uuid.NewSHA1(notificationNS, []byte(notificationID+"\x00"+status+"\x00"+channel+"\x00"+strconv.Itoa(int(attempt)))).String()
+}

@@ -1,0 +1,89 @@
+package processors
+
+import (
+	"sort"
+
+	"github.com/notifyd/notifyd/schemas"
+)
+
+// Lifecycle states (DESIGN.md).
+const (
+	StatusAccepted     = "accepted"
+	StatusDuplicate    = "duplicate"
+	StatusSuppressed   = "suppressed"
+	StatusRateLimited  = "rate_limited"
+	StatusRejected     = "rejected"
+	StatusScheduled    = "scheduled"
+	StatusQueued       = "queued"
+	StatusSent         = "sent"
+	StatusDelivered    = "delivered"
+	StatusOpened       = "opened"
+	StatusClicked      = "clicked"
+	StatusFailed       = "failed"
+	StatusExpired      = "expired"
+	StatusUnsubscribed = "unsubscribed"
+)
+
+// rank orders states so that events arriving out of order cannot move a
+// notification backwards (a late "accepted" after "sent" keeps "sent").
+var rank = map[string]int{
+	StatusAccepted: 1, StatusScheduled: 2, StatusQueued: 3, StatusFailed: 4, StatusSent: 5,
+	StatusDelivered: 6, StatusOpened: 7, StatusClicked: 8, StatusUnsubscribed: 9,
+	StatusSuppressed: 10, StatusRateLimited: 10, StatusRejected: 10, StatusExpired: 10,
+}
+
+// MaxHistory bounds a lifecycle's history; older entries are counted, not kept.
+const MaxHistory = 100
+
+// ApplyStatus folds one status event into a notification's lifecycle.
+func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecycle {
+	if lc == nil {
+		lc = &schemas.Lifecycle{ID: ev.NotificationID}
+	}
+	fill := func(dst *string, v string) {
+		if *dst == "" {
+			*dst = v
+		}
+	}
+	fill(&lc.EventID, ev.EventID)
+	fill(&lc.UserID, ev.UserID)
+	fill(&lc.Template, ev.Template)
+	fill(&lc.Priority, ev.Priority)
+	fill(&lc.Category, ev.Category)
+
+	lc.History = append(lc.History, schemas.HistoryEntry{
+		Status: ev.Status, At: ev.At, Reason: ev.Reason, Channel: ev.Channel, Provider: ev.Provider,
+	})
+	sort.SliceStable(lc.History, func(i, j int) bool { return lc.History[i].At < lc.History[j].At })
+	if n := len(lc.History) - MaxHistory; n > 0 {
+		lc.History = append([]schemas.HistoryEntry(nil), lc.History[n:]...)
+		lc.DroppedHistory += int32(n)
+	}
+
+	// A duplicate request is history only: it does not change where the
+	// original notification stands.
+	if ev.Status == StatusDuplicate {
+		if lc.Status == "" {
+			lc.Status = StatusDuplicate
+		}
+		return lc
+	}
+	if ev.Channel != "" {
+		if lc.Channels == nil {
+			lc.Channels = map[string]string{}
+		}
+		if rank[ev.Status] >= rank[lc.Channels[ev.Channel]] {
+			lc.Channels[ev.Channel] = ev.Status
+		}
+	}
+	if lc.Status == StatusDuplicate || rank[ev.Status] >= rank[lc.Status] {
+		lc.Status = ev.Status
+		if ev.Channel != "" {
+			lc.Channel = ev.Channel
+		}
+		if ev.Provider != "" {
+			lc.Provider = ev.Provider
+		}
+	}
+	return lc
+}

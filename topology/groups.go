@@ -1,0 +1,256 @@
+package topology
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/lovoo/goka/codec"
+
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+)
+
+// Pipeline holds what the goka groups need besides the broker.
+type Pipeline struct {
+	DedupWindow time.Duration
+	Deliverer   processors.Deliverer
+	// TableWait bounds how long the deliver group waits for a template or profile
+	// that a just-accepted notification names but its table has not caught up on.
+	TableWait time.Duration
+	Now       func() time.Time
+}
+
+func (p *Pipeline) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+var (
+	rawCodec       = new(codec.Bytes)
+	statusCodec    = schemas.Goka[schemas.StatusEvent]{C: schemas.StatusEventCodec}
+	notifCodec     = schemas.Goka[schemas.Notification]{C: schemas.NotificationCodec}
+	deadCodec      = schemas.Goka[schemas.DeadLetter]{C: schemas.DeadLetterCodec}
+	dedupCodec     = schemas.Goka[schemas.DedupEntry]{C: schemas.DedupEntryCodec}
+	userStateCodec = schemas.Goka[schemas.UserState]{C: schemas.UserStateCodec}
+	lifecycleCodec = schemas.Goka[schemas.Lifecycle]{C: schemas.LifecycleCodec}
+	profileTable   = schemas.Lenient[schemas.Profile]{C: schemas.ProfileCodec}
+	templateTable  = schemas.Lenient[schemas.Template]{C: schemas.TemplateCodec}
+)
+
+// DedupGraph: notify.ingest (key eventId) → one Notification per recipient on
+// notify.accepted (key userId). Its table remembers eventIds for DedupWindow;
+// notify.dedup.expire deletes entries past it (see Sweeper).
+func (p *Pipeline) DedupGraph() *goka.GroupGraph {
+	return goka.DefineGroup(DedupGroup,
+		goka.Input(Ingest, rawCodec, p.dedup),
+		goka.Input(DedupExpire, rawCodec, p.expire),
+		goka.Output(Accepted, notifCodec),
+		goka.Output(Events, statusCodec),
+		goka.Output(DLQ, deadCodec),
+		goka.Persist(dedupCodec),
+	)
+}
+
+func (p *Pipeline) dedup(ctx goka.Context, msg any) {
+	raw, _ := msg.([]byte)
+	req, err := schemas.SendRequestCodec.Decode(raw)
+	if err == nil {
+		err = processors.ValidateRequest(req)
+	}
+	if err == nil && req.EventID != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the eventId %q", ctx.Key(), req.EventID)
+	}
+	now := p.now()
+	if err != nil {
+		p.reject(ctx, raw, "dedup", err, requestNotifications(req), now)
+		return
+	}
+	if req.AcceptedAt == 0 {
+		req.AcceptedAt = now.UnixMilli()
+	}
+	notifications := processors.Fanout(req)
+	entry, _ := ctx.Value().(*schemas.DedupEntry)
+	if processors.IsDuplicate(entry, now, p.DedupWindow) {
+		reason := "duplicate of request " + req.EventID + " first seen at " +
+			time.UnixMilli(entry.FirstSeen).UTC().Format(time.RFC3339Nano)
+		for _, n := range notifications {
+			ev := processors.NotificationEvent(n, processors.StatusDuplicate, "", reason, now)
+			ev.ID = processors.StatusEventID(n.ID, processors.StatusDuplicate, strconv.FormatInt(now.UnixNano(), 10), 0)
+			ctx.Emit(Events, n.ID, ev)
+		}
+		return
+	}
+	ctx.SetValue(&schemas.DedupEntry{FirstSeen: now.UnixMilli()})
+	for _, n := range notifications {
+		ctx.Emit(Accepted, n.UserID, n)
+		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusAccepted, "", "", now))
+	}
+}
+
+func (p *Pipeline) expire(ctx goka.Context, _ any) {
+	entry, _ := ctx.Value().(*schemas.DedupEntry)
+	if entry != nil && processors.DedupExpired(entry, p.now(), p.DedupWindow) {
+		ctx.Delete()
+	}
+}
+
+// DeliverGraph: notify.accepted (key userId) joined with notify.profiles, looking
+// up notify.templates → notify.out.<channel>.<priority> (key notificationId).
+func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
+	edges := []goka.Edge{
+		goka.Input(Accepted, rawCodec, p.deliver),
+		goka.Join(Profiles, profileTable),
+		goka.Lookup(Templates, templateTable),
+		goka.Output(Events, statusCodec),
+		goka.Output(DLQ, deadCodec),
+		goka.Persist(userStateCodec),
+	}
+	for _, ch := range processors.AllChannels() {
+		for _, pr := range processors.Priorities {
+			edges = append(edges, goka.Output(Out(ch, pr), notifCodec))
+		}
+	}
+	return goka.DefineGroup(DeliverGroup, edges...)
+}
+
+func (p *Pipeline) deliver(ctx goka.Context, msg any) {
+	raw, _ := msg.([]byte)
+	now := p.now()
+	n, err := schemas.NotificationCodec.Decode(raw)
+	if err == nil && n.UserID != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the userId %q", ctx.Key(), n.UserID)
+	}
+	if err == nil && n.ID == "" {
+		err = errors.New("id: required")
+	}
+	if err != nil {
+		var ns []*schemas.Notification
+		if n != nil && n.ID != "" {
+			ns = append(ns, n)
+		}
+		p.reject(ctx, raw, "deliver", err, ns, now)
+		return
+	}
+	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait
+	tmpl := p.template(ctx, n.Template, fresh)
+	profile := p.profile(ctx, n, fresh)
+	st, _ := ctx.Value().(*schemas.UserState)
+	if st == nil {
+		st = &schemas.UserState{}
+	}
+	queued := false
+	for _, o := range p.Deliverer.Deliver(n, profile, tmpl, st, now) {
+		if o.Status == processors.StatusQueued {
+			queued = true
+			ctx.Emit(Out(o.Channel, o.Out.Priority), o.Out.ID, o.Out)
+			ev := processors.NotificationEvent(o.Out, processors.StatusQueued, o.Channel, "", now)
+			ctx.Emit(Events, n.ID, ev)
+			continue
+		}
+		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, o.Status, o.Channel, o.Reason, now))
+	}
+	if queued {
+		ctx.SetValue(st)
+	}
+}
+
+// template looks the template up; for a fresh notification it waits a little
+// for the table to catch up with a template written just before the send.
+func (p *Pipeline) template(ctx goka.Context, id string, fresh bool) *schemas.Template {
+	deadline := time.Now().Add(p.TableWait)
+	for {
+		if d, ok := ctx.Lookup(Templates, id).(schemas.Decoded[schemas.Template]); ok {
+			if d.Err == nil {
+				return d.V
+			}
+			return nil // undecodable template record: the notification is rejected as unknown template
+		}
+		if !fresh || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// profile joins the user's profile; a fresh notification with no inline contact
+// waits a little for a profile written just before the send.
+func (p *Pipeline) profile(ctx goka.Context, n *schemas.Notification, fresh bool) *schemas.Profile {
+	r := n.Recipient
+	wait := fresh && r.Email == "" && r.Phone == ""
+	deadline := time.Now().Add(p.TableWait)
+	for {
+		if d, ok := ctx.Join(Profiles).(schemas.Decoded[schemas.Profile]); ok && d.Err == nil {
+			return d.V
+		}
+		if !wait || time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// StatusGraph: notify.events (key notificationId) → the lifecycle table read by
+// GET /v1/notifications/{id}.
+func (p *Pipeline) StatusGraph() *goka.GroupGraph {
+	return goka.DefineGroup(StatusGroup,
+		goka.Input(Events, rawCodec, p.status),
+		goka.Output(DLQ, deadCodec),
+		goka.Persist(lifecycleCodec),
+	)
+}
+
+func (p *Pipeline) status(ctx goka.Context, msg any) {
+	raw, _ := msg.([]byte)
+	ev, err := schemas.StatusEventCodec.Decode(raw)
+	if err == nil && ev.NotificationID != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the notificationId %q", ctx.Key(), ev.NotificationID)
+	}
+	if err != nil {
+		// No rejected event here: it would land on this same topic.
+		ctx.Emit(DLQ, ctx.Key(), deadLetter(ctx, raw, "status", err, p.now()))
+		return
+	}
+	lc, _ := ctx.Value().(*schemas.Lifecycle)
+	ctx.SetValue(processors.ApplyStatus(lc, ev))
+}
+
+// reject sends a bad record to the DLQ and emits a rejected event for every
+// notification it can name (or one for the record itself).
+func (p *Pipeline) reject(ctx goka.Context, raw []byte, stage string, err error, ns []*schemas.Notification, now time.Time) {
+	ctx.Emit(DLQ, ctx.Key(), deadLetter(ctx, raw, stage, err, now))
+	if len(ns) == 0 {
+		id := "record:" + string(ctx.Topic()) + "/" + strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
+		ns = []*schemas.Notification{{ID: id, EventID: ctx.Key()}}
+	}
+	for _, n := range ns {
+		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusRejected, "", stage+": "+err.Error(), now))
+	}
+}
+
+func deadLetter(ctx goka.Context, raw []byte, stage string, err error, now time.Time) *schemas.DeadLetter {
+	return &schemas.DeadLetter{
+		Topic: string(ctx.Topic()), Partition: ctx.Partition(), Offset: ctx.Offset(),
+		Key: []byte(ctx.Key()), Value: raw, Reason: err.Error(), Stage: stage, At: now.UnixMilli(),
+	}
+}
+
+// requestNotifications names the notifications of a request that failed
+// validation but decoded, so each gets its rejected event.
+func requestNotifications(req *schemas.SendRequest) []*schemas.Notification {
+	if req == nil || req.EventID == "" {
+		return nil
+	}
+	var out []*schemas.Notification
+	for _, r := range req.Recipients {
+		if r.UserID != "" {
+			out = append(out, &schemas.Notification{ID: processors.NotificationID(req.EventID, r.UserID),
+				EventID: req.EventID, UserID: r.UserID, Template: req.Template})
+		}
+	}
+	return out
+}

@@ -1,0 +1,167 @@
+// Package topology names every topic and goka group of notifyd and wires the
+// processors into groups: read it to see the pipeline.
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/fnv"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/processors"
+)
+
+// Streams and tables.
+const (
+	Ingest      goka.Stream = "notify.ingest"       // SendRequest, key eventId
+	DedupExpire goka.Stream = "notify.dedup.expire" // DedupEntry, key eventId
+	Accepted    goka.Stream = "notify.accepted"     // Notification, key userId
+	Events      goka.Stream = "notify.events"       // StatusEvent, key notificationId
+	DLQ         goka.Stream = "notify.dlq"          // DeadLetter, key: the bad record's key
+	Ledger      goka.Stream = "notify.ledger"       // LedgerEntry, key notificationId/channel (compacted)
+
+	Profiles  goka.Table = "notify.profiles"  // Profile, key userId (compacted)
+	Templates goka.Table = "notify.templates" // Template, key template id (compacted)
+
+	DedupGroup   goka.Group = "notify.dedup"
+	DeliverGroup goka.Group = "notify.deliver"
+	StatusGroup  goka.Group = "notify.status"
+)
+
+// Out is the queue of routed notifications of one channel and priority.
+func Out(channel, priority string) goka.Stream {
+	return goka.Stream("notify.out." + channel + "." + priority)
+}
+
+// SinkGroup is the consumer group of a channel's sink.
+func SinkGroup(channel string) string { return "notify.sink." + channel }
+
+// Hasher is goka's partitioning hash; every producer to a goka-consumed topic
+// must use it (DESIGN rule 1).
+func Hasher() hash.Hash32 { return fnv.New32a() }
+
+// Partitioner is the franz-go partitioner that agrees with goka.
+func Partitioner() kgo.Partitioner {
+	return kgo.StickyKeyPartitioner(kgo.SaramaCompatHasher(func(b []byte) uint32 {
+		h := fnv.New32a()
+		h.Write(b)
+		return h.Sum32()
+	}))
+}
+
+// Topic is one topic notifyd creates.
+type Topic struct {
+	Name    string
+	Compact bool
+}
+
+// Topics lists every topic of the pipeline. All share one partition count:
+// co-partitioned inputs, joined tables and group tables must (DESIGN rule 2).
+func Topics() []Topic {
+	ts := []Topic{
+		{Name: string(Ingest)}, {Name: string(DedupExpire)}, {Name: string(Accepted)},
+		{Name: string(Events)}, {Name: string(DLQ)}, {Name: string(Ledger), Compact: true},
+		{Name: string(Profiles), Compact: true}, {Name: string(Templates), Compact: true},
+		{Name: string(goka.GroupTable(DedupGroup)), Compact: true},
+		{Name: string(goka.GroupTable(DeliverGroup)), Compact: true},
+		{Name: string(goka.GroupTable(StatusGroup)), Compact: true},
+	}
+	for _, ch := range processors.AllChannels() {
+		for _, p := range processors.Priorities {
+			ts = append(ts, Topic{Name: string(Out(ch, p))})
+		}
+	}
+	return ts
+}
+
+// CreateTopics creates every topic that is missing and fails if an existing one
+// has another partition count than configured.
+func CreateTopics(ctx context.Context, brokers []string, partitions, replication int) error {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	var lastErr error
+	for attempt := 0; attempt < 50; attempt++ { // the broker may still be starting
+		if lastErr = createTopics(ctx, adm, partitions, replication); lastErr == nil {
+			return nil
+		}
+		var mismatch *partitionMismatch
+		if errors.As(lastErr, &mismatch) {
+			return lastErr
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return lastErr
+}
+
+type partitionMismatch struct{ msg string }
+
+func (p *partitionMismatch) Error() string { return p.msg }
+
+func createTopics(ctx context.Context, adm *kadm.Client, partitions, replication int) error {
+	existing, err := adm.ListTopics(ctx)
+	if err != nil {
+		return fmt.Errorf("list topics: %w", err)
+	}
+	var mismatches []string
+	for _, t := range Topics() {
+		if d, ok := existing[t.Name]; ok {
+			if len(d.Partitions) != partitions {
+				mismatches = append(mismatches, fmt.Sprintf("%s has %d partitions, config says %d", t.Name, len(d.Partitions), partitions))
+			}
+			continue
+		}
+		cfg := map[string]*string{}
+		policy := "delete"
+		if t.Compact {
+			policy = "compact"
+		}
+		cfg["cleanup.policy"] = &policy
+		if t.Name == string(Ledger) {
+			ms := strconv.FormatInt(int64(7*24*time.Hour/time.Millisecond), 10)
+			cfg["retention.ms"] = &ms
+			policy = "compact,delete"
+		}
+		resp, err := adm.CreateTopic(ctx, int32(partitions), int16(replication), cfg, t.Name)
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t.Name, err)
+		}
+		if resp.Err != nil && !errors.Is(resp.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", t.Name, resp.Err)
+		}
+	}
+	if len(mismatches) > 0 {
+		sort.Strings(mismatches)
+		return &partitionMismatch{msg: fmt.Sprintf("topics do not match kafka.partitions: %v", mismatches)}
+	}
+	return nil
+}
+
+// NewProducer returns a franz-go client for producing to notifyd topics, with
+// the partitioner goka agrees with. extra options are appended.
+func NewProducer(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
+	opts := append([]kgo.Opt{
+		kgo.SeedBrokers(brokers...),
+		kgo.RecordPartitioner(Partitioner()),
+		kgo.ProducerLinger(0),
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
+		kgo.MaxBufferedRecords(100_000),
+	}, extra...)
+	return kgo.NewClient(opts...)
+}
