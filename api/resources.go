@@ -1,0 +1,430 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
+)
+
+func (s *Server) lookupTemplate(id string) *schemas.Template {
+	v, err := s.Templates.Get(id)
+	if err != nil {
+		return nil
+	}
+	if d, ok := v.(schemas.Decoded[schemas.Template]); ok && d.Err == nil {
+		return d.V
+	}
+	return nil
+}
+
+func (s *Server) lookupProfile(id string) *schemas.Profile {
+	v, err := s.Profiles.Get(id)
+	if err != nil {
+		return nil
+	}
+	if d, ok := v.(schemas.Decoded[schemas.Profile]); ok && d.Err == nil {
+		return d.V
+	}
+	return nil
+}
+
+func notFound(what, id string) *Error {
+	return &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("%s %q not found", what, id)}
+}
+
+// write produces a table record and waits until the API's view reads it back
+// (or until WriteWait), so a GET right after a PUT sees the write.
+func (s *Server) write(ctx context.Context, topic, key string, value []byte, visible func() bool) error {
+	if err := s.Producer.ProduceSync(ctx, &kgo.Record{Topic: topic, Key: []byte(key), Value: value}).FirstErr(); err != nil {
+		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "could not write: " + err.Error()}
+	}
+	deadline := time.Now().Add(s.WriteWait)
+	for !visible() && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// ---- notifications
+
+type historyJSON struct {
+	Status   string `json:"status"`
+	At       string `json:"at"`
+	Reason   string `json:"reason,omitempty"`
+	Channel  string `json:"channel,omitempty"`
+	Provider string `json:"provider,omitempty"`
+}
+
+type statusJSON struct {
+	ID             string            `json:"id"`
+	EventID        string            `json:"eventId"`
+	UserID         string            `json:"userId"`
+	Template       string            `json:"template"`
+	Priority       string            `json:"priority,omitempty"`
+	Category       string            `json:"category,omitempty"`
+	Channel        string            `json:"channel,omitempty"`
+	Provider       string            `json:"provider,omitempty"`
+	Status         string            `json:"status"`
+	Channels       map[string]string `json:"channels,omitempty"`
+	History        []historyJSON     `json:"history"`
+	DroppedHistory int32             `json:"droppedHistory,omitempty"`
+}
+
+func millis(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
+func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	v, err := s.Status.Get(id)
+	lc, _ := v.(*schemas.Lifecycle)
+	if err != nil || lc == nil {
+		writeError(w, notFound("notification", id))
+		return
+	}
+	out := statusJSON{ID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Priority: lc.Priority,
+		Category: lc.Category, Channel: lc.Channel, Provider: lc.Provider, Status: lc.Status, Channels: lc.Channels,
+		DroppedHistory: lc.DroppedHistory, History: []historyJSON{}}
+	for _, h := range lc.History {
+		out.History = append(out.History, historyJSON{Status: h.Status, At: millis(h.At), Reason: h.Reason, Channel: h.Channel, Provider: h.Provider})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// ---- profiles
+
+type deviceJSON struct {
+	Platform     string `json:"platform"`
+	Token        string `json:"token,omitempty"`
+	Subscription *struct {
+		Endpoint string `json:"endpoint"`
+		Keys     struct {
+			P256dh string `json:"p256dh"`
+			Auth   string `json:"auth"`
+		} `json:"keys"`
+	} `json:"subscription,omitempty"`
+}
+
+type preferencesJSON struct {
+	UnsubscribedAll bool                       `json:"unsubscribedAll"`
+	Categories      map[string]map[string]bool `json:"categories,omitempty"`
+	QuietHours      *struct {
+		Start string `json:"start"`
+		End   string `json:"end"`
+	} `json:"quietHours,omitempty"`
+}
+
+type profileJSON struct {
+	UserID      string                       `json:"userId,omitempty"`
+	Email       string                       `json:"email,omitempty"`
+	Phone       string                       `json:"phone,omitempty"`
+	Locale      string                       `json:"locale,omitempty"`
+	Timezone    string                       `json:"timezone,omitempty"`
+	Devices     []deviceJSON                 `json:"devices,omitempty"`
+	Chat        map[string]map[string]string `json:"chat,omitempty"`
+	Preferences preferencesJSON              `json:"preferences"`
+	UpdatedAt   string                       `json:"updatedAt,omitempty"`
+}
+
+var hhmm = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
+
+func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
+	p := &schemas.Profile{UserID: userID, Email: strings.TrimSpace(b.Email), Phone: strings.TrimSpace(b.Phone),
+		Locale: b.Locale, Timezone: b.Timezone, Chat: b.Chat}
+	if b.UserID != "" && b.UserID != userID {
+		return nil, invalid("userId", "userId %q in the body differs from %q in the path", b.UserID, userID)
+	}
+	if p.Email != "" {
+		if err := processors.ValidateEmail(p.Email); err != nil {
+			return nil, invalid("email", "%v", err)
+		}
+	}
+	if p.Phone != "" {
+		if err := processors.ValidatePhone(p.Phone); err != nil {
+			return nil, invalid("phone", "%v", err)
+		}
+	}
+	if p.Locale != "" && !localePattern.MatchString(p.Locale) {
+		return nil, invalid("locale", "locale %q is not a BCP 47 tag like en or zh-CN", p.Locale)
+	}
+	if p.Timezone != "" {
+		if _, err := time.LoadLocation(p.Timezone); err != nil {
+			return nil, invalid("timezone", "unknown IANA time zone %q", p.Timezone)
+		}
+	}
+	for i, d := range b.Devices {
+		f := fmt.Sprintf("devices[%d]", i)
+		dev := schemas.Device{Platform: d.Platform, Token: d.Token}
+		switch d.Platform {
+		case "fcm", "apns":
+			if d.Token == "" {
+				return nil, invalid(f+".token", "a %s device needs a token", d.Platform)
+			}
+		case "webpush":
+			if d.Subscription == nil || d.Subscription.Endpoint == "" || d.Subscription.Keys.P256dh == "" || d.Subscription.Keys.Auth == "" {
+				return nil, invalid(f+".subscription", "a webpush device needs subscription.endpoint and subscription.keys.p256dh/auth")
+			}
+			dev.Endpoint, dev.P256dh, dev.Auth = d.Subscription.Endpoint, d.Subscription.Keys.P256dh, d.Subscription.Keys.Auth
+		default:
+			return nil, invalid(f+".platform", "platform must be fcm, apns or webpush, got %q", d.Platform)
+		}
+		p.Devices = append(p.Devices, dev)
+	}
+	for app := range b.Chat {
+		if !processors.KnownChannel(app) {
+			return nil, invalid("chat."+app, "unknown chat app %q", app)
+		}
+	}
+	p.Preferences = schemas.Preferences{UnsubscribedAll: b.Preferences.UnsubscribedAll, Categories: b.Preferences.Categories}
+	for cat, chs := range b.Preferences.Categories {
+		for ch := range chs {
+			if ch != "all" && !processors.KnownChannel(ch) {
+				return nil, invalid("preferences.categories."+cat+"."+ch, "unknown channel %q", ch)
+			}
+		}
+	}
+	if q := b.Preferences.QuietHours; q != nil {
+		if !hhmm.MatchString(q.Start) {
+			return nil, invalid("preferences.quietHours.start", "start must be HH:MM, got %q", q.Start)
+		}
+		if !hhmm.MatchString(q.End) {
+			return nil, invalid("preferences.quietHours.end", "end must be HH:MM, got %q", q.End)
+		}
+		p.Preferences.QuietStart, p.Preferences.QuietEnd = q.Start, q.End
+	}
+	return p, nil
+}
+
+func fromProfile(p *schemas.Profile) profileJSON {
+	out := profileJSON{UserID: p.UserID, Email: p.Email, Phone: p.Phone, Locale: p.Locale, Timezone: p.Timezone, Chat: p.Chat,
+		Preferences: preferencesJSON{UnsubscribedAll: p.Preferences.UnsubscribedAll, Categories: p.Preferences.Categories}}
+	if p.UpdatedAt > 0 {
+		out.UpdatedAt = millis(p.UpdatedAt)
+	}
+	if p.Preferences.QuietStart != "" {
+		out.Preferences.QuietHours = &struct {
+			Start string `json:"start"`
+			End   string `json:"end"`
+		}{p.Preferences.QuietStart, p.Preferences.QuietEnd}
+	}
+	for _, d := range p.Devices {
+		dj := deviceJSON{Platform: d.Platform, Token: d.Token}
+		if d.Platform == "webpush" {
+			dj.Subscription = &struct {
+				Endpoint string `json:"endpoint"`
+				Keys     struct {
+					P256dh string `json:"p256dh"`
+					Auth   string `json:"auth"`
+				} `json:"keys"`
+			}{Endpoint: d.Endpoint}
+			dj.Subscription.Keys.P256dh, dj.Subscription.Keys.Auth = d.P256dh, d.Auth
+		}
+		out.Devices = append(out.Devices, dj)
+	}
+	return out
+}
+
+func (s *Server) putProfile(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("userId")
+	if err := validID("userId", id); err != nil {
+		writeError(w, err)
+		return
+	}
+	var b profileJSON
+	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	p, apiErr := b.toProfile(id)
+	if apiErr != nil {
+		writeError(w, apiErr)
+		return
+	}
+	p.UpdatedAt = s.now().UnixMilli()
+	v, err := schemas.ProfileCodec.Encode(p)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.write(r.Context(), string(topology.Profiles), id, v, func() bool {
+		cur := s.lookupProfile(id)
+		return cur != nil && cur.UpdatedAt == p.UpdatedAt
+	}); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fromProfile(p))
+}
+
+func (s *Server) getProfile(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("userId")
+	p := s.lookupProfile(id)
+	if p == nil {
+		writeError(w, notFound("profile", id))
+		return
+	}
+	writeJSON(w, http.StatusOK, fromProfile(p))
+}
+
+func (s *Server) deleteProfile(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("userId")
+	if s.lookupProfile(id) == nil {
+		writeError(w, notFound("profile", id))
+		return
+	}
+	if err := s.write(r.Context(), string(topology.Profiles), id, nil, func() bool { return s.lookupProfile(id) == nil }); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// ---- templates
+
+type templateJSON struct {
+	ID        string                                       `json:"id,omitempty"`
+	Category  string                                       `json:"category,omitempty"`
+	Priority  string                                       `json:"priority,omitempty"`
+	Channels  map[string]schemas.ChannelContent            `json:"channels"`
+	Locales   map[string]map[string]schemas.ChannelContent `json:"locales,omitempty"`
+	UpdatedAt string                                       `json:"updatedAt,omitempty"`
+}
+
+func fromTemplate(t *schemas.Template) templateJSON {
+	out := templateJSON{ID: t.ID, Category: t.Category, Priority: t.Priority, Channels: t.Channels, Locales: t.Locales}
+	if t.UpdatedAt > 0 {
+		out.UpdatedAt = millis(t.UpdatedAt)
+	}
+	return out
+}
+
+func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := validID("id", id); err != nil {
+		writeError(w, err)
+		return
+	}
+	var b templateJSON
+	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.ID != "" && b.ID != id {
+		writeError(w, invalid("id", "id %q in the body differs from %q in the path", b.ID, id))
+		return
+	}
+	t := &schemas.Template{ID: id, Category: b.Category, Priority: b.Priority, Channels: b.Channels, Locales: b.Locales,
+		UpdatedAt: s.now().UnixMilli()}
+	if err := processors.ValidateTemplate(t); err != nil {
+		field, msg, _ := strings.Cut(err.Error(), ": ")
+		writeError(w, invalid(field, "%s", msg))
+		return
+	}
+	v, err := schemas.TemplateCodec.Encode(t)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.write(r.Context(), string(topology.Templates), id, v, func() bool {
+		cur := s.lookupTemplate(id)
+		return cur != nil && cur.UpdatedAt == t.UpdatedAt
+	}); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, fromTemplate(t))
+}
+
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	t := s.lookupTemplate(id)
+	if t == nil {
+		writeError(w, notFound("template", id))
+		return
+	}
+	writeJSON(w, http.StatusOK, fromTemplate(t))
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
+	it, err := s.Templates.Iterator()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer it.Release()
+	out := []templateJSON{}
+	for it.Next() {
+		v, err := it.Value()
+		if err != nil {
+			continue
+		}
+		if d, ok := v.(schemas.Decoded[schemas.Template]); ok && d.Err == nil && d.V != nil {
+			out = append(out, fromTemplate(d.V))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
+}
+
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if s.lookupTemplate(id) == nil {
+		writeError(w, notFound("template", id))
+		return
+	}
+	if err := s.write(r.Context(), string(topology.Templates), id, nil, func() bool { return s.lookupTemplate(id) == nil }); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+type previewBody struct {
+	Data    map[string]any `json:"data"`
+	Locale  string         `json:"locale"`
+	Channel string         `json:"channel"`
+}
+
+func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	t := s.lookupTemplate(id)
+	if t == nil {
+		writeError(w, notFound("template", id))
+		return
+	}
+	var b previewBody
+	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Channel == "" {
+		writeError(w, invalid("channel", "channel is required"))
+		return
+	}
+	cc, locale, ok := processors.SelectContent(t, b.Channel, b.Locale)
+	if !ok {
+		writeError(w, invalid("channel", "template %s has no %s content", id, b.Channel))
+		return
+	}
+	if b.Data == nil {
+		b.Data = map[string]any{}
+	}
+	content, err := processors.Render(t, b.Channel, cc, b.Data)
+	if err != nil {
+		writeError(w, invalid("data", "%v", err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"channel": b.Channel, "locale": locale, "content": content})
+}

@@ -1,0 +1,313 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
+)
+
+type recipientBody struct {
+	UserID string `json:"userId"`
+	Email  string `json:"email"`
+	Phone  string `json:"phone"`
+	Locale string `json:"locale"`
+	Upsert bool   `json:"upsert"`
+}
+
+type sendBody struct {
+	EventID    string          `json:"eventId"`
+	Template   string          `json:"template"`
+	Recipients []recipientBody `json:"recipients"`
+	Data       json.RawMessage `json:"data"`
+	Priority   string          `json:"priority"`
+	Category   string          `json:"category"`
+	Channels   []string        `json:"channels"`
+	SendAt     string          `json:"sendAt"`
+	ExpiresAt  string          `json:"expiresAt"`
+}
+
+type sentNotification struct {
+	ID     string `json:"id"`
+	UserID string `json:"userId"`
+}
+
+type sendResponse struct {
+	EventID       string             `json:"eventId"`
+	Notifications []sentNotification `json:"notifications"`
+}
+
+// MaxRecipients bounds one request; larger audiences go through batch.
+const MaxRecipients = 1000
+
+var (
+	idPattern     = regexp.MustCompile(`^[A-Za-z0-9._:@/+=-]{1,200}$`)
+	localePattern = regexp.MustCompile(`^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$`)
+)
+
+// validID checks ids used as Kafka keys and URL segments.
+func validID(field, v string) *Error {
+	if v == "" {
+		return invalid(field, "%s is required", field)
+	}
+	if !idPattern.MatchString(v) {
+		return invalid(field, "%s must be 1-200 characters of letters, digits and ._:@/+=-", field)
+	}
+	return nil
+}
+
+// toRequest validates a send body and turns it into a SendRequest. prefix is
+// the JSON path of the body ("" or "requests[3]").
+func (s *Server) toRequest(b *sendBody, idemKey, prefix string) (*schemas.SendRequest, *Error) {
+	p := func(f string) string {
+		if prefix == "" {
+			return f
+		}
+		return prefix + "." + f
+	}
+	eventID := b.EventID
+	if idemKey != "" {
+		if eventID != "" && eventID != idemKey {
+			return nil, invalid(p("eventId"), "eventId %q differs from the Idempotency-Key header %q", eventID, idemKey)
+		}
+		eventID = idemKey
+	}
+	if eventID == "" {
+		eventID = processors.NewEventID()
+	}
+	if err := validID(p("eventId"), eventID); err != nil {
+		return nil, err
+	}
+	if err := validID(p("template"), b.Template); err != nil {
+		return nil, err
+	}
+	if s.lookupTemplate(b.Template) == nil {
+		return nil, &Error{Status: http.StatusBadRequest, Code: "unknown_template", Field: p("template"),
+			Message: fmt.Sprintf("unknown template %q", b.Template)}
+	}
+	if len(b.Recipients) == 0 {
+		return nil, invalid(p("recipients"), "at least one recipient is required")
+	}
+	if len(b.Recipients) > MaxRecipients {
+		return nil, invalid(p("recipients"), "at most %d recipients per request, got %d", MaxRecipients, len(b.Recipients))
+	}
+	req := &schemas.SendRequest{EventID: eventID, Template: b.Template, Priority: b.Priority, Category: b.Category,
+		Channels: b.Channels, AcceptedAt: s.now().UnixMilli(), Source: "api"}
+	for i, r := range b.Recipients {
+		f := func(name string) string { return p(fmt.Sprintf("recipients[%d].%s", i, name)) }
+		if err := validID(f("userId"), r.UserID); err != nil {
+			return nil, err
+		}
+		r.Email, r.Phone = strings.TrimSpace(r.Email), strings.TrimSpace(r.Phone)
+		if r.Email != "" {
+			if err := processors.ValidateEmail(r.Email); err != nil {
+				return nil, invalid(f("email"), "%v", err)
+			}
+		}
+		if r.Phone != "" {
+			if err := processors.ValidatePhone(r.Phone); err != nil {
+				return nil, invalid(f("phone"), "%v", err)
+			}
+		}
+		if r.Locale != "" && !localePattern.MatchString(r.Locale) {
+			return nil, invalid(f("locale"), "locale %q is not a BCP 47 tag like en or zh-CN", r.Locale)
+		}
+		req.Recipients = append(req.Recipients, schemas.Recipient{UserID: r.UserID, Email: r.Email, Phone: r.Phone, Locale: r.Locale, Upsert: r.Upsert})
+	}
+	if len(b.Data) > 0 && !bytes.Equal(bytes.TrimSpace(b.Data), []byte("null")) {
+		var m map[string]any
+		if err := json.Unmarshal(b.Data, &m); err != nil {
+			return nil, invalid(p("data"), "data must be a JSON object")
+		}
+		req.Data = string(b.Data)
+	}
+	switch b.Priority {
+	case "", "high", "normal", "low":
+	default:
+		return nil, invalid(p("priority"), "priority must be high, normal or low, got %q", b.Priority)
+	}
+	if b.Category != "" && !idPattern.MatchString(b.Category) {
+		return nil, invalid(p("category"), "category must be 1-200 characters of letters, digits and ._:@/+=-")
+	}
+	for i, ch := range b.Channels {
+		if !processors.KnownChannel(ch) {
+			return nil, invalid(p(fmt.Sprintf("channels[%d]", i)), "unknown channel %q (known: %s)", ch, strings.Join(processors.AllChannels(), ", "))
+		}
+	}
+	if b.ExpiresAt != "" {
+		t, err := time.Parse(time.RFC3339, b.ExpiresAt)
+		if err != nil {
+			return nil, invalid(p("expiresAt"), "expiresAt must be an RFC 3339 time: %v", err)
+		}
+		if !t.After(s.now()) {
+			return nil, invalid(p("expiresAt"), "expiresAt %s is already past", b.ExpiresAt)
+		}
+		req.ExpiresAt = t.UnixMilli()
+	}
+	if b.SendAt != "" {
+		t, err := time.Parse(time.RFC3339, b.SendAt)
+		if err != nil {
+			return nil, invalid(p("sendAt"), "sendAt must be an RFC 3339 time: %v", err)
+		}
+		if t.After(s.now().Add(time.Second)) {
+			return nil, invalid(p("sendAt"), "scheduled sending (sendAt in the future) is not available in this version")
+		}
+	}
+	return req, nil
+}
+
+func respond(req *schemas.SendRequest) sendResponse {
+	out := sendResponse{EventID: req.EventID}
+	for _, n := range processors.Fanout(req) {
+		out.Notifications = append(out.Notifications, sentNotification{ID: n.ID, UserID: n.UserID})
+	}
+	return out
+}
+
+func (s *Server) send(w http.ResponseWriter, r *http.Request) {
+	var b sendBody
+	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	req, apiErr := s.toRequest(&b, r.Header.Get("Idempotency-Key"), "")
+	if apiErr != nil {
+		writeError(w, apiErr)
+		return
+	}
+	if err := s.produceRequests(r.Context(), []*schemas.SendRequest{req}); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, respond(req))
+}
+
+type batchBody struct {
+	Requests []json.RawMessage `json:"requests"`
+}
+
+type batchItem struct {
+	*sendResponse
+	Error *Error `json:"error,omitempty"`
+}
+
+func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
+	var b batchBody
+	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(b.Requests) == 0 {
+		writeError(w, invalid("requests", "at least one request is required"))
+		return
+	}
+	if len(b.Requests) > s.MaxBatch {
+		writeError(w, invalid("requests", "at most %d requests per batch, got %d", s.MaxBatch, len(b.Requests)))
+		return
+	}
+	items := make([]batchItem, len(b.Requests))
+	var reqs []*schemas.SendRequest
+	var idx []int
+	for i, raw := range b.Requests {
+		prefix := fmt.Sprintf("requests[%d]", i)
+		var sb sendBody
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.DisallowUnknownFields()
+		if err := d.Decode(&sb); err != nil {
+			e := jsonError(err, s.MaxBodyBytes)
+			e.Field = strings.TrimSuffix(prefix+"."+e.Field, ".")
+			items[i].Error = e
+			continue
+		}
+		req, apiErr := s.toRequest(&sb, "", prefix)
+		if apiErr != nil {
+			items[i].Error = apiErr
+			continue
+		}
+		reqs = append(reqs, req)
+		idx = append(idx, i)
+	}
+	if err := s.produceRequests(r.Context(), reqs); err != nil {
+		writeError(w, err)
+		return
+	}
+	for j, req := range reqs {
+		resp := respond(req)
+		items[idx[j]].sendResponse = &resp
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"results": items})
+}
+
+// produceRequests writes requests to notify.ingest and returns once the broker
+// has them all: a 202 means the request is durable.
+func (s *Server) produceRequests(ctx context.Context, reqs []*schemas.SendRequest) error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for _, req := range reqs {
+		v, err := schemas.SendRequestCodec.Encode(req)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Ingest), Key: []byte(req.EventID), Value: v},
+			func(_ *kgo.Record, err error) {
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+				wg.Done()
+			})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "could not enqueue: " + firstErr.Error()}
+	}
+	for _, req := range reqs {
+		s.upsertProfiles(ctx, req)
+	}
+	return nil
+}
+
+// upsertProfiles writes inline contacts of recipients that asked for it.
+func (s *Server) upsertProfiles(ctx context.Context, req *schemas.SendRequest) {
+	for _, r := range req.Recipients {
+		if !r.Upsert {
+			continue
+		}
+		p := s.lookupProfile(r.UserID)
+		if p == nil {
+			p = &schemas.Profile{UserID: r.UserID}
+		}
+		if r.Email != "" {
+			p.Email = r.Email
+		}
+		if r.Phone != "" {
+			p.Phone = r.Phone
+		}
+		if r.Locale != "" {
+			p.Locale = r.Locale
+		}
+		p.UpdatedAt = s.now().UnixMilli()
+		if v, err := schemas.ProfileCodec.Encode(p); err == nil {
+			s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Profiles), Key: []byte(r.UserID), Value: v}, nil)
+		}
+	}
+}

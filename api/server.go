@@ -1,0 +1,123 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Table is a readable goka table (a *goka.View).
+type Table interface {
+	Get(key string) (any, error)
+}
+
+// IterableTable is a table that can also be listed.
+type IterableTable interface {
+	Table
+	Iterator() (goka.Iterator, error)
+}
+
+// Server serves the API.
+type Server struct {
+	Producer  *kgo.Client
+	Templates IterableTable
+	Profiles  Table
+	Status    Table
+	Keys      *Keys
+	// Ready reports whether the broker is reachable and tables are recovered.
+	Ready        func(ctx context.Context) error
+	MaxBodyBytes int64
+	MaxBatch     int
+	// WriteWait bounds how long a PUT or DELETE waits for its own write to be
+	// readable, so a GET right after it sees it.
+	WriteWait time.Duration
+	Gatherer  prometheus.Gatherer
+	Now       func() time.Time
+
+	requests *prometheus.HistogramVec
+}
+
+// NewMetrics registers the API's series.
+func (s *Server) NewMetrics(reg prometheus.Registerer) {
+	s.requests = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "notifyd_http_request_seconds",
+		Help: "API requests by route and status code.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)},
+		[]string{"route", "code"})
+	reg.MustRegister(s.requests)
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Handler routes every endpoint.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	authed := func(pattern string, h http.HandlerFunc) {
+		mux.Handle(pattern, s.instrument(pattern, s.authenticate(h)))
+	}
+	authed("POST /v1/notifications", s.send)
+	authed("POST /v1/notifications/batch", s.sendBatch)
+	authed("GET /v1/notifications/{id}", s.getStatus)
+	authed("PUT /v1/profiles/{userId}", s.putProfile)
+	authed("GET /v1/profiles/{userId}", s.getProfile)
+	authed("DELETE /v1/profiles/{userId}", s.deleteProfile)
+	authed("PUT /v1/templates/{id}", s.putTemplate)
+	authed("GET /v1/templates/{id}", s.getTemplate)
+	authed("GET /v1/templates", s.listTemplates)
+	authed("DELETE /v1/templates/{id}", s.deleteTemplate)
+	authed("POST /v1/templates/{id}/preview", s.previewTemplate)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &Error{Status: http.StatusNotFound, Code: "not_found", Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
+	})
+	return mux
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.Ready(ctx); err != nil {
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.code = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) instrument(route string, h http.Handler) http.Handler {
+	if s.requests == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(rec, r)
+		s.requests.WithLabelValues(route, strconv.Itoa(rec.code)).Observe(time.Since(start).Seconds())
+	})
+}

@@ -1,0 +1,142 @@
+// Command notifyd is the notification service: `notifyd run` is the all-in-one
+// process; api, process and sink are the roles of a scaled-out deployment;
+// bench drives load through an all-in-one instance.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/service"
+)
+
+const usage = `usage: notifyd <command> [flags]
+
+commands:
+  run                 all-in-one: embedded broker (unless --brokers), every group, every sink, the API
+  api                 the HTTP API role
+  process             the goka groups (dedup, deliver, status)
+  sink --channel=C    the sink of channel C (repeat the flag or comma-separate for several)
+  bench               drive notifications through an in-process all-in-one instance and report figures
+
+common flags: --config FILE, --data-dir DIR, --brokers host:port[,…], --http ADDR
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var err error
+	switch cmd {
+	case "run", "api", "process", "sink":
+		err = runRole(ctx, cmd, args)
+	case "bench":
+		err = runBench(ctx, args)
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "notifyd: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintln(os.Stderr, "notifyd:", err)
+		os.Exit(1)
+	}
+}
+
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// loadConfig parses the common flags and returns the configuration they name.
+func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
+	path := fs.String("config", "", "YAML configuration file")
+	dataDir := fs.String("data-dir", "", "data directory (default ./data)")
+	httpAddr := fs.String("http", "", "API listen address (default :8080)")
+	var brokers listFlag
+	fs.Var(&brokers, "brokers", "Kafka brokers; none = run the embedded broker")
+	if err := fs.Parse(args); err != nil {
+		return config.Config{}, err
+	}
+	cfg, err := config.Load(*path, os.Getenv)
+	if err != nil {
+		return cfg, err
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	if *httpAddr != "" {
+		cfg.HTTP.Addr = *httpAddr
+	}
+	if len(brokers) > 0 {
+		cfg.Kafka.Brokers = brokers
+	}
+	return cfg, nil
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func runRole(ctx context.Context, role string, args []string) error {
+	fs := flag.NewFlagSet(role, flag.ContinueOnError)
+	var channels listFlag
+	if role == "sink" {
+		fs.Var(&channels, "channel", "channel whose sink to run (repeatable)")
+	}
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.LogLevel)
+	slog.SetDefault(log)
+	var roles service.Roles
+	switch role {
+	case "run":
+		roles = service.AllInOne
+	case "api":
+		roles = service.Roles{API: true}
+	case "process":
+		roles = service.Roles{Process: true}
+	case "sink":
+		if len(channels) == 0 {
+			return errors.New("sink: --channel is required")
+		}
+		roles = service.Roles{Sinks: channels}
+	}
+	if role != "run" && len(cfg.Kafka.Brokers) == 0 {
+		return fmt.Errorf("%s: --brokers (or kafka.brokers) is required outside `notifyd run`", role)
+	}
+	if role == "run" || role == "api" {
+		if key := cfg.EnsureAPIKey(); key != "" {
+			log.Warn("no API key configured; generated one for this run", "apiKey", key)
+		}
+	}
+	svc := &service.Service{Cfg: cfg, Roles: roles, Log: log}
+	return svc.Run(ctx)
+}

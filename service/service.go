@@ -1,0 +1,357 @@
+// Package service assembles notifyd's components into the roles of the single
+// binary: all-in-one, api, process and sink.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/notifyd/notifyd/api"
+	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/sinks"
+	"github.com/notifyd/notifyd/topology"
+)
+
+// Roles say which components a process runs.
+type Roles struct {
+	API     bool
+	Process bool
+	// Sinks lists the channels whose sinks run; nil with AllSinks runs every configured one.
+	Sinks    []string
+	AllSinks bool
+}
+
+// AllInOne is every role.
+var AllInOne = Roles{API: true, Process: true, AllSinks: true}
+
+// Service is one notifyd process.
+type Service struct {
+	Cfg   config.Config
+	Roles Roles
+	Log   *slog.Logger
+	// Providers replaces the configured providers of a channel (tests, bench).
+	Providers map[string][]sinks.Provider
+	// InMemoryState keeps goka tables in memory instead of under the data dir.
+	InMemoryState bool
+	Now           func() time.Time
+
+	mu       sync.Mutex
+	brokers  []string
+	httpAddr string
+	ready    chan struct{}
+	readyErr error
+	views    []*goka.View
+	procs    []*goka.Processor
+	sinks    []*sinks.Sink
+	sweeper  *topology.DedupSweeper
+}
+
+func (s *Service) init() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ready == nil {
+		s.ready = make(chan struct{})
+	}
+}
+
+// Ready is closed once every component of the process serves.
+func (s *Service) Ready() <-chan struct{} {
+	s.init()
+	return s.ready
+}
+
+// Brokers are the Kafka addresses in use (the embedded broker's when it runs).
+func (s *Service) Brokers() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.brokers
+}
+
+// HTTPAddr is the API's listening address.
+func (s *Service) HTTPAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.httpAddr
+}
+
+// Sweeper is the dedup sweeper of a process running the process role.
+func (s *Service) Sweeper() *topology.DedupSweeper { return s.sweeper }
+
+// StartBroker runs the embedded kfake broker with its data under dataDir.
+func StartBroker(dataDir string, port int) (*kfake.Cluster, error) {
+	c, err := kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.Ports(port),
+		kfake.DataDir(filepath.Join(dataDir, "kafka")),
+		kfake.ClusterID("notifyd-embedded"),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker on 127.0.0.1:%d: %w", port, err)
+	}
+	return c, nil
+}
+
+// Run runs the process until ctx ends, then stops every component and returns
+// their joined error.
+func (s *Service) Run(ctx context.Context) error {
+	s.init()
+	if s.Log == nil {
+		s.Log = slog.Default()
+	}
+	cfg := s.Cfg
+	brokers := cfg.Kafka.Brokers
+	if len(brokers) == 0 {
+		cluster, err := StartBroker(cfg.DataDir, cfg.Kafka.EmbeddedPort)
+		if err != nil {
+			return err
+		}
+		// The broker stops last, after every client of it.
+		defer cluster.Close()
+		brokers = cluster.ListenAddrs()
+		s.Log.Info("embedded Kafka broker listening", "addr", brokers[0], "dataDir", filepath.Join(cfg.DataDir, "kafka"))
+	}
+	s.mu.Lock()
+	s.brokers = brokers
+	s.mu.Unlock()
+	goka.SetSaramaLogger(slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug))
+
+	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication); err != nil {
+		return err
+	}
+	producer, err := topology.NewProducer(brokers)
+	if err != nil {
+		return err
+	}
+	defer producer.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kafka := topology.Kafka{Brokers: brokers, Replication: cfg.Kafka.Replication, FlushEvery: cfg.Kafka.FlushEvery}
+	if !s.InMemoryState {
+		kafka.StorageDir = filepath.Join(cfg.DataDir, "goka")
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	var waits []func(context.Context) error
+	if s.Roles.Process {
+		w, err := s.startProcess(gctx, g, kafka, producer)
+		if err != nil {
+			return errors.Join(err, g.Wait())
+		}
+		waits = append(waits, w...)
+	}
+	if s.Roles.API {
+		w, err := s.startAPI(gctx, g, kafka, producer, reg)
+		if err != nil {
+			return errors.Join(err, g.Wait())
+		}
+		waits = append(waits, w...)
+	}
+	if err := s.startSinks(gctx, g, brokers, producer, reg); err != nil {
+		return errors.Join(err, g.Wait())
+	}
+	for _, sk := range s.sinks {
+		sk := sk
+		waits = append(waits, func(ctx context.Context) error {
+			select {
+			case <-sk.Ready():
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}
+	g.Go(func() error {
+		for _, w := range waits {
+			if err := w(gctx); err != nil {
+				return nil // stopping before ready is not an error of its own
+			}
+		}
+		s.Log.Info("notifyd ready", "api", s.HTTPAddr(), "brokers", brokers)
+		close(s.ready)
+		return nil
+	})
+	return g.Wait()
+}
+
+func (s *Service) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client) ([]func(context.Context) error, error) {
+	cfg := s.Cfg
+	enabled := map[string]bool{}
+	for _, ch := range cfg.ChannelNames() {
+		enabled[ch] = true
+	}
+	for ch := range s.Providers {
+		enabled[ch] = true
+	}
+	pipe := &topology.Pipeline{
+		DedupWindow: cfg.Dedup.Window,
+		TableWait:   cfg.Limits.TableWait,
+		Now:         s.Now,
+		Deliverer: processors.Deliverer{
+			Limiter: processors.Limiter{ContentWindow: cfg.Limits.ContentDedupWindow, PerDay: cfg.Limits.PerDay},
+			Enabled: func(ch string) bool { return enabled[ch] },
+		},
+	}
+	gokaLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)
+	var waits []func(context.Context) error
+	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.StatusGraph()} {
+		opts := append(kafka.ProcessorOptions(graph.Group()), goka.WithLogger(gokaLog))
+		p, err := goka.NewProcessor(kafka.Brokers, graph, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("processor %s: %w", graph.Group(), err)
+		}
+		s.procs = append(s.procs, p)
+		g.Go(func() error { return p.Run(ctx) })
+		waits = append(waits, p.WaitForReadyContext)
+	}
+	view, err := goka.NewView(kafka.Brokers, goka.GroupTable(topology.DedupGroup), topology.DedupTableCodec(),
+		append(kafka.ViewOptions("dedup"), goka.WithViewLogger(gokaLog))...)
+	if err != nil {
+		return nil, fmt.Errorf("dedup view: %w", err)
+	}
+	g.Go(func() error { return view.Run(ctx) })
+	s.sweeper = &topology.DedupSweeper{View: view, Producer: producer, Window: cfg.Dedup.Window,
+		Every: cfg.Dedup.SweepInterval, Now: s.Now, Log: s.Log}
+	g.Go(func() error { return s.sweeper.Run(ctx) })
+	waits = append(waits, viewReady(view))
+	return waits, nil
+}
+
+func viewReady(v *goka.View) func(context.Context) error {
+	return func(ctx context.Context) error {
+		select {
+		case <-v.WaitRunning():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		for !v.Recovered() {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		return nil
+	}
+}
+
+func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client, reg *prometheus.Registry) ([]func(context.Context) error, error) {
+	cfg := s.Cfg
+	gokaLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)
+	newView := func(name string, table goka.Table, codec goka.Codec) (*goka.View, error) {
+		v, err := goka.NewView(kafka.Brokers, table, codec, append(kafka.ViewOptions("api-"+name), goka.WithViewLogger(gokaLog))...)
+		if err != nil {
+			return nil, fmt.Errorf("view %s: %w", table, err)
+		}
+		g.Go(func() error { return v.Run(ctx) })
+		return v, nil
+	}
+	templates, err := newView("templates", topology.Templates, topology.TemplateTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	profiles, err := newView("profiles", topology.Profiles, topology.ProfileTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	status, err := newView("status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	views := []*goka.View{templates, profiles, status}
+	srv := &api.Server{Producer: producer, Templates: templates, Profiles: profiles, Status: status,
+		Keys: api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
+		WriteWait: 3 * time.Second, Gatherer: reg, Now: s.Now,
+		Ready: func(ctx context.Context) error {
+			if err := producer.Ping(ctx); err != nil {
+				return fmt.Errorf("broker unreachable: %w", err)
+			}
+			for _, v := range views {
+				if !v.Recovered() {
+					return errors.New("tables are still recovering")
+				}
+			}
+			return nil
+		}}
+	srv.NewMetrics(reg)
+	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("api listen %s: %w", cfg.HTTP.Addr, err)
+	}
+	s.mu.Lock()
+	s.httpAddr = ln.Addr().String()
+	s.mu.Unlock()
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("api: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	s.Log.Info("API listening", "addr", s.httpAddr)
+	return []func(context.Context) error{viewReady(templates), viewReady(profiles), viewReady(status)}, nil
+}
+
+func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []string, producer *kgo.Client, reg *prometheus.Registry) error {
+	channels := s.Roles.Sinks
+	if s.Roles.AllSinks {
+		channels = s.Cfg.ChannelNames()
+		for ch := range s.Providers {
+			if len(s.Cfg.Channels[ch]) == 0 {
+				channels = append(channels, ch)
+			}
+		}
+	}
+	if len(channels) == 0 {
+		return nil
+	}
+	metrics := sinks.NewMetrics(reg)
+	o := s.Cfg.Sink
+	for _, ch := range channels {
+		providers, ok := s.Providers[ch]
+		if !ok {
+			var err error
+			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log})
+			if err != nil {
+				return err
+			}
+		}
+		if len(providers) == 0 {
+			return fmt.Errorf("sink %s: no provider configured for the channel", ch)
+		}
+		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Producer: producer, Log: s.Log,
+			Metrics: metrics, Now: s.Now, Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
+				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback}}
+		s.sinks = append(s.sinks, sk)
+		g.Go(func() error { return sk.Run(ctx) })
+	}
+	return nil
+}
