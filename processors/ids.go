@@ -24,3 +24,9 @@ func NewEventID() string { return uuid.Must(uuid.NewV7()).String() }
 func StatusEventID(notificationID, status, channel string, attempt int32) string {
 	return uuid.NewSHA1(notificationNS, []byte(notificationID+"\x00"+status+"\x00"+channel+"\x00"+strconv.Itoa(int(attempt)))).String()
 }
+
+// RecordID names a record that could not be read as a notification, so its
+// rejected status is still visible: "record:<topic>:<partition>:<offset>".
+func RecordID(topic string, partition int32, offset int64) string {
+	return "record:" + topic + ":" + strconv.Itoa(int(partition)) + ":" + strconv.FormatInt(offset, 10)
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"time"
 
@@ -286,9 +285,7 @@ func (s *Sink) logProduceErr(r *kgo.Record, err error) {
 	}
 }
 
-func recordID(r *kgo.Record) string {
-	return "record:" + r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
-}
+func recordID(r *kgo.Record) string { return processors.RecordID(r.Topic, r.Partition, r.Offset) }
 
 // loadLedger reads the ledger topic from LedgerLookback ago to its end.
 func (s *Sink) loadLedger(ctx context.Context) error {

@@ -224,8 +224,7 @@ func (p *Pipeline) status(ctx goka.Context, msg any) {
 func (p *Pipeline) reject(ctx goka.Context, raw []byte, stage string, err error, ns []*schemas.Notification, now time.Time) {
 	ctx.Emit(DLQ, ctx.Key(), deadLetter(ctx, raw, stage, err, now))
 	if len(ns) == 0 {
-		id := "record:" + string(ctx.Topic()) + "/" + strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
-		ns = []*schemas.Notification{{ID: id, EventID: ctx.Key()}}
+		ns = []*schemas.Notification{{ID: processors.RecordID(string(ctx.Topic()), ctx.Partition(), ctx.Offset()), EventID: ctx.Key()}}
 	}
 	for _, n := range ns {
 		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusRejected, "", stage+": "+err.Error(), now))

@@ -1,0 +1,193 @@
+package service_test
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
+)
+
+func TestAPIRejectsBadInputWithFieldPath(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.HTTP.MaxBodyBytes = 4096
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	rcpt := func(fields map[string]any) map[string]any {
+		r := map[string]any{"userId": "u1"}
+		for k, v := range fields {
+			r[k] = v
+		}
+		return map[string]any{"template": "order-shipped", "recipients": []any{map[string]any{"userId": "u0"}, r}}
+	}
+	cases := []struct {
+		name   string
+		body   any
+		status int
+		field  string
+		msg    string
+	}{
+		{"malformed JSON", `{"template": "order-shipped", "recipients": [`, 400, "", "malformed JSON"},
+		{"not an object", `[1,2]`, 400, "", "must be"},
+		{"unknown field", `{"template": "order-shipped", "recipient": []}`, 400, "recipient", "unknown field"},
+		{"wrong type", `{"template": 5}`, 400, "template", "must be string"},
+		{"unknown template", map[string]any{"template": "nope", "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "template", "unknown template"},
+		{"missing template", map[string]any{"recipients": []any{map[string]any{"userId": "u1"}}}, 400, "template", "required"},
+		{"missing recipient", map[string]any{"template": "order-shipped"}, 400, "recipients", "at least one recipient"},
+		{"missing userId", rcpt(map[string]any{"userId": ""}), 400, "recipients[1].userId", "required"},
+		{"bad email", rcpt(map[string]any{"email": "not-an-email"}), 400, "recipients[1].email", "invalid email"},
+		{"bad phone", rcpt(map[string]any{"phone": "+1234"}), 400, "recipients[1].phone", "invalid phone"},
+		{"phone not E.164", rcpt(map[string]any{"phone": "138 0013 8000"}), 400, "recipients[1].phone", "E.164"},
+		{"bad priority", map[string]any{"template": "order-shipped", "priority": "urgent", "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "priority", "high, normal or low"},
+		{"unknown channel", map[string]any{"template": "order-shipped", "channels": []any{"email", "pigeon"}, "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "channels[1]", "unknown channel"},
+		{"data not an object", map[string]any{"template": "order-shipped", "data": []any{1}, "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "data", "JSON object"},
+		{"oversized body", `{"template": "order-shipped", "data": {"x": "` + strings.Repeat("a", 5000) + `"}}`, 413, "", "exceeds 4096 bytes"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, out := h.call("POST", "/v1/notifications", c.body)
+			if code != c.status {
+				t.Fatalf("status %d, want %d: %v", code, c.status, out)
+			}
+			e, _ := out["error"].(map[string]any)
+			if e == nil {
+				t.Fatalf("no error body: %v", out)
+			}
+			if f, _ := e["field"].(string); f != c.field {
+				t.Errorf("field %q, want %q (%v)", f, c.field, e)
+			}
+			if m, _ := e["message"].(string); !strings.Contains(m, c.msg) {
+				t.Errorf("message %q does not say %q", m, c.msg)
+			}
+		})
+	}
+	// Nothing of the above reached the pipeline.
+	if n := len(h.smtp.Messages()); n != 0 {
+		t.Fatalf("%d emails sent for rejected requests", n)
+	}
+}
+
+func TestAPIAuthentication(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	for _, auth := range []string{"", "Bearer wrong", "Basic " + testKey, testKey} {
+		req, _ := http.NewRequest("GET", h.base+"/v1/templates", nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("Authorization %q: status %d, want 401", auth, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics"} {
+		resp, err := http.Get(h.base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: status %d", path, resp.StatusCode)
+		}
+	}
+}
+
+func TestBatchAnswersPerItem(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	data := map[string]any{"orderId": "b", "eta": "now"}
+	out := h.mustCall(http.StatusOK, "POST", "/v1/notifications/batch", map[string]any{"requests": []any{
+		map[string]any{"template": "order-shipped", "data": data, "recipients": []any{map[string]any{"userId": "b1", "email": "b1@example.com"}}},
+		map[string]any{"template": "order-shipped", "recipients": []any{map[string]any{"userId": "b2", "email": "bad"}}},
+		map[string]any{"template": "order-shipped", "data": data, "recipients": []any{map[string]any{"userId": "b3", "email": "b3@example.com"}}},
+	}})
+	results := out["results"].([]any)
+	if len(results) != 3 {
+		t.Fatalf("results %v", results)
+	}
+	bad := results[1].(map[string]any)["error"].(map[string]any)
+	if bad["field"] != "requests[1].recipients[0].email" {
+		t.Errorf("batch error field %v", bad)
+	}
+	for _, i := range []int{0, 2} {
+		n := results[i].(map[string]any)["notifications"].([]any)[0].(map[string]any)
+		h.waitStatus(n["id"].(string), "sent")
+	}
+	if n := len(h.smtp.WaitFor(2, 5*time.Second)); n != 2 {
+		t.Fatalf("want 2 emails, got %d", n)
+	}
+}
+
+// An undecodable record on notify.ingest goes to notify.dlq with its reason and
+// a rejected status, and the records after it are still delivered.
+func TestUndecodableIngestRecordGoesToDLQ(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	cl, err := topology.NewProducer(h.svc.Brokers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Same key for all three, so they share a partition and the good ones come after the bad one.
+	key := []byte("evt-after-garbage")
+	garbage := &kgo.Record{Topic: string(topology.Ingest), Key: key, Value: []byte(`{"template":"json is not avro"}`)}
+	if err := cl.ProduceSync(ctx, garbage).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	invalid, _ := schemas.SendRequestCodec.Encode(&schemas.SendRequest{EventID: string(key), Template: "order-shipped"})
+	good, _ := schemas.SendRequestCodec.Encode(&schemas.SendRequest{EventID: string(key), Template: "order-shipped",
+		Data: `{"orderId":"g","eta":"now"}`, Recipients: []schemas.Recipient{{UserID: "g1", Email: "g1@example.com"}}})
+	if err := cl.ProduceSync(ctx,
+		&kgo.Record{Topic: string(topology.Ingest), Key: key, Value: invalid},
+		&kgo.Record{Topic: string(topology.Ingest), Key: key, Value: good}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStatus(processors.NotificationID(string(key), "g1"), "sent")
+
+	// Read the DLQ: both bad records are there with their reasons.
+	dlq, err := kgo.NewClient(kgo.SeedBrokers(h.svc.Brokers()...), kgo.ConsumeTopics(string(topology.DLQ)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dlq.Close()
+	var letters []*schemas.DeadLetter
+	for len(letters) < 2 && ctx.Err() == nil {
+		dlq.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			d, err := schemas.DeadLetterCodec.Decode(r.Value)
+			if err != nil {
+				t.Fatalf("dead letter does not decode: %v", err)
+			}
+			letters = append(letters, d)
+		})
+	}
+	if len(letters) != 2 {
+		t.Fatalf("want 2 dead letters, got %d", len(letters))
+	}
+	if !strings.Contains(letters[0].Reason, "not an Avro single-object record") || string(letters[0].Value) != string(garbage.Value) {
+		t.Errorf("dead letter 0: %q %q", letters[0].Reason, letters[0].Value)
+	}
+	if !strings.Contains(letters[1].Reason, "recipients: at least one recipient") || letters[1].Stage != "dedup" {
+		t.Errorf("dead letter 1: %q stage %q", letters[1].Reason, letters[1].Stage)
+	}
+	// The undecodable record has its own rejected status, named by its position.
+	id := processors.RecordID(letters[0].Topic, letters[0].Partition, letters[0].Offset)
+	st := h.waitStatus(id, "rejected")
+	if r := st["history"].([]any)[0].(map[string]any)["reason"].(string); !strings.Contains(r, "not an Avro") {
+		t.Errorf("rejected reason %q", r)
+	}
+}
