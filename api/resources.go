@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -392,7 +393,7 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 }
 
 type previewBody struct {
-	Data    map[string]any `json:"data"`
+	Data    json.RawMessage `json:"data"`
 	Locale  string         `json:"locale"`
 	Channel string         `json:"channel"`
 }
@@ -418,10 +419,14 @@ func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("channel", "template %s has no %s content", id, b.Channel))
 		return
 	}
-	if b.Data == nil {
-		b.Data = map[string]any{}
+	// Parsed exactly as the pipeline parses a request's data, so the preview
+	// renders what a send would.
+	data, err := processors.ParseData(string(b.Data))
+	if err != nil {
+		writeError(w, invalid("data", "data must be a JSON object"))
+		return
 	}
-	content, err := processors.Render(t, b.Channel, cc, b.Data)
+	content, err := processors.Render(t, b.Channel, cc, data)
 	if err != nil {
 		writeError(w, invalid("data", "%v", err))
 		return

@@ -54,6 +54,9 @@ func ParseData(data string) (map[string]any, error) {
 	if err := d.Decode(&m); err != nil {
 		return nil, fmt.Errorf("data is not a JSON object: %w", err)
 	}
+	if m == nil { // "null"
+		m = map[string]any{}
+	}
 	return m, nil
 }
 

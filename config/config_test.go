@@ -1,0 +1,106 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadFileEnvAndExpansion(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notifyd.yaml")
+	yaml := `
+dataDir: /var/lib/notifyd
+http: {addr: ":9000"}
+kafka: {partitions: 12}
+dedup: {window: 48h}
+apiKeys: [{name: ci, key: "${CI_KEY}"}]
+channels:
+  email:
+    - name: smtp-main
+      type: smtp
+      smtp: {host: mail.example.com, port: 587, from: no-reply@example.com, tls: starttls, username: u}
+  webhook:
+    - name: hooks
+      type: webhook
+      webhook: {endpoints: {default: {url: "https://hooks.example.com/n", secret: placeholder}}}
+`
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path, env(map[string]string{
+		"CI_KEY":                                "from-env",
+		"NOTIFYD_HTTP_ADDR":                     ":9100",
+		"NOTIFYD_PROVIDER_SMTP_MAIN_PASSWORD":   "pw",
+		"NOTIFYD_PROVIDER_HOOKS_SECRET_DEFAULT": "whsec",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DataDir != "/var/lib/notifyd" || cfg.HTTP.Addr != ":9100" || cfg.Kafka.Partitions != 12 || cfg.Dedup.Window != 48*time.Hour {
+		t.Fatalf("cfg %+v", cfg)
+	}
+	if cfg.APIKeys[0].Key != "from-env" || cfg.Channels["email"][0].SMTP.Password != "pw" ||
+		cfg.Channels["webhook"][0].Webhook.Endpoints["default"].Secret != "whsec" {
+		t.Fatalf("secrets not taken from the environment: %+v", cfg)
+	}
+	// Defaults survive where the file is silent.
+	if cfg.Sink.Attempts != 3 || cfg.HTTP.MaxBodyBytes != 1<<20 || cfg.Kafka.EmbeddedPort != 9092 {
+		t.Fatalf("defaults lost: %+v", cfg)
+	}
+}
+
+func TestLoadRejectsBadConfig(t *testing.T) {
+	cases := map[string]string{
+		"unknown key":      "htp: {addr: x}",
+		"bad duration":     "dedup: {window: forever}",
+		"bad provider":     "channels: {email: [{name: x, type: carrier-pigeon}]}",
+		"smtp incomplete":  "channels: {email: [{name: x, type: smtp, smtp: {host: h}}]}",
+		"smtp tls":         "channels: {email: [{name: x, type: smtp, smtp: {host: h, port: 25, from: a@b.c, tls: maybe}}]}",
+		"webhook secret":   "channels: {webhook: [{name: x, type: webhook, webhook: {endpoints: {d: {url: 'https://x'}}}}]}",
+		"provider no name": "channels: {email: [{type: log}]}",
+		"not yaml":         "{{{",
+	}
+	for name, body := range cases {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		_ = os.WriteFile(path, []byte(body), 0o600)
+		if _, err := Load(path, env(nil)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := Load("", env(map[string]string{"NOTIFYD_API_KEYS": "nocolon"})); err == nil || !strings.Contains(err.Error(), "name:key") {
+		t.Errorf("bad NOTIFYD_API_KEYS: %v", err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), env(nil)); err == nil {
+		t.Error("missing file accepted")
+	}
+}
+
+func TestEnsureAPIKeyNeverLeavesTheAPIOpen(t *testing.T) {
+	cfg := Default()
+	key := cfg.EnsureAPIKey()
+	if !strings.HasPrefix(key, "ndk_") || len(cfg.APIKeys) != 1 || cfg.APIKeys[0].Key != key {
+		t.Fatalf("generated %q, keys %+v", key, cfg.APIKeys)
+	}
+	if again := cfg.EnsureAPIKey(); again != "" {
+		t.Fatal("replaced configured keys")
+	}
+}
+
+func FuzzLoad(f *testing.F) {
+	f.Add("http: {addr: ':1'}\n")
+	f.Add("channels: {email: [{name: a, type: log}]}")
+	f.Fuzz(func(t *testing.T, body string) {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Load(path, env(nil))
+		if err == nil && cfg.Validate() != nil {
+			t.Fatal("Load returned a config that does not validate")
+		}
+	})
+}
