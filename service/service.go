@@ -57,8 +57,10 @@ type Service struct {
 	readyErr error
 	views    []*goka.View
 	procs    []*goka.Processor
-	sinks    []*sinks.Sink
-	sweeper  *topology.DedupSweeper
+	// statusProc is the status group's processor when this process runs it.
+	statusProc *goka.Processor
+	sinks      []*sinks.Sink
+	sweeper    *topology.DedupSweeper
 }
 
 func (s *Service) init() {
@@ -91,6 +93,12 @@ func (s *Service) HTTPAddr() string {
 
 // Sweeper is the dedup sweeper of a process running the process role.
 func (s *Service) Sweeper() *topology.DedupSweeper { return s.sweeper }
+
+// SetKafkaClientLogger sends the Kafka client library's log to l at debug
+// level. It is a process-wide setting: call it once, before any Service runs.
+func SetKafkaClientLogger(l *slog.Logger) {
+	goka.SetSaramaLogger(slog.NewLogLogger(l.Handler(), slog.LevelDebug))
+}
 
 // StartBroker runs the embedded kfake broker with its data under dataDir.
 func StartBroker(dataDir string, port int) (*kfake.Cluster, error) {
@@ -128,7 +136,6 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.brokers = brokers
 	s.mu.Unlock()
-	goka.SetSaramaLogger(slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug))
 
 	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication); err != nil {
 		return err
@@ -223,6 +230,9 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 			return nil, fmt.Errorf("processor %s: %w", graph.Group(), err)
 		}
 		s.procs = append(s.procs, p)
+		if graph.Group() == topology.StatusGroup {
+			s.statusProc = p
+		}
 		g.Go(func() error { return p.Run(ctx) })
 		waits = append(waits, p.WaitForReadyContext)
 	}
@@ -276,11 +286,18 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	status, err := newView("status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
-	if err != nil {
-		return nil, err
+	views := []*goka.View{templates, profiles}
+	// In one process with the status group, read its table directly rather
+	// than keep a second copy of every lifecycle in a view.
+	var status api.Table = s.statusProc
+	if s.statusProc == nil {
+		v, err := newView("status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
+		if err != nil {
+			return nil, err
+		}
+		views = append(views, v)
+		status = v
 	}
-	views := []*goka.View{templates, profiles, status}
 	srv := &api.Server{Producer: producer, Templates: templates, Profiles: profiles, Status: status,
 		Keys: api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
 		WriteWait: 3 * time.Second, Gatherer: reg, Now: s.Now,
@@ -317,7 +334,11 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		return hs.Shutdown(sctx)
 	})
 	s.Log.Info("API listening", "addr", s.httpAddr)
-	return []func(context.Context) error{viewReady(templates), viewReady(profiles), viewReady(status)}, nil
+	var waits []func(context.Context) error
+	for _, v := range views {
+		waits = append(waits, viewReady(v))
+	}
+	return waits, nil
 }
 
 func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []string, producer *kgo.Client, reg *prometheus.Registry) error {

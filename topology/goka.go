@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"hash"
 	"path/filepath"
 	"time"
 
@@ -38,24 +39,54 @@ func (k Kafka) topicManager() goka.TopicManagerBuilder {
 	tmc.Table.Replication = k.Replication
 	tmc.Stream.Replication = k.Replication
 	tmc.MismatchBehavior = goka.TMConfigMismatchBehaviorFail
-	return goka.TopicManagerBuilderWithConfig(k.saramaConfig(), tmc)
+	return func(brokers []string) (goka.TopicManager, error) {
+		return goka.NewTopicManager(brokers, k.saramaConfig(), tmc)
+	}
+}
+
+// The builders below give every client its own sarama.Config. goka's
+// *BuilderWithConfig helpers write ClientID into one shared config on every
+// rebalance while running sarama clients read it: a data race.
+
+func (k Kafka) consumerGroupBuilder() goka.ConsumerGroupBuilder {
+	return func(brokers []string, group, clientID string) (sarama.ConsumerGroup, error) {
+		c := k.saramaConfig()
+		c.ClientID = clientID
+		return sarama.NewConsumerGroup(brokers, group, c)
+	}
+}
+
+func (k Kafka) consumerBuilder() goka.SaramaConsumerBuilder {
+	return func(brokers []string, clientID string) (sarama.Consumer, error) {
+		c := k.saramaConfig()
+		c.ClientID = clientID
+		return sarama.NewConsumer(brokers, c)
+	}
+}
+
+func (k Kafka) producerBuilder() goka.ProducerBuilder {
+	return func(brokers []string, clientID string, hasher func() hash.Hash32) (goka.Producer, error) {
+		c := k.saramaConfig()
+		c.ClientID = clientID
+		c.Producer.Partitioner = sarama.NewCustomHashPartitioner(hasher)
+		return goka.NewProducer(brokers, c)
+	}
 }
 
 func (k Kafka) storage(name string) storage.Builder {
 	if k.StorageDir == "" {
 		return storage.MemoryBuilder()
 	}
-	return storage.DefaultBuilder(filepath.Join(k.StorageDir, name))
+	return BatchedLevelDB(filepath.Join(k.StorageDir, name), 20*time.Millisecond)
 }
 
 // ProcessorOptions are the options every notifyd processor runs with.
 func (k Kafka) ProcessorOptions(group goka.Group) []goka.ProcessorOption {
-	cfg := k.saramaConfig()
 	return []goka.ProcessorOption{
 		goka.WithTopicManagerBuilder(k.topicManager()),
-		goka.WithConsumerGroupBuilder(goka.ConsumerGroupBuilderWithConfig(cfg)),
-		goka.WithConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(cfg)),
-		goka.WithProducerBuilder(goka.ProducerBuilderWithConfig(cfg)),
+		goka.WithConsumerGroupBuilder(k.consumerGroupBuilder()),
+		goka.WithConsumerSaramaBuilder(k.consumerBuilder()),
+		goka.WithProducerBuilder(k.producerBuilder()),
 		goka.WithStorageBuilder(k.storage("processor-" + string(group))),
 		goka.WithHasher(Hasher),
 	}
@@ -63,10 +94,9 @@ func (k Kafka) ProcessorOptions(group goka.Group) []goka.ProcessorOption {
 
 // ViewOptions are the options of every notifyd view; name keeps storages apart.
 func (k Kafka) ViewOptions(name string) []goka.ViewOption {
-	cfg := k.saramaConfig()
 	return []goka.ViewOption{
 		goka.WithViewTopicManagerBuilder(k.topicManager()),
-		goka.WithViewConsumerSaramaBuilder(goka.SaramaConsumerBuilderWithConfig(cfg)),
+		goka.WithViewConsumerSaramaBuilder(k.consumerBuilder()),
 		goka.WithViewStorageBuilder(k.storage("view-" + name)),
 		goka.WithViewHasher(Hasher),
 		goka.WithViewAutoReconnect(),

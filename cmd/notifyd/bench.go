@@ -1,10 +1,287 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/service"
+	"github.com/notifyd/notifyd/sinks"
+	"github.com/notifyd/notifyd/topology"
 )
 
+// benchProvider accepts instantly and notes when each notification reached it.
+type benchProvider struct {
+	mu    sync.Mutex
+	lat   []time.Duration // accept → provider call
+	count atomic.Int64
+	last  atomic.Int64 // unix nanos of the latest call
+}
+
+func (b *benchProvider) Name() string { return "bench" }
+
+func (b *benchProvider) Send(_ context.Context, n *schemas.Notification) (string, error) {
+	now := time.Now()
+	b.mu.Lock()
+	b.lat = append(b.lat, now.Sub(time.UnixMilli(n.AcceptedAt)))
+	b.mu.Unlock()
+	b.count.Add(1)
+	b.last.Store(now.UnixNano())
+	return "", nil
+}
+
+func (b *benchProvider) reset() []time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := b.lat
+	b.lat = nil
+	b.count.Store(0)
+	return out
+}
+
+func (b *benchProvider) wait(ctx context.Context, n int64, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for b.count.Load() < n {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d notifications delivered after %v", b.count.Load(), n, limit)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return nil
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
 func runBench(ctx context.Context, args []string) error {
-	return errors.New("bench: see below")
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	n := fs.Int("n", 20000, "notifications in the bulk phase")
+	paced := fs.Int("paced-rate", 2000, "notifications/s of the paced phase (end-to-end latency at a steady rate)")
+	rate := fs.Int("rate", 2000, "API requests/s of the API phase")
+	dur := fs.Duration("duration", 10*time.Second, "length of the paced and API phases")
+	partitions := fs.Int("partitions", 4, "partitions per topic")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase to this file")
+	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "notifyd-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Kafka.EmbeddedPort = 0
+	cfg.Kafka.Partitions = *partitions
+	cfg.Limits.DefaultPerDay = 0
+	cfg.Channels = map[string][]config.Provider{}
+	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key"}}
+	bp := &benchProvider{}
+	svc := &service.Service{Cfg: cfg, Roles: service.AllInOne, InMemoryState: *memState,
+		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Providers: map[string][]sinks.Provider{"email": {bp}}}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(sctx) }()
+	select {
+	case <-svc.Ready():
+	case err := <-done:
+		return err
+	}
+	defer func() { stop(); <-done }()
+	base := "http://" + svc.HTTPAddr()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}
+	tmpl := `{"category":"transactional","channels":{"email":{"subject":"Order {{.orderId}}","text":"Order {{.orderId}} shipped","html":"<p>Order <b>{{.orderId}}</b> shipped</p>"}}}`
+	if err := call(ctx, client, "PUT", base+"/v1/templates/bench", tmpl, http.StatusOK); err != nil {
+		return err
+	}
+	producer, err := topology.NewProducer(svc.Brokers())
+	if err != nil {
+		return err
+	}
+	defer producer.Close()
+	fmt.Printf("notifyd bench: %d partitions, goka state %s, GOMAXPROCS from %d CPUs\n\n", *partitions,
+		map[bool]string{true: "in memory", false: "on disk"}[*memState], runtime.NumCPU())
+
+	// Warm-up: first records pay for group joins and connection set-up.
+	if err := ingest(ctx, producer, "warm", 500, 0); err != nil {
+		return err
+	}
+	if err := bp.wait(ctx, 500, time.Minute); err != nil {
+		return err
+	}
+	bp.reset()
+
+	// Phase 1: bulk, everything produced at once.
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	if err := ingest(ctx, producer, "bulk", *n, 0); err != nil {
+		return err
+	}
+	produced := time.Since(start)
+	if err := bp.wait(ctx, int64(*n), 10*time.Minute); err != nil {
+		return err
+	}
+	elapsed := time.Unix(0, bp.last.Load()).Sub(start)
+	if *cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	lat := bp.reset()
+	fmt.Printf("bulk: %d notifications produced to notify.ingest in %v, all delivered in %v\n", *n, produced.Round(time.Millisecond), elapsed.Round(time.Millisecond))
+	fmt.Printf("  throughput end to end: %.0f notifications/s\n", float64(*n)/elapsed.Seconds())
+	fmt.Printf("  ingest → provider (includes queueing behind the backlog): p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
+
+	// Phase 2: paced, a steady rate below saturation.
+	total := int(float64(*paced) * dur.Seconds())
+	if err := ingest(ctx, producer, "paced", total, *paced); err != nil {
+		return err
+	}
+	if err := bp.wait(ctx, int64(total), 5*time.Minute); err != nil {
+		return err
+	}
+	lat = bp.reset()
+	fmt.Printf("paced: %d notifications at %d/s\n", total, *paced)
+	fmt.Printf("  ingest → provider: p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
+
+	// Phase 3: the API under an open-loop request rate.
+	apiLat, errs, err := apiLoad(ctx, client, base, *rate, *dur)
+	if err != nil {
+		return err
+	}
+	if err := bp.wait(ctx, int64(len(apiLat)), 5*time.Minute); err != nil {
+		return err
+	}
+	lat = bp.reset()
+	fmt.Printf("api: %d POST /v1/notifications at %d/s (%d errors)\n", len(apiLat), *rate, errs)
+	fmt.Printf("  request latency: p50 %s  p99 %s  max %s\n", ms(percentile(apiLat, .5)), ms(percentile(apiLat, .99)), ms(percentile(apiLat, 1)))
+	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
+	return nil
+}
+
+// ingest produces count single-recipient requests; rate 0 means as fast as possible.
+func ingest(ctx context.Context, cl *kgo.Client, prefix string, count, rate int) error {
+	var interval time.Duration
+	if rate > 0 {
+		interval = time.Second / time.Duration(rate)
+	}
+	start := time.Now()
+	var firstErr atomic.Value
+	for i := 0; i < count; i++ {
+		if interval > 0 {
+			if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		req := &schemas.SendRequest{EventID: id, Template: "bench", AcceptedAt: time.Now().UnixMilli(), Source: "bench",
+			Recipients: []schemas.Recipient{{UserID: "user-" + id, Email: "user-" + id + "@example.com"}},
+			Data:       `{"orderId":"` + id + `"}`}
+		v, err := schemas.SendRequestCodec.Encode(req)
+		if err != nil {
+			return err
+		}
+		cl.Produce(ctx, &kgo.Record{Topic: string(topology.Ingest), Key: []byte(id), Value: v}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err)
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	if err, _ := firstErr.Load().(error); err != nil {
+		return err
+	}
+	return nil
+}
+
+// apiLoad sends requests on a fixed schedule (open loop): latency counts from
+// the time a request was due, so a slow server cannot hide its queueing.
+func apiLoad(ctx context.Context, client *http.Client, base string, rate int, dur time.Duration) ([]time.Duration, int, error) {
+	total := int(float64(rate) * dur.Seconds())
+	interval := time.Second / time.Duration(rate)
+	lat := make([]time.Duration, total)
+	var errs atomic.Int32
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < total; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Add(1)
+		go func(i int, due time.Time) {
+			defer wg.Done()
+			body := fmt.Sprintf(`{"template":"bench","data":{"orderId":"api-%d"},"recipients":[{"userId":"api-user-%d","email":"api-%d@example.com"}]}`, i, i, i)
+			if err := call(ctx, client, "POST", base+"/v1/notifications", body, http.StatusAccepted); err != nil {
+				errs.Add(1)
+			}
+			lat[i] = time.Since(due)
+		}(i, due)
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return nil, 0, ctx.Err()
+	}
+	return lat, int(errs.Load()), nil
+}
+
+func call(ctx context.Context, client *http.Client, method, url, body string, want int) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewBufferString(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer bench-key")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		return errors.New(resp.Status + ": " + string(b))
+	}
+	return nil
 }

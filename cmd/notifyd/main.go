@@ -115,6 +115,7 @@ func runRole(ctx context.Context, role string, args []string) error {
 	}
 	log := newLogger(cfg.LogLevel)
 	slog.SetDefault(log)
+	service.SetKafkaClientLogger(log)
 	var roles service.Roles
 	switch role {
 	case "run":

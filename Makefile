@@ -1,0 +1,34 @@
+GO ?= go
+
+.PHONY: run test build vet fuzz bench clean
+
+# The all-in-one service on its embedded defaults: API on :8080, Kafka broker on
+# 127.0.0.1:9092, state under ./data.
+run:
+	$(GO) run ./cmd/notifyd run --config notifyd.dev.yaml
+
+# Everything CI runs.
+test: vet
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+vet:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+build:
+	$(GO) build -o bin/notifyd ./cmd/notifyd
+
+# Short runs of every fuzz target (FUZZTIME=30s each by default).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeSendRequest -fuzztime $(FUZZTIME)
+	$(GO) test ./api -run '^$$' -fuzz FuzzSendBody -fuzztime $(FUZZTIME)
+	$(GO) test ./processors -run '^$$' -fuzz FuzzParseData -fuzztime $(FUZZTIME)
+	$(GO) test ./config -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
+
+# End-to-end throughput and latency on this machine (docs/PERFORMANCE.md).
+bench: build
+	./bin/notifyd bench
+
+clean:
+	rm -rf bin data

@@ -1,0 +1,228 @@
+package topology
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lovoo/goka/storage"
+	"github.com/syndtr/goleveldb/leveldb"
+	ldbiter "github.com/syndtr/goleveldb/leveldb/iterator"
+	"github.com/syndtr/goleveldb/leveldb/util"
+)
+
+// offsetKey is where goka keeps a partition's table offset (same key as goka's
+// own LevelDB storage, so either can open the other's files).
+const offsetKey = "__offset"
+
+// maxPending forces a flush when this many keys wait, bounding memory.
+const maxPending = 20000
+
+// BatchedLevelDB is goka storage on LevelDB that writes behind: Set and Delete
+// land in a pending map that reads see at once, and every flushEvery the
+// pending writes and the partition offset go to LevelDB as one atomic batch.
+//
+// goka's own LevelDB storage pays a journal write(2) for every value and
+// another for every offset; at notifyd's rates that was the largest cost of the
+// pipeline (docs/PERFORMANCE.md). A crash loses at most the unflushed tail, and
+// because the offset is in the same batch, goka replays exactly that tail from
+// the table topic: the local state is a cache of the topic either way.
+func BatchedLevelDB(dir string, flushEvery time.Duration) storage.Builder {
+	return func(topic string, partition int32) (storage.Storage, error) {
+		path := filepath.Join(dir, fmt.Sprintf("%s.%d", topic, partition))
+		db, err := leveldb.OpenFile(path, nil)
+		if err != nil {
+			return nil, fmt.Errorf("open leveldb %s: %w", path, err)
+		}
+		return &batchedStorage{db: db, every: flushEvery, pending: map[string]pendingWrite{},
+			stop: make(chan struct{}), stopped: make(chan struct{})}, nil
+	}
+}
+
+type pendingWrite struct {
+	value   []byte
+	deleted bool
+}
+
+type batchedStorage struct {
+	db    *leveldb.DB
+	every time.Duration
+
+	mu          sync.RWMutex
+	pending     map[string]pendingWrite
+	offset      atomic.Int64
+	savedOffset int64 // guarded by mu
+
+	stop, stopped chan struct{}
+	closeOnce     sync.Once
+}
+
+func (s *batchedStorage) Open() error {
+	go func() {
+		defer close(s.stopped)
+		t := time.NewTicker(s.every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				_ = s.Flush()
+			}
+		}
+	}()
+	return nil
+}
+
+func (s *batchedStorage) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.stopped
+		err = errors.Join(s.Flush(), s.db.Close())
+	})
+	return err
+}
+
+// Flush writes the pending changes and the offset as one batch.
+func (s *batchedStorage) Flush() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushLocked()
+}
+
+func (s *batchedStorage) flushLocked() error {
+	off := s.offset.Load()
+	if len(s.pending) == 0 && off == s.savedOffset {
+		return nil
+	}
+	b := new(leveldb.Batch)
+	for k, w := range s.pending {
+		if w.deleted {
+			b.Delete([]byte(k))
+		} else {
+			b.Put([]byte(k), w.value)
+		}
+	}
+	if off != 0 && off != s.savedOffset {
+		b.Put([]byte(offsetKey), []byte(strconv.FormatInt(off, 10)))
+	}
+	if err := s.db.Write(b, nil); err != nil {
+		return fmt.Errorf("leveldb batch: %w", err)
+	}
+	clear(s.pending)
+	s.savedOffset = off
+	return nil
+}
+
+func (s *batchedStorage) Has(key string) (bool, error) {
+	v, err := s.Get(key)
+	return v != nil, err
+}
+
+func (s *batchedStorage) Get(key string) ([]byte, error) {
+	s.mu.RLock()
+	w, ok := s.pending[key]
+	s.mu.RUnlock()
+	if ok {
+		if w.deleted {
+			return nil, nil
+		}
+		return w.value, nil
+	}
+	v, err := s.db.Get([]byte(key), nil)
+	if errors.Is(err, leveldb.ErrNotFound) {
+		return nil, nil
+	}
+	return v, err
+}
+
+func (s *batchedStorage) Set(key string, value []byte) error {
+	v := append([]byte(nil), value...) // goka may reuse the slice
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending[key] = pendingWrite{value: v}
+	if len(s.pending) >= maxPending {
+		return s.flushLocked()
+	}
+	return nil
+}
+
+func (s *batchedStorage) Delete(key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pending[key] = pendingWrite{deleted: true}
+	if len(s.pending) >= maxPending {
+		return s.flushLocked()
+	}
+	return nil
+}
+
+func (s *batchedStorage) GetOffset(def int64) (int64, error) {
+	if off := s.offset.Load(); off != 0 {
+		return off, nil
+	}
+	v, err := s.db.Get([]byte(offsetKey), nil)
+	if errors.Is(err, leveldb.ErrNotFound) {
+		return def, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	off, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("decode offset: %w", err)
+	}
+	return off, nil
+}
+
+func (s *batchedStorage) SetOffset(offset int64) error {
+	s.offset.Store(offset)
+	return nil
+}
+
+func (s *batchedStorage) MarkRecovered() error { return s.Flush() }
+
+func (s *batchedStorage) Iterator() (storage.Iterator, error) {
+	return s.IteratorWithRange(nil, nil)
+}
+
+// IteratorWithRange flushes first, so the iteration sees every write made before it.
+func (s *batchedStorage) IteratorWithRange(start, limit []byte) (storage.Iterator, error) {
+	if err := s.Flush(); err != nil {
+		return nil, err
+	}
+	var r *util.Range
+	if start != nil || limit != nil {
+		r = &util.Range{Start: start, Limit: limit}
+	}
+	return &skipOffsetIter{it: s.db.NewIterator(r, nil)}, nil
+}
+
+type skipOffsetIter struct{ it ldbiter.Iterator }
+
+func (i *skipOffsetIter) Next() bool {
+	for i.it.Next() {
+		if string(i.it.Key()) != offsetKey {
+			return true
+		}
+	}
+	return false
+}
+func (i *skipOffsetIter) Err() error             { return i.it.Error() }
+func (i *skipOffsetIter) Key() []byte            { return i.it.Key() }
+func (i *skipOffsetIter) Value() ([]byte, error) { return i.it.Value(), nil }
+func (i *skipOffsetIter) Release()               { i.it.Release() }
+func (i *skipOffsetIter) Seek(key []byte) bool {
+	if !i.it.Seek(key) {
+		return false
+	}
+	if string(i.it.Key()) == offsetKey {
+		return i.Next()
+	}
+	return true
+}
