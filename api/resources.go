@@ -394,8 +394,8 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 
 type previewBody struct {
 	Data    json.RawMessage `json:"data"`
-	Locale  string         `json:"locale"`
-	Channel string         `json:"channel"`
+	Locale  string          `json:"locale"`
+	Channel string          `json:"channel"`
 }
 
 func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
