@@ -1,0 +1,191 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/notifyd/notifyd/sinks/webhooktest"
+)
+
+// build compiles notifyd once for the tests of this package.
+func build(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "notifyd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type proc struct {
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+}
+
+func startNotifyd(t *testing.T, bin, cfgPath string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, "run", "--config", cfgPath), logs: new(bytes.Buffer)}
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("notifyd output:\n%s", p.logs)
+		}
+	})
+	return p
+}
+
+func api(t *testing.T, base, method, path string, body any, want int) map[string]any {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(method, base+path, bytes.NewReader(b))
+	req.Header.Set("Authorization", "Bearer crash-key")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+	}
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return out
+}
+
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(base + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatal("notifyd not ready after 90s")
+}
+
+// SIGKILL notifyd while the provider holds the request (accepted, routed, not
+// delivered), start it again on the same data dir: delivered exactly once.
+func TestKillDuringDeliveryThenRestartDeliversOnce(t *testing.T) {
+	bin := build(t)
+	rc := webhooktest.Start("crash-secret")
+	defer rc.Close()
+	arrived := make(chan string, 1)
+	var first atomic.Bool
+	first.Store(true)
+	rc.Hook = func(r *http.Request, _ []byte) int {
+		if first.CompareAndSwap(true, false) {
+			arrived <- r.Header.Get("X-Notifyd-Notification-Id")
+			<-r.Context().Done() // until the killed process's connection breaks
+		}
+		return 0
+	}
+	dir := t.TempDir()
+	httpPort, kafkaPort := freePort(t), freePort(t)
+	cfg := fmt.Sprintf(`dataDir: %s
+logLevel: warn
+http: {addr: "127.0.0.1:%d"}
+kafka: {embeddedPort: %d, partitions: 2}
+apiKeys: [{name: crash, key: crash-key}]
+channels:
+  webhook:
+    - name: hook
+      type: webhook
+      webhook: {allowPrivateTargets: true, endpoints: {default: {url: %q, secret: crash-secret}}}
+`, filepath.Join(dir, "data"), httpPort, kafkaPort, rc.URL)
+	cfgPath := filepath.Join(dir, "notifyd.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+
+	p1 := startNotifyd(t, bin, cfgPath)
+	waitReady(t, base)
+	api(t, base, "PUT", "/v1/templates/hook", map[string]any{"category": "transactional",
+		"channels": map[string]any{"webhook": map[string]any{"body": `{"n": "{{.n}}"}`}}}, http.StatusOK)
+	out := api(t, base, "POST", "/v1/notifications", map[string]any{"template": "hook", "data": map[string]any{"n": "1"},
+		"recipients": []any{map[string]any{"userId": "crash-user"}}}, http.StatusAccepted)
+	id := out["notifications"].([]any)[0].(map[string]any)["id"].(string)
+	select {
+	case got := <-arrived:
+		if got != id {
+			t.Fatalf("provider got %s, want %s", got, id)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the provider never saw the notification")
+	}
+	if err := p1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = p1.cmd.Wait()
+	if n := len(rc.Deliveries()); n != 0 {
+		t.Fatalf("%d deliveries counted before the restart", n)
+	}
+
+	p2 := startNotifyd(t, bin, cfgPath)
+	waitReady(t, base)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for len(rc.Deliveries()) == 0 && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // room for a wrong second delivery
+	if d := rc.Deliveries(); len(d) != 1 || d[0].ID != id {
+		t.Fatalf("want exactly one delivery of %s, got %+v", id, d)
+	}
+	for ctx.Err() == nil {
+		st := api(t, base, "GET", "/v1/notifications/"+id, nil, http.StatusOK)
+		if st["status"] == "sent" {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// A clean stop on SIGTERM.
+	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p2.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("notifyd exited with %v after SIGTERM", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("notifyd did not stop within 30s of SIGTERM")
+	}
+}
