@@ -160,8 +160,14 @@ func (s *Server) toRequest(b *sendBody, idemKey, prefix string) (*schemas.SendRe
 		if err != nil {
 			return nil, invalid(p("sendAt"), "sendAt must be an RFC 3339 time: %v", err)
 		}
-		if t.After(s.now().Add(time.Second)) {
-			return nil, invalid(p("sendAt"), "scheduled sending (sendAt in the future) is not available in this version")
+		if t.After(s.now().Add(processors.MaxScheduleAhead)) {
+			return nil, invalid(p("sendAt"), "sendAt may be at most %v ahead", processors.MaxScheduleAhead)
+		}
+		if t.After(s.now()) {
+			req.SendAt = t.UnixMilli()
+		}
+		if req.ExpiresAt > 0 && req.SendAt >= req.ExpiresAt {
+			return nil, invalid(p("sendAt"), "sendAt %s is not before expiresAt %s", b.SendAt, b.ExpiresAt)
 		}
 	}
 	return req, nil

@@ -19,15 +19,16 @@ import (
 
 // Config is the whole configuration. Zero values take the defaults of Default().
 type Config struct {
-	DataDir  string                `yaml:"dataDir"`
-	HTTP     HTTP                  `yaml:"http"`
-	Kafka    Kafka                 `yaml:"kafka"`
-	APIKeys  []APIKey              `yaml:"apiKeys"`
-	Dedup    Dedup                 `yaml:"dedup"`
-	Limits   Limits                `yaml:"limits"`
-	Sink     Sink                  `yaml:"sink"`
-	Channels map[string][]Provider `yaml:"channels"`
-	LogLevel string                `yaml:"logLevel"`
+	DataDir   string                `yaml:"dataDir"`
+	HTTP      HTTP                  `yaml:"http"`
+	Kafka     Kafka                 `yaml:"kafka"`
+	APIKeys   []APIKey              `yaml:"apiKeys"`
+	Dedup     Dedup                 `yaml:"dedup"`
+	Scheduler Scheduler             `yaml:"scheduler"`
+	Limits    Limits                `yaml:"limits"`
+	Sink      Sink                  `yaml:"sink"`
+	Channels  map[string][]Provider `yaml:"channels"`
+	LogLevel  string                `yaml:"logLevel"`
 }
 
 // HTTP is the API listener.
@@ -56,6 +57,11 @@ type APIKey struct {
 type Dedup struct {
 	Window        time.Duration `yaml:"window"`
 	SweepInterval time.Duration `yaml:"sweepInterval"`
+}
+
+// Scheduler releases notifications with a sendAt; Interval is its resolution.
+type Scheduler struct {
+	Interval time.Duration `yaml:"interval"`
 }
 
 // Limits are the per-user protections of the deliver group.
@@ -112,10 +118,11 @@ type Endpoint struct {
 // Default is the configuration of `notifyd run` with no file.
 func Default() Config {
 	return Config{
-		DataDir: "./data",
-		HTTP:    HTTP{Addr: ":8080", MaxBodyBytes: 1 << 20, MaxBatch: 1000},
-		Kafka:   Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond},
-		Dedup:   Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
+		DataDir:   "./data",
+		HTTP:      HTTP{Addr: ":8080", MaxBodyBytes: 1 << 20, MaxBatch: 1000},
+		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond},
+		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
+		Scheduler: Scheduler{Interval: time.Second},
 		Limits: Limits{ContentDedupWindow: 10 * time.Minute, DefaultPerDay: 100,
 			PerChannelPerDay: map[string]int{}, TableWait: time.Second},
 		Sink: Sink{Concurrency: 64, Chunk: 256, Attempts: 3, Backoff: 200 * time.Millisecond,
@@ -188,6 +195,9 @@ func (c *Config) merge(f Config) {
 	}
 	if f.Dedup.SweepInterval != 0 {
 		c.Dedup.SweepInterval = f.Dedup.SweepInterval
+	}
+	if f.Scheduler.Interval != 0 {
+		c.Scheduler.Interval = f.Scheduler.Interval
 	}
 	if f.Limits.ContentDedupWindow != 0 {
 		c.Limits.ContentDedupWindow = f.Limits.ContentDedupWindow
@@ -316,8 +326,11 @@ func (c *Config) Validate() error {
 	if c.Kafka.Partitions < 1 {
 		return fmt.Errorf("config: kafka.partitions must be >= 1")
 	}
-	if c.Dedup.Window <= 0 {
-		return fmt.Errorf("config: dedup.window must be positive")
+	if c.Dedup.Window <= 0 || c.Dedup.SweepInterval <= 0 {
+		return fmt.Errorf("config: dedup.window and dedup.sweepInterval must be positive")
+	}
+	if c.Scheduler.Interval <= 0 {
+		return fmt.Errorf("config: scheduler.interval must be positive")
 	}
 	if c.Sink.Attempts < 1 || c.Sink.Chunk < 1 || c.Sink.Concurrency < 1 {
 		return fmt.Errorf("config: sink.attempts, sink.chunk and sink.concurrency must be >= 1")

@@ -83,3 +83,12 @@ func NotificationEvent(n *schemas.Notification, status, channel, reason string, 
 		Status: status, Reason: reason, At: at.UnixMilli(), AcceptedAt: n.AcceptedAt,
 	}
 }
+
+// ScheduleKey is the key of a scheduled notification: the due time first, zero
+// padded, so keys sort by when they are due.
+func ScheduleKey(dueMillis int64, notificationID string) string {
+	return fmt.Sprintf("%013d/%s", dueMillis, notificationID)
+}
+
+// MaxScheduleAhead bounds how far in the future a notification may be scheduled.
+const MaxScheduleAhead = 366 * 24 * time.Hour

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lovoo/goka"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/processors"
@@ -47,6 +48,11 @@ func TestAPIRejectsBadInputWithFieldPath(t *testing.T) {
 		{"bad priority", map[string]any{"template": "order-shipped", "priority": "urgent", "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "priority", "high, normal or low"},
 		{"unknown channel", map[string]any{"template": "order-shipped", "channels": []any{"email", "pigeon"}, "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "channels[1]", "unknown channel"},
 		{"data not an object", map[string]any{"template": "order-shipped", "data": []any{1}, "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "data", "JSON object"},
+		{"sendAt not a time", map[string]any{"template": "order-shipped", "sendAt": "tomorrow", "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "sendAt", "RFC 3339"},
+		{"sendAt too far", map[string]any{"template": "order-shipped", "sendAt": "2099-01-01T00:00:00Z", "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "sendAt", "at most"},
+		{"sendAt after expiresAt", map[string]any{"template": "order-shipped", "sendAt": time.Now().Add(2 * time.Hour).UTC().Format(time.RFC3339),
+			"expiresAt": time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "sendAt", "not before expiresAt"},
+		{"expiresAt past", map[string]any{"template": "order-shipped", "expiresAt": "2020-01-01T00:00:00Z", "recipients": []any{map[string]any{"userId": "u1"}}}, 400, "expiresAt", "already past"},
 		{"oversized body", `{"template": "order-shipped", "data": {"x": "` + strings.Repeat("a", 5000) + `"}}`, 413, "", "exceeds 4096 bytes"},
 	}
 	for _, c := range cases {
@@ -189,5 +195,40 @@ func TestUndecodableIngestRecordGoesToDLQ(t *testing.T) {
 	st := h.waitStatus(id, "rejected")
 	if r := st["history"].([]any)[0].(map[string]any)["reason"].(string); !strings.Contains(r, "not an Avro") {
 		t.Errorf("rejected reason %q", r)
+	}
+}
+
+// A record on notify.profiles that is not a Profile (another writer's bug) does
+// not stop the deliver group: the user is treated as having no profile.
+func TestUndecodableProfileRecordDoesNotStopDelivery(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	cl, err := topology.NewProducer(h.svc.Brokers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: string(topology.Profiles), Key: []byte("p1"), Value: []byte("{not avro}")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	waitRouted(t, ctx, h, goka.Stream(topology.Profiles), 1)
+	code, _ := h.call("GET", "/v1/profiles/p1", nil)
+	if code != http.StatusNotFound {
+		t.Fatalf("undecodable profile served with status %d", code)
+	}
+	data := map[string]any{"orderId": "p", "eta": "now"}
+	withInline := h.send(map[string]any{"template": "order-shipped", "data": data,
+		"recipients": []any{map[string]any{"userId": "p1", "email": "p1@example.com"}}})
+	h.waitStatus(withInline["p1"], "sent")
+	// Without inline contact the user has no address: rejected with that reason, not a stuck pipeline.
+	without := h.send(map[string]any{"template": "order-shipped", "data": map[string]any{"orderId": "q", "eta": "now"},
+		"recipients": []any{map[string]any{"userId": "p1"}}})
+	st := h.waitStatus(without["p1"], "rejected")
+	hist := st["history"].([]any)
+	if r := hist[len(hist)-1].(map[string]any)["reason"]; r != "user p1 has no email address" {
+		t.Fatalf("reason %q", r)
 	}
 }

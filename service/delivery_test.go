@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -161,7 +162,7 @@ func TestDedupEntriesExpireAfterWindow(t *testing.T) {
 		"recipients": []any{map[string]any{"userId": "w1", "email": "w1@example.com"}}}
 	ids := h.send(body, "Idempotency-Key", "window-key")
 	h.waitStatus(ids["w1"], "sent")
-	view := h.svc.Sweeper().View
+	view := h.svc.DedupSweeper().View
 	if v, _ := view.Get("window-key"); v == nil {
 		t.Fatal("dedup entry missing right after the send")
 	}
@@ -198,5 +199,42 @@ func TestDedupEntriesExpireAfterWindow(t *testing.T) {
 			t.Fatalf("repeat after the window not accepted: %v", hist)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A notification with sendAt in the future is scheduled, sent once due, and
+// the schedule survives a restart.
+func TestSendAtSchedulesDelivery(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Scheduler.Interval = 100 * time.Millisecond
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	data := map[string]any{"orderId": "s", "eta": "later"}
+	soon := time.Now().Add(2 * time.Second).UTC()
+	later := time.Now().Add(5 * time.Second).UTC()
+	a := h.send(map[string]any{"template": "order-shipped", "data": data, "sendAt": soon.Format(time.RFC3339Nano),
+		"recipients": []any{map[string]any{"userId": "s1", "email": "s1@example.com"}}})
+	b := h.send(map[string]any{"template": "order-shipped", "data": data, "sendAt": later.Format(time.RFC3339Nano),
+		"recipients": []any{map[string]any{"userId": "s2", "email": "s2@example.com"}}})
+	st := h.waitStatus(a["s1"], "scheduled")
+	if hist := st["history"].([]any); !strings.Contains(hist[len(hist)-1].(map[string]any)["reason"].(string), "scheduled for") {
+		t.Errorf("history %v", hist)
+	}
+	h.waitStatus(b["s2"], "scheduled")
+	if n := len(h.smtp.Messages()); n != 0 {
+		t.Fatalf("%d emails sent before their time", n)
+	}
+	h.waitStatus(a["s1"], "sent")
+	if msgs := h.smtp.Messages(); len(msgs) != 1 || msgs[0].At.Before(soon.Truncate(time.Second)) {
+		t.Fatalf("first scheduled email: %+v (due %v)", msgs, soon)
+	}
+	// Restart before the second is due: it is still delivered, once.
+	h.stop()
+	h.start()
+	h.waitStatus(b["s2"], "sent")
+	time.Sleep(500 * time.Millisecond)
+	msgs := h.smtp.Messages()
+	if len(msgs) != 2 || msgs[1].At.Before(later.Truncate(time.Second)) {
+		t.Fatalf("emails %d, second at %v, due %v", len(msgs), msgs[len(msgs)-1].At, later)
 	}
 }

@@ -60,7 +60,7 @@ type Service struct {
 	// statusProc is the status group's processor when this process runs it.
 	statusProc *goka.Processor
 	sinks      []*sinks.Sink
-	sweeper    *topology.DedupSweeper
+	sweeper    *topology.Sweeper
 }
 
 func (s *Service) init() {
@@ -91,8 +91,8 @@ func (s *Service) HTTPAddr() string {
 	return s.httpAddr
 }
 
-// Sweeper is the dedup sweeper of a process running the process role.
-func (s *Service) Sweeper() *topology.DedupSweeper { return s.sweeper }
+// DedupSweeper is the dedup sweeper of a process running the process role.
+func (s *Service) DedupSweeper() *topology.Sweeper { return s.sweeper }
 
 // SetKafkaClientLogger sends the Kafka client library's log to l at debug
 // level. It is a process-wide setting: call it once, before any Service runs.
@@ -223,7 +223,7 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 	}
 	gokaLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)
 	var waits []func(context.Context) error
-	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.StatusGraph()} {
+	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.SchedulerGraph(), pipe.StatusGraph()} {
 		opts := append(kafka.ProcessorOptions(graph.Group()), goka.WithLogger(gokaLog))
 		p, err := goka.NewProcessor(kafka.Brokers, graph, opts...)
 		if err != nil {
@@ -236,16 +236,27 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		g.Go(func() error { return p.Run(ctx) })
 		waits = append(waits, p.WaitForReadyContext)
 	}
-	view, err := goka.NewView(kafka.Brokers, goka.GroupTable(topology.DedupGroup), topology.DedupTableCodec(),
-		append(kafka.ViewOptions("dedup"), goka.WithViewLogger(gokaLog))...)
-	if err != nil {
-		return nil, fmt.Errorf("dedup view: %w", err)
+	newView := func(name string, group goka.Group, codec goka.Codec) (*goka.View, error) {
+		v, err := goka.NewView(kafka.Brokers, goka.GroupTable(group), codec, append(kafka.ViewOptions(name), goka.WithViewLogger(gokaLog))...)
+		if err != nil {
+			return nil, fmt.Errorf("%s view: %w", name, err)
+		}
+		g.Go(func() error { return v.Run(ctx) })
+		waits = append(waits, viewReady(v))
+		return v, nil
 	}
-	g.Go(func() error { return view.Run(ctx) })
-	s.sweeper = &topology.DedupSweeper{View: view, Producer: producer, Window: cfg.Dedup.Window,
-		Every: cfg.Dedup.SweepInterval, Now: s.Now, Log: s.Log}
+	dedupView, err := newView("dedup", topology.DedupGroup, topology.DedupTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	scheduleView, err := newView("scheduler", topology.SchedulerGroup, topology.ScheduleTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	s.sweeper = topology.DedupSweeper(dedupView, producer, cfg.Dedup.Window, cfg.Dedup.SweepInterval, s.Now, s.Log)
+	scheduler := topology.SchedulerSweeper(scheduleView, producer, cfg.Scheduler.Interval, s.Now, s.Log)
 	g.Go(func() error { return s.sweeper.Run(ctx) })
-	waits = append(waits, viewReady(view))
+	g.Go(func() error { return scheduler.Run(ctx) })
 	return waits, nil
 }
 

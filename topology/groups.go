@@ -108,6 +108,7 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		goka.Lookup(Templates, templateTable),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
+		goka.Output(Scheduled, notifCodec),
 		goka.Persist(userStateCodec),
 	}
 	for _, ch := range processors.AllChannels() {
@@ -134,6 +135,14 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 			ns = append(ns, n)
 		}
 		p.reject(ctx, raw, "deliver", err, ns, now)
+		return
+	}
+	if n.SendAt > now.UnixMilli() {
+		// Held by the scheduler group; the chain runs when it is due, so
+		// preferences and limits apply as they are at send time.
+		ctx.Emit(Scheduled, processors.ScheduleKey(n.SendAt, n.ID), n)
+		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusScheduled, "",
+			"scheduled for "+time.UnixMilli(n.SendAt).UTC().Format(time.RFC3339), now))
 		return
 	}
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait
@@ -192,6 +201,42 @@ func (p *Pipeline) profile(ctx goka.Context, n *schemas.Notification, fresh bool
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// SchedulerGraph: notify.scheduled (key <dueMillis>/<notificationId>) holds
+// notifications until notify.scheduler.due says their time has come (see
+// SchedulerSweeper); then they go back to notify.accepted.
+func (p *Pipeline) SchedulerGraph() *goka.GroupGraph {
+	return goka.DefineGroup(SchedulerGroup,
+		goka.Input(Scheduled, rawCodec, p.schedule),
+		goka.Input(SchedulerDue, rawCodec, p.release),
+		goka.Output(Accepted, notifCodec),
+		goka.Output(Events, statusCodec),
+		goka.Output(DLQ, deadCodec),
+		goka.Persist(notifCodec),
+	)
+}
+
+func (p *Pipeline) schedule(ctx goka.Context, msg any) {
+	raw, _ := msg.([]byte)
+	n, err := schemas.NotificationCodec.Decode(raw)
+	if err == nil && ctx.Key() != processors.ScheduleKey(n.SendAt, n.ID) {
+		err = fmt.Errorf("record key %q must be %q", ctx.Key(), processors.ScheduleKey(n.SendAt, n.ID))
+	}
+	if err != nil {
+		p.reject(ctx, raw, "scheduler", err, nil, p.now())
+		return
+	}
+	ctx.SetValue(n)
+}
+
+func (p *Pipeline) release(ctx goka.Context, _ any) {
+	n, _ := ctx.Value().(*schemas.Notification)
+	if n == nil || n.SendAt > p.now().UnixMilli() {
+		return // already released, or a command ahead of its time
+	}
+	ctx.Emit(Accepted, n.UserID, n)
+	ctx.Delete()
 }
 
 // StatusGraph: notify.events (key notificationId) → the lifecycle table read by

@@ -215,3 +215,47 @@ func TestStatusGroupKeepsLifecycle(t *testing.T) {
 		t.Fatalf("lifecycle %+v", lc)
 	}
 }
+
+func TestSchedulerHoldsUntilDueThenReleases(t *testing.T) {
+	tt := tester.New(t)
+	clk := &clock{time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	p := &Pipeline{Now: clk.now}
+	run(t, tt, p.SchedulerGraph())
+	accepted := tt.NewQueueTracker(string(Accepted))
+	due := clk.t.Add(time.Hour).UnixMilli()
+	n := &schemas.Notification{ID: "n1", UserID: "u1", SendAt: due}
+	key := processors.ScheduleKey(due, "n1")
+	tt.Consume(string(Scheduled), key, encode(t, schemas.NotificationCodec, n))
+	tt.Consume(string(SchedulerDue), key, []byte{}) // early command: ignored
+	if _, _, ok := accepted.Next(); ok {
+		t.Fatal("released before its time")
+	}
+	clk.t = clk.t.Add(time.Hour)
+	tt.Consume(string(SchedulerDue), key, []byte{})
+	tt.Consume(string(SchedulerDue), key, []byte{}) // repeated command: no second release
+	k, v, ok := accepted.Next()
+	if !ok || k != "u1" || v.(*schemas.Notification).ID != "n1" {
+		t.Fatalf("released %q %v", k, v)
+	}
+	if _, _, ok := accepted.Next(); ok {
+		t.Fatal("released twice")
+	}
+	if tt.TableValue(goka.GroupTable(SchedulerGroup), key) != nil {
+		t.Fatal("released notification still held")
+	}
+	// A record whose key does not match its due time is rejected, not held.
+	dlq := tt.NewQueueTracker(string(DLQ))
+	tt.Consume(string(Scheduled), "wrong-key", encode(t, schemas.NotificationCodec, n))
+	if _, _, ok := dlq.Next(); !ok {
+		t.Fatal("mis-keyed scheduled record not dead-lettered")
+	}
+}
+
+func TestScheduleKeysSortByDueTime(t *testing.T) {
+	a := processors.ScheduleKey(999, "z")
+	b := processors.ScheduleKey(1000, "a")
+	c := processors.ScheduleKey(time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), "a")
+	if !(a < b && b < c) {
+		t.Fatalf("keys out of time order: %s %s %s", a, b, c)
+	}
+}

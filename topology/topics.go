@@ -22,19 +22,22 @@ import (
 
 // Streams and tables.
 const (
-	Ingest      goka.Stream = "notify.ingest"       // SendRequest, key eventId
-	DedupExpire goka.Stream = "notify.dedup.expire" // DedupEntry, key eventId
-	Accepted    goka.Stream = "notify.accepted"     // Notification, key userId
-	Events      goka.Stream = "notify.events"       // StatusEvent, key notificationId
-	DLQ         goka.Stream = "notify.dlq"          // DeadLetter, key: the bad record's key
-	Ledger      goka.Stream = "notify.ledger"       // LedgerEntry, key notificationId/channel (compacted)
+	Ingest       goka.Stream = "notify.ingest"        // SendRequest, key eventId
+	DedupExpire  goka.Stream = "notify.dedup.expire"  // DedupEntry, key eventId
+	Accepted     goka.Stream = "notify.accepted"      // Notification, key userId
+	Events       goka.Stream = "notify.events"        // StatusEvent, key notificationId
+	DLQ          goka.Stream = "notify.dlq"           // DeadLetter, key: the bad record's key
+	Ledger       goka.Stream = "notify.ledger"        // LedgerEntry, key notificationId/channel (compacted)
+	Scheduled    goka.Stream = "notify.scheduled"     // Notification, key <dueMillis>/<notificationId>
+	SchedulerDue goka.Stream = "notify.scheduler.due" // release command (empty), same key
 
 	Profiles  goka.Table = "notify.profiles"  // Profile, key userId (compacted)
 	Templates goka.Table = "notify.templates" // Template, key template id (compacted)
 
-	DedupGroup   goka.Group = "notify.dedup"
-	DeliverGroup goka.Group = "notify.deliver"
-	StatusGroup  goka.Group = "notify.status"
+	DedupGroup     goka.Group = "notify.dedup"
+	DeliverGroup   goka.Group = "notify.deliver"
+	StatusGroup    goka.Group = "notify.status"
+	SchedulerGroup goka.Group = "notify.scheduler"
 )
 
 // Out is the queue of routed notifications of one channel and priority.
@@ -74,6 +77,8 @@ func Topics() []Topic {
 		{Name: string(goka.GroupTable(DedupGroup)), Compact: true},
 		{Name: string(goka.GroupTable(DeliverGroup)), Compact: true},
 		{Name: string(goka.GroupTable(StatusGroup)), Compact: true},
+		{Name: string(Scheduled)}, {Name: string(SchedulerDue)},
+		{Name: string(goka.GroupTable(SchedulerGroup)), Compact: true},
 	}
 	for _, ch := range processors.AllChannels() {
 		for _, p := range processors.Priorities {
