@@ -141,11 +141,7 @@ func TestUndecodableIngestRecordGoesToDLQ(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
-	cl, err := topology.NewProducer(h.svc.Brokers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := h.producer()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// Same key for all three, so they share a partition and the good ones come after the bad one.
@@ -204,11 +200,7 @@ func TestUndecodableProfileRecordDoesNotStopDelivery(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
-	cl, err := topology.NewProducer(h.svc.Brokers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := h.producer()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: string(topology.Profiles), Key: []byte("p1"), Value: []byte("{not avro}")}).FirstErr(); err != nil {

@@ -85,11 +85,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	}
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
-	cl, err := topology.NewProducer(h.svc.Brokers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := h.producer()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	for i := 0; i < backlog; i++ {

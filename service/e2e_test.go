@@ -187,11 +187,7 @@ func TestIngestFromKafkaClient(t *testing.T) {
 	h := newHarness(t)
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
-	cl, err := topology.NewProducer(h.svc.Brokers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl := h.producer()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var ids []string

@@ -12,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/service"
 	"github.com/notifyd/notifyd/sinks/smtptest"
 	"github.com/notifyd/notifyd/sinks/webhooktest"
+	"github.com/notifyd/notifyd/topology"
 )
 
 const testKey = "test-key-1"
@@ -155,6 +158,17 @@ func (h *harness) mustCall(want int, method, path string, body any, header ...st
 		h.t.Fatalf("%s %s: status %d, want %d: %v", method, path, code, want, out)
 	}
 	return out
+}
+
+// producer is a franz-go client of the service's broker, closed with the test.
+func (h *harness) producer() *kgo.Client {
+	h.t.Helper()
+	cl, err := topology.NewProducer(h.svc.Brokers())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(cl.Close)
+	return cl
 }
 
 // send posts a notification and returns the notification ids by user.

@@ -236,28 +236,31 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		g.Go(func() error { return p.Run(ctx) })
 		waits = append(waits, p.WaitForReadyContext)
 	}
-	newView := func(name string, group goka.Group, codec goka.Codec) (*goka.View, error) {
-		v, err := goka.NewView(kafka.Brokers, goka.GroupTable(group), codec, append(kafka.ViewOptions(name), goka.WithViewLogger(gokaLog))...)
-		if err != nil {
-			return nil, fmt.Errorf("%s view: %w", name, err)
-		}
-		g.Go(func() error { return v.Run(ctx) })
-		waits = append(waits, viewReady(v))
-		return v, nil
-	}
-	dedupView, err := newView("dedup", topology.DedupGroup, topology.DedupTableCodec())
+	dedupView, err := s.startView(ctx, g, kafka, "dedup", goka.GroupTable(topology.DedupGroup), topology.DedupTableCodec())
 	if err != nil {
 		return nil, err
 	}
-	scheduleView, err := newView("scheduler", topology.SchedulerGroup, topology.ScheduleTableCodec())
+	scheduleView, err := s.startView(ctx, g, kafka, "scheduler", goka.GroupTable(topology.SchedulerGroup), topology.ScheduleTableCodec())
 	if err != nil {
 		return nil, err
 	}
+	waits = append(waits, viewReady(dedupView), viewReady(scheduleView))
 	s.sweeper = topology.DedupSweeper(dedupView, producer, cfg.Dedup.Window, cfg.Dedup.SweepInterval, s.Now, s.Log)
 	scheduler := topology.SchedulerSweeper(scheduleView, producer, cfg.Scheduler.Interval, s.Now, s.Log)
 	g.Go(func() error { return s.sweeper.Run(ctx) })
 	g.Go(func() error { return scheduler.Run(ctx) })
 	return waits, nil
+}
+
+// startView runs a view of table in g; name keeps its local storage apart.
+func (s *Service) startView(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, name string, table goka.Table, codec goka.Codec) (*goka.View, error) {
+	opts := append(kafka.ViewOptions(name), goka.WithViewLogger(slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)))
+	v, err := goka.NewView(kafka.Brokers, table, codec, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("view %s: %w", table, err)
+	}
+	g.Go(func() error { return v.Run(ctx) })
+	return v, nil
 }
 
 func viewReady(v *goka.View) func(context.Context) error {
@@ -280,20 +283,11 @@ func viewReady(v *goka.View) func(context.Context) error {
 
 func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client, reg *prometheus.Registry) ([]func(context.Context) error, error) {
 	cfg := s.Cfg
-	gokaLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)
-	newView := func(name string, table goka.Table, codec goka.Codec) (*goka.View, error) {
-		v, err := goka.NewView(kafka.Brokers, table, codec, append(kafka.ViewOptions("api-"+name), goka.WithViewLogger(gokaLog))...)
-		if err != nil {
-			return nil, fmt.Errorf("view %s: %w", table, err)
-		}
-		g.Go(func() error { return v.Run(ctx) })
-		return v, nil
-	}
-	templates, err := newView("templates", topology.Templates, topology.TemplateTableCodec())
+	templates, err := s.startView(ctx, g, kafka, "api-templates", topology.Templates, topology.TemplateTableCodec())
 	if err != nil {
 		return nil, err
 	}
-	profiles, err := newView("profiles", topology.Profiles, topology.ProfileTableCodec())
+	profiles, err := s.startView(ctx, g, kafka, "api-profiles", topology.Profiles, topology.ProfileTableCodec())
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +296,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	// than keep a second copy of every lifecycle in a view.
 	var status api.Table = s.statusProc
 	if s.statusProc == nil {
-		v, err := newView("status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
+		v, err := s.startView(ctx, g, kafka, "api-status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
 		if err != nil {
 			return nil, err
 		}
