@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -220,4 +221,60 @@ func decodeTransfer(p *multipart.Part) io.Reader {
 		return base64Reader(p)
 	}
 	return p
+}
+
+// A client left on its default partitioner (murmur2, as Java's and librdkafka's)
+// produces to notify.ingest: everything is still delivered once, deduplicated
+// against the API, and its dedup state lives where goka looks for it.
+func TestIngestFromClientWithDefaultPartitioner(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	cl, err := kgo.NewClient(kgo.SeedBrokers(h.svc.Brokers()...)) // default partitioner
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	moved := 0
+	var ids []string
+	for i := 0; i < 12; i++ {
+		eventID := fmt.Sprintf("murmur-%d", i)
+		user := fmt.Sprintf("m%d", i)
+		req := &schemas.SendRequest{EventID: eventID, Template: "order-shipped",
+			Recipients: []schemas.Recipient{{UserID: user, Email: user + "@example.com"}}, Data: `{"orderId":"m","eta":"now"}`}
+		v, _ := schemas.SendRequestCodec.Encode(req)
+		r := &kgo.Record{Topic: string(topology.Ingest), Key: []byte(eventID), Value: v}
+		if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if r.Partition != topology.PartitionFor(eventID, h.cfg.Kafka.Partitions) {
+			moved++
+		}
+		ids = append(ids, processors.NotificationID(eventID, user))
+	}
+	if moved == 0 {
+		t.Fatal("no record landed on another partition than goka's; the test proves nothing")
+	}
+	for _, id := range ids {
+		h.waitStatus(id, "sent")
+	}
+	// The same eventId through the API is a duplicate of the Kafka-produced one.
+	h.send(map[string]any{"template": "order-shipped", "data": map[string]any{"orderId": "m", "eta": "now"},
+		"recipients": []any{map[string]any{"userId": "m0", "email": "m0@example.com"}}}, "Idempotency-Key", "murmur-0")
+	deadline := time.Now().Add(15 * time.Second)
+	for !slices.Contains(historyStatuses(h.waitStatus(ids[0], "sent")), "duplicate") {
+		if time.Now().After(deadline) {
+			t.Fatal("the API repeat of a Kafka-produced event was not recognised as a duplicate")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if v, err := h.svc.DedupSweeper().View.Get("murmur-0"); err != nil || v == nil {
+		t.Fatalf("dedup entry not on goka's partition: %v %v", v, err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := len(h.smtp.Messages()); n != len(ids) {
+		t.Fatalf("%d emails for %d notifications", n, len(ids))
+	}
 }

@@ -163,7 +163,14 @@ func (s *Service) Run(ctx context.Context) error {
 		waits = append(waits, w...)
 	}
 	if s.Roles.API {
-		w, err := s.startAPI(gctx, g, kafka, producer, reg)
+		// Its own client: an API request's produce must not wait behind the
+		// sinks' batches of status events in a shared buffer.
+		apiProducer, err := topology.NewProducer(brokers)
+		if err != nil {
+			return errors.Join(err, g.Wait())
+		}
+		defer apiProducer.Close()
+		w, err := s.startAPI(gctx, g, kafka, apiProducer, reg)
 		if err != nil {
 			return errors.Join(err, g.Wait())
 		}
@@ -215,6 +222,7 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 	pipe := &topology.Pipeline{
 		DedupWindow: cfg.Dedup.Window,
 		TableWait:   cfg.Limits.TableWait,
+		Partitions:  cfg.Kafka.Partitions,
 		Now:         s.Now,
 		Deliverer: processors.Deliverer{
 			Limiter: processors.Limiter{ContentWindow: cfg.Limits.ContentDedupWindow, PerDay: cfg.Limits.PerDay},

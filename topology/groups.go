@@ -20,7 +20,10 @@ type Pipeline struct {
 	// TableWait bounds how long the deliver group waits for a template or profile
 	// that a just-accepted notification names but its table has not caught up on.
 	TableWait time.Duration
-	Now       func() time.Time
+	// Partitions is the partition count of every topic; with it the dedup group
+	// moves records a client partitioned differently (see dedup).
+	Partitions int
+	Now        func() time.Time
 }
 
 func (p *Pipeline) now() time.Time {
@@ -49,6 +52,7 @@ func (p *Pipeline) DedupGraph() *goka.GroupGraph {
 	return goka.DefineGroup(DedupGroup,
 		goka.Input(Ingest, rawCodec, p.dedup),
 		goka.Input(DedupExpire, rawCodec, p.expire),
+		goka.Output(Ingest, rawCodec),
 		goka.Output(Accepted, notifCodec),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
@@ -58,6 +62,14 @@ func (p *Pipeline) DedupGraph() *goka.GroupGraph {
 
 func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 	raw, _ := msg.([]byte)
+	// A client with its default partitioner (murmur2 in Java, librdkafka and
+	// franz-go) puts an eventId on another partition than goka's: the record is
+	// moved, unchanged, to the partition that holds its dedup state and receives
+	// its expiry command.
+	if p.Partitions > 1 && PartitionFor(ctx.Key(), p.Partitions) != ctx.Partition() {
+		ctx.Emit(Ingest, ctx.Key(), raw)
+		return
+	}
 	req, err := schemas.SendRequestCodec.Decode(raw)
 	if err == nil {
 		err = processors.ValidateRequest(req)

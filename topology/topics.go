@@ -61,6 +61,13 @@ func Partitioner() kgo.Partitioner {
 	}))
 }
 
+// PartitionFor is the partition goka reads key from, of n.
+func PartitionFor(key string, n int) int32 {
+	return int32(partitioner.Partition(&kgo.Record{Key: []byte(key)}, n))
+}
+
+var partitioner = Partitioner().ForTopic("")
+
 // Topic is one topic notifyd creates.
 type Topic struct {
 	Name    string

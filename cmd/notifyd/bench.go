@@ -89,6 +89,7 @@ func runBench(ctx context.Context, args []string) error {
 	dur := fs.Duration("duration", 10*time.Second, "length of the paced and API phases")
 	partitions := fs.Int("partitions", 4, "partitions per topic")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase to this file")
+	apiProfile := fs.String("cpuprofile-api", "", "write a CPU profile of the API phase to this file")
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -185,7 +186,20 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("  ingest → provider: p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 
 	// Phase 3: the API under an open-loop request rate.
+	if *apiProfile != "" {
+		f, err := os.Create(*apiProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	apiLat, errs, err := apiLoad(ctx, client, base, *rate, *dur)
+	if *apiProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		return err
 	}
