@@ -136,3 +136,13 @@ func TestProfileAndTemplateBadInput(t *testing.T) {
 		t.Fatalf("preview: %d %s", rec.Code, rec.Body)
 	}
 }
+
+func TestKeysNeverMatchAnEmptyToken(t *testing.T) {
+	k := NewKeys([]config.APIKey{{Name: "unset", Key: ""}, {Name: "real", Key: "real-key-123"}})
+	if k.Check("") != "" {
+		t.Fatal("an empty token matched")
+	}
+	if k.Check("real-key-123") != "real" || k.Check("real-key-12") != "" {
+		t.Fatal("key check")
+	}
+}

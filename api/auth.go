@@ -19,6 +19,9 @@ type Keys struct {
 func NewKeys(keys []config.APIKey) *Keys {
 	k := &Keys{}
 	for _, c := range keys {
+		if c.Key == "" {
+			continue
+		}
 		k.hashes = append(k.hashes, sha256.Sum256([]byte(c.Key)))
 		k.names = append(k.names, c.Name)
 	}
@@ -27,6 +30,9 @@ func NewKeys(keys []config.APIKey) *Keys {
 
 // Check returns the key's name, or "" if the key is not known.
 func (k *Keys) Check(presented string) string {
+	if presented == "" {
+		return ""
+	}
 	h := sha256.Sum256([]byte(presented))
 	name := ""
 	for i, kh := range k.hashes {

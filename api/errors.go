@@ -27,7 +27,9 @@ func invalid(field, format string, args ...any) *Error {
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false) // templates carry HTML; keep it readable
+	_ = enc.Encode(v)
 }
 
 func writeError(w http.ResponseWriter, err error) {

@@ -143,7 +143,16 @@ func Load(path string, env func(string) string) (Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("config: %w", err)
 		}
-		expanded := os.Expand(string(raw), env)
+		expanded := os.Expand(string(raw), func(name string) string {
+			// ${VAR:-default}, as in a shell.
+			if v, def, ok := strings.Cut(name, ":-"); ok {
+				if got := env(v); got != "" {
+					return got
+				}
+				return def
+			}
+			return env(name)
+		})
 		dec := yaml.NewDecoder(bytes.NewReader([]byte(expanded)))
 		dec.KnownFields(true)
 		var file Config
@@ -321,8 +330,17 @@ func parseKeys(v string) ([]APIKey, error) {
 	return out, nil
 }
 
+// MinAPIKeyLength refuses keys short enough to guess (and the empty key an
+// unset environment variable would leave).
+const MinAPIKeyLength = 8
+
 // Validate reports the first problem of a configuration.
 func (c *Config) Validate() error {
+	for i, k := range c.APIKeys {
+		if k.Name == "" || len(k.Key) < MinAPIKeyLength {
+			return fmt.Errorf("config: apiKeys[%d] (%q): needs a name and a key of at least %d characters", i, k.Name, MinAPIKeyLength)
+		}
+	}
 	if c.Kafka.Partitions < 1 {
 		return fmt.Errorf("config: kafka.partitions must be >= 1")
 	}

@@ -63,6 +63,8 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 		"webhook secret":   "channels: {webhook: [{name: x, type: webhook, webhook: {endpoints: {d: {url: 'https://x'}}}}]}",
 		"provider no name": "channels: {email: [{type: log}]}",
 		"not yaml":         "{{{",
+		"empty api key":    "apiKeys: [{name: a, key: '${UNSET_VAR}'}]",
+		"short api key":    "apiKeys: [{name: a, key: abc}]",
 	}
 	for name, body := range cases {
 		path := filepath.Join(t.TempDir(), "c.yaml")
@@ -76,6 +78,18 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), env(nil)); err == nil {
 		t.Error("missing file accepted")
+	}
+}
+
+func TestExpansionDefaults(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	_ = os.WriteFile(path, []byte("apiKeys: [{name: a, key: '${K:-fallback-key}'}]\ndataDir: ${D:-/x}"), 0o600)
+	cfg, err := Load(path, env(map[string]string{"D": "/from-env"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.APIKeys[0].Key != "fallback-key" || cfg.DataDir != "/from-env" {
+		t.Fatalf("keys %+v dataDir %s", cfg.APIKeys, cfg.DataDir)
 	}
 }
 

@@ -82,7 +82,7 @@ func TestAPIRejectsBadInputWithFieldPath(t *testing.T) {
 func TestAPIAuthentication(t *testing.T) {
 	h := newHarness(t)
 	h.start()
-	for _, auth := range []string{"", "Bearer wrong", "Basic " + testKey, testKey} {
+	for _, auth := range []string{"", "Bearer", "Bearer ", "Bearer wrong", "Basic " + testKey, testKey, "Bearer " + testKey + "x"} {
 		req, _ := http.NewRequest("GET", h.base+"/v1/templates", nil)
 		if auth != "" {
 			req.Header.Set("Authorization", auth)

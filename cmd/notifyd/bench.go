@@ -107,7 +107,7 @@ func runBench(ctx context.Context, args []string) error {
 	cfg.Kafka.Partitions = *partitions
 	cfg.Limits.DefaultPerDay = 0
 	cfg.Channels = map[string][]config.Provider{}
-	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key"}}
+	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
 	bp := &benchProvider{}
 	svc := &service.Service{Cfg: cfg, Roles: service.AllInOne, InMemoryState: *memState,
 		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -286,7 +286,7 @@ func call(ctx context.Context, client *http.Client, method, url, body string, wa
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer bench-key")
+	req.Header.Set("Authorization", "Bearer bench-key-0001")
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
