@@ -11,7 +11,9 @@ import (
 
 	"github.com/lovoo/goka/storage"
 	"github.com/syndtr/goleveldb/leveldb"
+	"github.com/syndtr/goleveldb/leveldb/filter"
 	ldbiter "github.com/syndtr/goleveldb/leveldb/iterator"
+	"github.com/syndtr/goleveldb/leveldb/opt"
 	"github.com/syndtr/goleveldb/leveldb/util"
 )
 
@@ -34,11 +36,13 @@ const maxPending = 20000
 func BatchedLevelDB(dir string, flushEvery time.Duration) storage.Builder {
 	return func(topic string, partition int32) (storage.Storage, error) {
 		path := filepath.Join(dir, fmt.Sprintf("%s.%d", topic, partition))
-		db, err := leveldb.OpenFile(path, nil)
+		// Most reads are of keys that do not exist yet (a new eventId, a new
+		// notification); the bloom filter answers those without touching every level.
+		db, err := leveldb.OpenFile(path, &opt.Options{Filter: filter.NewBloomFilter(10)})
 		if err != nil {
 			return nil, fmt.Errorf("open leveldb %s: %w", path, err)
 		}
-		return &batchedStorage{db: db, every: flushEvery, pending: map[string]pendingWrite{},
+		return &batchedStorage{db: db, every: flushEvery, pending: map[string]pendingWrite{}, flushed: map[string]pendingWrite{},
 			stop: make(chan struct{}), stopped: make(chan struct{})}, nil
 	}
 }
@@ -52,8 +56,11 @@ type batchedStorage struct {
 	db    *leveldb.DB
 	every time.Duration
 
-	mu          sync.RWMutex
-	pending     map[string]pendingWrite
+	mu      sync.RWMutex
+	pending map[string]pendingWrite
+	// flushed keeps the previous flush's writes readable from memory: the
+	// events of one notification arrive within milliseconds of each other.
+	flushed     map[string]pendingWrite
 	offset      atomic.Int64
 	savedOffset int64 // guarded by mu
 
@@ -114,6 +121,7 @@ func (s *batchedStorage) flushLocked() error {
 	if err := s.db.Write(b, nil); err != nil {
 		return fmt.Errorf("leveldb batch: %w", err)
 	}
+	s.flushed, s.pending = s.pending, s.flushed
 	clear(s.pending)
 	s.savedOffset = off
 	return nil
@@ -127,6 +135,9 @@ func (s *batchedStorage) Has(key string) (bool, error) {
 func (s *batchedStorage) Get(key string) ([]byte, error) {
 	s.mu.RLock()
 	w, ok := s.pending[key]
+	if !ok {
+		w, ok = s.flushed[key]
+	}
 	s.mu.RUnlock()
 	if ok {
 		if w.deleted {
