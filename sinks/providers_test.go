@@ -208,3 +208,29 @@ func configFor(name, url string) config.Provider {
 	return config.Provider{Name: name, Type: "webhook", Webhook: config.Webhook{AllowPrivateTargets: true,
 		Endpoints: map[string]config.Endpoint{"default": {URL: url, Secret: "s"}}}}
 }
+
+func TestSMTPWithImplicitTLS(t *testing.T) {
+	srv, err := smtptest.Start(smtptest.Options{User: "mailer", Pass: "s3cret", TLS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cfg := config.Provider{Name: "smtps", Type: "smtp", SMTP: config.SMTP{Host: srv.Host, Port: srv.Port,
+		From: "noreply@example.com", TLS: "tls", InsecureSkipVerify: true, Username: "mailer", Password: "s3cret"}}
+	p, err := newSMTPProvider(cfg, Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Send(context.Background(), emailNotification("to@example.com")); err != nil {
+		t.Fatalf("send over implicit TLS: %v", err)
+	}
+	if n := len(srv.WaitFor(1, 5*time.Second)); n != 1 {
+		t.Fatalf("%d messages", n)
+	}
+	// Certificate checks are on unless turned off: the self-signed certificate is refused.
+	cfg.SMTP.InsecureSkipVerify = false
+	strict, _ := newSMTPProvider(cfg, Deps{})
+	if _, err := strict.Send(context.Background(), emailNotification("to@example.com")); err == nil {
+		t.Fatal("an unverifiable certificate was accepted")
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -19,15 +20,38 @@ import (
 	"github.com/notifyd/notifyd/sinks/webhooktest"
 )
 
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
 // build compiles notifyd once for the tests of this package.
 func build(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "notifyd")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "notifyd-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "notifyd")
+		if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
 	}
-	return bin
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		_ = os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
 }
 
 func freePort(t *testing.T) int {
@@ -187,5 +211,35 @@ channels:
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("notifyd did not stop within 30s of SIGTERM")
+	}
+}
+
+func TestCommandLineRejectsBadInvocations(t *testing.T) {
+	bin := build(t)
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(bad, []byte("kafka: {partitions: many}\n"), 0o600)
+	cases := []struct {
+		args []string
+		code int
+		say  string
+	}{
+		{nil, 2, "usage"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"sink", "--brokers", "127.0.0.1:1"}, 1, "--channel is required"},
+		{[]string{"process"}, 1, "--brokers (or kafka.brokers) is required"},
+		{[]string{"run", "--config", filepath.Join(dir, "missing.yaml")}, 1, "no such file"},
+		{[]string{"run", "--config", bad}, 1, "config " + bad},
+		{[]string{"run", "--no-such-flag"}, 1, "flag provided but not defined"},
+	}
+	for _, c := range cases {
+		out, err := exec.Command(bin, c.args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		if code != c.code || !bytes.Contains(out, []byte(c.say)) {
+			t.Errorf("notifyd %v: exit %d, want %d, output %q (want it to say %q)", c.args, code, c.code, out, c.say)
+		}
 	}
 }

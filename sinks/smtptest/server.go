@@ -49,6 +49,7 @@ type Server struct {
 type Options struct {
 	User, Pass string // require AUTH PLAIN with these
 	STARTTLS   bool   // offer STARTTLS with a self-signed certificate
+	TLS        bool   // implicit TLS (as on port 465) with a self-signed certificate
 }
 
 // Start runs a server on 127.0.0.1 with a free port.
@@ -60,17 +61,24 @@ func Start(o Options) (*Server, error) {
 	srv.ReadTimeout = 30 * time.Second
 	srv.WriteTimeout = 30 * time.Second
 	srv.MaxMessageBytes = 10 << 20
-	srv.AllowInsecureAuth = !o.STARTTLS
-	if o.STARTTLS {
+	srv.AllowInsecureAuth = !o.STARTTLS && !o.TLS
+	var tlsCfg *tls.Config
+	if o.STARTTLS || o.TLS {
 		cert, err := selfSigned()
 		if err != nil {
 			return nil, err
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if o.STARTTLS {
+		srv.TLSConfig = tlsCfg
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
+	}
+	if o.TLS {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	s.srv = srv
 	s.Addr = ln.Addr().String()
