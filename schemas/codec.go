@@ -17,6 +17,22 @@ import (
 //go:embed *.avsc
 var schemaFiles embed.FS
 
+// MaxRecordBytes bounds a record notifyd decodes (Kafka's default message size
+// is 1 MiB); larger input is refused before decoding.
+const MaxRecordBytes = 4 << 20
+
+// MaxItems bounds the items of one array or map in a record.
+const MaxItems = 1 << 20
+
+func init() {
+	// goavro preallocates an array or map for the item count a record claims,
+	// up to MaxInt32 items by default: 22 crafted bytes asked for ~32 GiB and
+	// killed the process (found by FuzzDecodeSendRequest). With this bound a
+	// lying record costs at most a 16 MiB allocation before it fails.
+	goavro.MaxBlockCount = MaxItems
+	goavro.MaxBlockSize = MaxRecordBytes
+}
+
 // ErrUnknownSchema means a record's fingerprint matches no schema version notifyd knows.
 var ErrUnknownSchema = errors.New("unknown schema fingerprint")
 
@@ -130,6 +146,9 @@ func (c *Codec[T]) Encode(v *T) ([]byte, error) {
 
 // Decode reads a single-object encoded record written with any known version of the schema.
 func (c *Codec[T]) Decode(b []byte) (*T, error) {
+	if len(b) > MaxRecordBytes {
+		return nil, fmt.Errorf("decode %s: record of %d bytes exceeds %d", c.record, len(b), MaxRecordBytes)
+	}
 	fp, body, err := goavro.FingerprintFromSOE(b)
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: not an Avro single-object record: %w", c.record, err)

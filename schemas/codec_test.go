@@ -142,3 +142,23 @@ func FuzzDecodeSendRequest(f *testing.F) {
 		}
 	})
 }
+
+// A record that claims a huge item count must fail cleanly, not allocate for it.
+// (The fuzzer's crasher, and a hand-made one with a bigger claim.)
+func TestDecodeRefusesHugeClaimedCounts(t *testing.T) {
+	fuzzed := []byte("\xc3\x01\xd3m\xfcE\x04ã\xe3\x020\x020\xfc\xfc\xfc\xfc\x0e\xfc\xfc0")
+	if _, err := SendRequestCodec.Decode(fuzzed); err == nil {
+		t.Fatal("crafted record decoded")
+	}
+	good, _ := SendRequestCodec.Encode(&SendRequest{EventID: "e", Template: "t"})
+	// header (10 bytes) + eventId + template, then the recipients array's block
+	// count: zig-zag varint for 2^40 items.
+	crafted := append([]byte(nil), good[:10+2+2]...)
+	crafted = append(crafted, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40)
+	if _, err := SendRequestCodec.Decode(crafted); err == nil {
+		t.Fatal("a claim of 2^40 recipients decoded")
+	}
+	if _, err := SendRequestCodec.Decode(make([]byte, MaxRecordBytes+1)); err == nil {
+		t.Fatal("an oversized record decoded")
+	}
+}
