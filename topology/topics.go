@@ -72,6 +72,25 @@ var partitioner = Partitioner().ForTopic("")
 type Topic struct {
 	Name    string
 	Compact bool
+	// Retention, when set, also deletes records older than it.
+	Retention time.Duration
+}
+
+func (t Topic) configs() map[string]*string {
+	policy := "delete"
+	if t.Compact {
+		policy = "compact"
+	}
+	cfg := map[string]*string{}
+	if t.Retention > 0 {
+		ms := strconv.FormatInt(t.Retention.Milliseconds(), 10)
+		cfg["retention.ms"] = &ms
+		if t.Compact {
+			policy = "compact,delete"
+		}
+	}
+	cfg["cleanup.policy"] = &policy
+	return cfg
 }
 
 // Topics lists every topic of the pipeline. All share one partition count:
@@ -79,7 +98,7 @@ type Topic struct {
 func Topics() []Topic {
 	ts := []Topic{
 		{Name: string(Ingest)}, {Name: string(DedupExpire)}, {Name: string(Accepted)},
-		{Name: string(Events)}, {Name: string(DLQ)}, {Name: string(Ledger), Compact: true},
+		{Name: string(Events)}, {Name: string(DLQ)}, {Name: string(Ledger), Compact: true, Retention: 7 * 24 * time.Hour},
 		{Name: string(Profiles), Compact: true}, {Name: string(Templates), Compact: true},
 		{Name: string(goka.GroupTable(DedupGroup)), Compact: true},
 		{Name: string(goka.GroupTable(DeliverGroup)), Compact: true},
@@ -139,18 +158,7 @@ func createTopics(ctx context.Context, adm *kadm.Client, partitions, replication
 			}
 			continue
 		}
-		cfg := map[string]*string{}
-		policy := "delete"
-		if t.Compact {
-			policy = "compact"
-		}
-		cfg["cleanup.policy"] = &policy
-		if t.Name == string(Ledger) {
-			ms := strconv.FormatInt(int64(7*24*time.Hour/time.Millisecond), 10)
-			cfg["retention.ms"] = &ms
-			policy = "compact,delete"
-		}
-		resp, err := adm.CreateTopic(ctx, int32(partitions), int16(replication), cfg, t.Name)
+		resp, err := adm.CreateTopic(ctx, int32(partitions), int16(replication), t.configs(), t.Name)
 		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 			return fmt.Errorf("create topic %s: %w", t.Name, err)
 		}
