@@ -28,8 +28,7 @@ func (d Deliverer) Deliver(n *schemas.Notification, p *schemas.Profile, t *schem
 	if t == nil {
 		return []Outcome{{Status: StatusRejected, Reason: fmt.Sprintf("unknown template %q", n.Template)}}
 	}
-	category := first(n.Category, t.Category, "general")
-	priority := first(n.Priority, t.Priority, "normal")
+	category, priority := Category(n, t), Priority(n, t)
 	if !validPriority(priority) {
 		return []Outcome{{Status: StatusRejected, Reason: fmt.Sprintf("invalid priority %q", priority)}}
 	}

@@ -249,3 +249,52 @@ func FuzzParseData(f *testing.F) {
 		}
 	})
 }
+
+func TestQuietHours(t *testing.T) {
+	p := &schemas.Profile{Timezone: "Asia/Shanghai", Preferences: schemas.Preferences{QuietStart: "22:00", QuietEnd: "08:00"}}
+	sh, _ := time.LoadLocation("Asia/Shanghai")
+	at := func(h, m int) time.Time { return time.Date(2026, 11, 22, h, m, 0, 0, sh) }
+	cases := []struct {
+		now       time.Time
+		quiet     bool
+		untilHour int
+		nextDay   bool
+	}{
+		{at(23, 30), true, 8, true},
+		{at(2, 0), true, 8, false},
+		{at(7, 59), true, 8, false},
+		{at(8, 0), false, 0, false},
+		{at(21, 59), false, 0, false},
+		{at(22, 0), true, 8, true},
+	}
+	for _, c := range cases {
+		until, why, quiet := QuietUntil(p, "marketing", "normal", c.now)
+		if quiet != c.quiet {
+			t.Errorf("%v: quiet=%v", c.now, quiet)
+			continue
+		}
+		if !quiet {
+			continue
+		}
+		want := time.Date(2026, 11, 22, c.untilHour, 0, 0, 0, sh)
+		if c.nextDay {
+			want = want.AddDate(0, 0, 1)
+		}
+		if !until.Equal(want) || !strings.Contains(why, "quiet hours 22:00–08:00 (Asia/Shanghai)") {
+			t.Errorf("%v: until %v (%s), want %v", c.now, until, why, want)
+		}
+	}
+	if _, _, q := QuietUntil(p, CategoryTransactional, "normal", at(23, 0)); q {
+		t.Error("transactional held by quiet hours")
+	}
+	if _, _, q := QuietUntil(p, "marketing", "high", at(23, 0)); q {
+		t.Error("high priority held by quiet hours")
+	}
+	day := &schemas.Profile{Preferences: schemas.Preferences{QuietStart: "12:00", QuietEnd: "14:00"}}
+	if until, _, q := QuietUntil(day, "news", "low", time.Date(2026, 11, 22, 13, 0, 0, 0, time.UTC)); !q || until.Hour() != 14 {
+		t.Errorf("same-day window: %v %v", until, q)
+	}
+	if _, _, q := QuietUntil(day, "news", "low", time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)); q {
+		t.Error("outside a same-day window")
+	}
+}

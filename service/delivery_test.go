@@ -234,3 +234,37 @@ func TestSendAtSchedulesDelivery(t *testing.T) {
 		t.Fatalf("emails %d, second at %v, due %v", len(msgs), msgs[len(msgs)-1].At, later)
 	}
 }
+
+// Inside a user's quiet hours a marketing notification waits for them to end;
+// a transactional one goes at once.
+func TestQuietHoursHoldUntilTheyEnd(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Scheduler.Interval = 100 * time.Millisecond
+	// The service's clock reads 07:59:57 UTC now: the quiet hours end in 3 s.
+	target := time.Date(2026, 11, 23, 7, 59, 57, 0, time.UTC)
+	offset := time.Until(target)
+	h.now = func() time.Time { return time.Now().Add(offset) }
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/promo", orderTemplate("marketing"))
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/receipt", orderTemplate("transactional"))
+	h.mustCall(http.StatusOK, "PUT", "/v1/profiles/q1", map[string]any{"email": "q1@example.com", "timezone": "UTC",
+		"preferences": map[string]any{"quietHours": map[string]any{"start": "22:00", "end": "08:00"}}})
+	promo := h.send(map[string]any{"template": "promo", "data": map[string]any{"orderId": "sale", "eta": "now"},
+		"recipients": []any{map[string]any{"userId": "q1"}}})
+	receipt := h.send(map[string]any{"template": "receipt", "data": map[string]any{"orderId": "q", "eta": "now"},
+		"recipients": []any{map[string]any{"userId": "q1"}}})
+	h.waitStatus(receipt["q1"], "sent")
+	st := h.waitStatus(promo["q1"], "scheduled")
+	hist := st["history"].([]any)
+	if r := hist[len(hist)-1].(map[string]any)["reason"].(string); !strings.Contains(r, "quiet hours 22:00–08:00 (UTC) until 2026-11-23T08:00:00Z") {
+		t.Fatalf("reason %q", r)
+	}
+	if n := len(h.smtp.Messages()); n != 1 {
+		t.Fatalf("%d emails during quiet hours, want only the receipt", n)
+	}
+	h.waitStatus(promo["q1"], "sent")
+	msgs := h.smtp.Messages()
+	if len(msgs) != 2 || msgs[1].At.Add(offset).Before(time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)) {
+		t.Fatalf("promo sent at %v (service clock), before quiet hours ended", msgs[len(msgs)-1].At.Add(offset))
+	}
+}

@@ -34,6 +34,7 @@ type harness struct {
 	base   string
 	smtp   *smtptest.Server
 	hook   *webhooktest.Receiver
+	now    func() time.Time // the service's clock; nil = real time
 }
 
 func testConfig(t *testing.T, smtpSrv *smtptest.Server, hook *webhooktest.Receiver) config.Config {
@@ -83,7 +84,7 @@ func logger() *slog.Logger {
 func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	h.svc = &service.Service{Cfg: h.cfg, Roles: service.AllInOne, Log: logger()}
+	h.svc = &service.Service{Cfg: h.cfg, Roles: service.AllInOne, Log: logger(), Now: h.now}
 	h.cancel = cancel
 	h.done = make(chan error, 1)
 	go func() { h.done <- h.svc.Run(ctx) }()

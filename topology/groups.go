@@ -150,16 +150,18 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		return
 	}
 	if n.SendAt > now.UnixMilli() {
-		// Held by the scheduler group; the chain runs when it is due, so
-		// preferences and limits apply as they are at send time.
-		ctx.Emit(Scheduled, processors.ScheduleKey(n.SendAt, n.ID), n)
-		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusScheduled, "",
-			"scheduled for "+time.UnixMilli(n.SendAt).UTC().Format(time.RFC3339), now))
+		p.hold(ctx, n, n.SendAt, "scheduled for "+time.UnixMilli(n.SendAt).UTC().Format(time.RFC3339), now)
 		return
 	}
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait
 	tmpl := p.template(ctx, n.Template, fresh)
 	profile := p.profile(ctx, n, fresh)
+	if until, why, quiet := processors.QuietUntil(profile, processors.Category(n, tmpl), processors.Priority(n, tmpl), now); quiet {
+		held := *n
+		held.SendAt = until.UnixMilli()
+		p.hold(ctx, &held, held.SendAt, why, now)
+		return
+	}
 	st, _ := ctx.Value().(*schemas.UserState)
 	if st == nil {
 		st = &schemas.UserState{}
@@ -178,6 +180,13 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	if queued {
 		ctx.SetValue(st)
 	}
+}
+
+// hold parks a notification with the scheduler group until due; the chain runs
+// then, so preferences and limits apply as they are at send time.
+func (p *Pipeline) hold(ctx goka.Context, n *schemas.Notification, due int64, reason string, now time.Time) {
+	ctx.Emit(Scheduled, processors.ScheduleKey(due, n.ID), n)
+	ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusScheduled, "", reason, now))
 }
 
 // template looks the template up; for a fresh notification it waits a little
