@@ -1,0 +1,193 @@
+package analytics
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+)
+
+// Migration is one version of the schema. Every statement is idempotent
+// (IF NOT EXISTS), so a migration interrupted half-way runs again cleanly.
+// The DDL runs on Debian's ClickHouse 18.16 and on current ClickHouse: plain
+// String columns (18.16's LowCardinality breaks materialized views), DateTime
+// plus a millisecond UInt64 instead of DateTime64, no Map, no TTL.
+type Migration struct {
+	Version    uint32
+	Name       string
+	Statements []string
+}
+
+// Migrations in order; append, never edit a released one.
+var Migrations = []Migration{{
+	Version: 1,
+	Name:    "events, per-minute rollup, latency, prices and cost",
+	Statements: []string{
+		// Every StatusEvent, once per event id: a redelivered batch inserts the
+		// same rows again and ReplacingMergeTree folds them (id is in the key);
+		// exact counts read FINAL or count uniqExact(id).
+		`CREATE TABLE IF NOT EXISTS {db}.events (
+			id String,
+			notification_id String,
+			event_id String,
+			user_id String,
+			template String,
+			channel String,
+			priority String,
+			category String,
+			provider String,
+			status String,
+			reason String,
+			at DateTime,
+			at_ms UInt64,
+			accepted_at_ms UInt64,
+			attempt UInt32,
+			provider_message_id String
+		) ENGINE = ReplacingMergeTree
+		PARTITION BY toYYYYMM(at)
+		ORDER BY (toDate(at), channel, status, id)`,
+		// Notifications per minute and dimensions. uniqExact of the notification
+		// id, not count(): a redelivered batch cannot count twice.
+		`CREATE TABLE IF NOT EXISTS {db}.events_per_minute (
+			minute DateTime,
+			channel String,
+			provider String,
+			template String,
+			priority String,
+			status String,
+			notifications AggregateFunction(uniqExact, String)
+		) ENGINE = AggregatingMergeTree
+		PARTITION BY toYYYYMM(minute)
+		ORDER BY (minute, channel, status, provider, template, priority)`,
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.events_per_minute_mv TO {db}.events_per_minute AS
+		SELECT toStartOfMinute(at) AS minute, channel, provider, template, priority, status,
+			uniqExactState(notification_id) AS notifications
+		FROM {db}.events
+		GROUP BY minute, channel, provider, template, priority, status`,
+		// One row per notification and channel with its milestones (0 = not reached).
+		`CREATE VIEW IF NOT EXISTS {db}.latency AS
+		SELECT notification_id, channel,
+			anyIf(provider, status = 'sent') AS provider,
+			any(template) AS template,
+			any(priority) AS priority,
+			toDate(min(at)) AS day,
+			max(accepted_at_ms) AS accepted_ms,
+			minIf(at_ms, status = 'sent') AS sent_ms,
+			minIf(at_ms, status = 'delivered') AS delivered_ms
+		FROM {db}.events
+		WHERE channel != ''
+		GROUP BY notification_id, channel`,
+		// Prices per provider and channel, from configuration; the newest row wins.
+		`CREATE TABLE IF NOT EXISTS {db}.prices (
+			provider String,
+			channel String,
+			price_micros UInt64,
+			currency String,
+			updated_at DateTime
+		) ENGINE = ReplacingMergeTree(updated_at)
+		ORDER BY (provider, channel)`,
+		`CREATE VIEW IF NOT EXISTS {db}.cost_per_day AS
+		SELECT day, provider, channel, sent, price_micros, currency, sent * price_micros / 1000000 AS cost
+		FROM (
+			SELECT toDate(at) AS day, provider, channel, uniqExact(notification_id) AS sent
+			FROM {db}.events WHERE status = 'sent'
+			GROUP BY day, provider, channel
+		) ANY LEFT JOIN (
+			SELECT provider, channel, argMax(price_micros, updated_at) AS price_micros, argMax(currency, updated_at) AS currency
+			FROM {db}.prices GROUP BY provider, channel
+		) USING (provider, channel)`,
+	},
+}}
+
+var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
+
+// SchemaVersion is the newest migration's version.
+func SchemaVersion() uint32 { return Migrations[len(Migrations)-1].Version }
+
+// Migrate creates the database and applies every migration newer than the one
+// recorded in {db}.schema_migrations. It returns the versions it applied.
+func Migrate(ctx context.Context, conn driver.Conn, db string) ([]uint32, error) {
+	if !identifier.MatchString(db) {
+		return nil, fmt.Errorf("analytics database name %q is not a plain identifier", db)
+	}
+	q := func(s string) string { return strings.ReplaceAll(s, "{db}", db) }
+	for _, s := range []string{
+		"CREATE DATABASE IF NOT EXISTS {db}",
+		`CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, applied_at DateTime)
+		 ENGINE = MergeTree ORDER BY version`,
+	} {
+		if err := conn.Exec(ctx, q(s)); err != nil {
+			return nil, fmt.Errorf("migrate: %w", err)
+		}
+	}
+	var current uint32
+	if err := conn.QueryRow(ctx, q("SELECT toUInt32(max(version)) FROM {db}.schema_migrations")).Scan(&current); err != nil {
+		return nil, fmt.Errorf("migrate: read version: %w", err)
+	}
+	var applied []uint32
+	for _, m := range Migrations {
+		if m.Version <= current {
+			continue
+		}
+		for i, s := range m.Statements {
+			if err := conn.Exec(ctx, q(s)); err != nil {
+				return applied, fmt.Errorf("migration %d (%s) statement %d: %w", m.Version, m.Name, i+1, err)
+			}
+		}
+		// Inserts go as native batches: 18.16 does not take INSERT … VALUES through Exec.
+		b, err := conn.PrepareBatch(ctx, q("INSERT INTO {db}.schema_migrations (version, name, applied_at)"))
+		if err == nil {
+			if err = b.Append(m.Version, m.Name, time.Now()); err == nil {
+				err = b.Send()
+			}
+		}
+		if err != nil {
+			return applied, fmt.Errorf("migration %d: record version: %w", m.Version, err)
+		}
+		applied = append(applied, m.Version)
+	}
+	return applied, nil
+}
+
+// Open connects to ClickHouse over the native protocol.
+func Open(addr, user, password string) (driver.Conn, error) {
+	return clickhouse.Open(&clickhouse.Options{
+		Addr:        []string{addr},
+		Auth:        clickhouse.Auth{Username: user, Password: password},
+		DialTimeout: 5 * time.Second,
+		ReadTimeout: 60 * time.Second,
+	})
+}
+
+// Price is what one message costs on a provider and channel.
+type Price struct {
+	Provider    string
+	Channel     string
+	PriceMicros uint64 // millionths of the currency unit
+	Currency    string
+}
+
+// LoadPrices writes the configured prices; the newest row per provider and channel wins.
+func LoadPrices(ctx context.Context, conn driver.Conn, db string, prices []Price) error {
+	if len(prices) == 0 {
+		return nil
+	}
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO "+db+".prices (provider, channel, price_micros, currency, updated_at)")
+	if err != nil {
+		return fmt.Errorf("load prices: %w", err)
+	}
+	now := time.Now()
+	for _, p := range prices {
+		if err := b.Append(p.Provider, p.Channel, p.PriceMicros, p.Currency, now); err != nil {
+			return fmt.Errorf("load prices: %w", err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("load prices: %w", err)
+	}
+	return nil
+}
