@@ -180,4 +180,3 @@ func TestAnalyticsSinkRidesOutClickHouseOutage(t *testing.T) {
 		t.Fatalf("ids %d, rows %d, rollup %d; want 500 each", ids, final, rollup)
 	}
 }
-
