@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -88,9 +87,9 @@ func waitCount(t *testing.T, conn driver.Conn, db string, want uint64, limit tim
 	}
 }
 
-// runAnalytics runs a sink until the test ends; done closes when Run returned.
-func runAnalytics(t *testing.T, a *AnalyticsSink) (cancel context.CancelFunc, done chan struct{}) {
-	ctx, cancel := context.WithCancel(context.Background())
+// runAnalytics runs a sink until ctx ends or the test does; done closes when Run returned.
+func runAnalytics(t *testing.T, ctx context.Context, a *AnalyticsSink) (done chan struct{}) {
+	ctx, cancel := context.WithCancel(ctx)
 	done = make(chan struct{})
 	go func() {
 		if err := a.Run(ctx); err != nil {
@@ -99,7 +98,7 @@ func runAnalytics(t *testing.T, a *AnalyticsSink) (cancel context.CancelFunc, do
 		close(done)
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return cancel, done
+	return done
 }
 
 // Stop the sink after a batch was inserted but before its offsets were
@@ -119,20 +118,21 @@ func TestAnalyticsSinkRestartMidBatch(t *testing.T) {
 			Backoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Metrics: m, Log: slog.New(slog.DiscardHandler)}
 	}
 	first := newSink()
-	var once sync.Once
+	crashCtx, crash := context.WithCancel(context.Background())
+	defer crash()
 	batches := 0
-	cancel, done := runAnalytics(t, first)
 	first.afterInsert = func() {
 		if batches++; batches == 3 {
-			once.Do(cancel) // dies between insert and commit
+			crash() // dies between insert and commit
 		}
 	}
+	done := runAnalytics(t, crashCtx, first)
 	select {
 	case <-done:
 	case <-time.After(60 * time.Second):
 		t.Fatal("first sink never reached its third batch")
 	}
-	runAnalytics(t, newSink())
+	runAnalytics(t, context.Background(), newSink())
 	waitCount(t, conn, "a1", 1000, 60*time.Second)
 	time.Sleep(300 * time.Millisecond)
 	ids, final, rollup := counts(t, conn, "a1")
@@ -156,7 +156,7 @@ func TestAnalyticsSinkRidesOutClickHouseOutage(t *testing.T) {
 	conn := migrated(t, ch.Addr, "a2")
 	reg := prometheus.NewRegistry()
 	m := NewAnalyticsMetrics(reg)
-	runAnalytics(t, &AnalyticsSink{Brokers: env.brokers, Conn: conn, DB: "a2", BatchSize: 100, FlushEvery: 50 * time.Millisecond,
+	runAnalytics(t, context.Background(), &AnalyticsSink{Brokers: env.brokers, Conn: conn, DB: "a2", BatchSize: 100, FlushEvery: 50 * time.Millisecond,
 		Backoff: 20 * time.Millisecond, MaxBackoff: 500 * time.Millisecond, Metrics: m, Log: slog.New(slog.DiscardHandler)})
 	produceEvents(t, env, 0, 200)
 	waitCount(t, conn, "a2", 200, 30*time.Second)
