@@ -1,14 +1,20 @@
 GO ?= go
 
-.PHONY: run test build vet fuzz bench clean
+.PHONY: run test build vet fuzz bench clean clickhouse
 
 # The all-in-one service on its embedded defaults: API on :8080, Kafka broker on
-# 127.0.0.1:9092, state under ./data.
-run:
+# 127.0.0.1:9092, ClickHouse (analytics) on 127.0.0.1:19000, state under ./data.
+run: clickhouse
 	$(GO) run ./cmd/notifyd run --config notifyd.dev.yaml
 
+# Debian's clickhouse-server, for analytics (run) and its tests (test).
+clickhouse:
+	@command -v clickhouse-server >/dev/null || [ -x /usr/sbin/clickhouse-server ] || { \
+	  echo "installing clickhouse-server (Debian) for analytics"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client; }
+
 # Everything CI runs.
-test: vet
+test: clickhouse vet
 	$(GO) test -race -count=1 -timeout 12m ./...
 
 vet:

@@ -4,6 +4,7 @@
 package analytics
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -56,8 +57,27 @@ func freePort() (int, error) {
 }
 
 // StartLocal runs clickhouse-server on free loopback ports with every file under
-// dir, and waits until it answers. tcpPort 0 picks a free port.
+// dir, and waits until it answers. tcpPort 0 picks a free port. When a previous
+// server of the same directory is still shutting down (notifyd restarted right
+// after a crash; its child got SIGTERM), it waits for that one to go.
 func StartLocal(ctx context.Context, dir string, tcpPort int) (*LocalServer, error) {
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		s, err := startOnce(ctx, dir, tcpPort)
+		if !errors.Is(err, errDirLocked) || time.Now().After(deadline) {
+			return s, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+var errDirLocked = errors.New("another clickhouse-server holds the data directory")
+
+func startOnce(ctx context.Context, dir string, tcpPort int) (*LocalServer, error) {
 	bin, err := FindServer()
 	if err != nil {
 		return nil, err
@@ -128,7 +148,12 @@ func (s *LocalServer) waitReady(ctx context.Context, limit time.Duration) error 
 		}
 		select {
 		case <-s.exited:
-			return fmt.Errorf("clickhouse-server exited at start (%v); see %s", s.waitErr, filepath.Join(s.Dir, "log", "error.log"))
+			errLog := filepath.Join(s.Dir, "log", "error.log")
+			if tail, _ := os.ReadFile(errLog); bytes.Contains(tail, []byte("Another server instance in same directory")) {
+				_ = os.Truncate(errLog, 0) // so the next attempt reads its own errors
+				return errDirLocked
+			}
+			return fmt.Errorf("clickhouse-server exited at start (%v); see %s", s.waitErr, errLog)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):

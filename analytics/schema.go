@@ -9,6 +9,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/notifyd/notifyd/config"
 )
 
 // Migration is one version of the schema. Every statement is idempotent
@@ -190,4 +192,13 @@ func LoadPrices(ctx context.Context, conn driver.Conn, db string, prices []Price
 		return fmt.Errorf("load prices: %w", err)
 	}
 	return nil
+}
+
+// PricesFromConfig converts configured prices to millionths of the currency unit.
+func PricesFromConfig(ps []config.Price) []Price {
+	out := make([]Price, len(ps))
+	for i, p := range ps {
+		out[i] = Price{Provider: p.Provider, Channel: p.Channel, PriceMicros: uint64(p.Price*1e6 + 0.5), Currency: p.Currency}
+	}
+	return out
 }

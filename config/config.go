@@ -28,6 +28,7 @@ type Config struct {
 	Limits    Limits                `yaml:"limits"`
 	Sink      Sink                  `yaml:"sink"`
 	Channels  map[string][]Provider `yaml:"channels"`
+	Analytics Analytics             `yaml:"analytics"`
 	LogLevel  string                `yaml:"logLevel"`
 }
 
@@ -57,6 +58,35 @@ type APIKey struct {
 type Dedup struct {
 	Window        time.Duration `yaml:"window"`
 	SweepInterval time.Duration `yaml:"sweepInterval"`
+}
+
+// Analytics is where status events go for analysts (ClickHouse).
+type Analytics struct {
+	// Enabled runs the analytics sink in `notifyd run` (default true); the
+	// `analytics` role always does. See On.
+	Enabled *bool `yaml:"enabled"`
+	// Addr is a ClickHouse native-protocol address; empty in `notifyd run` starts
+	// a local clickhouse-server with its data under dataDir/clickhouse.
+	Addr       string        `yaml:"addr"`
+	LocalPort  int           `yaml:"localPort"` // of the local server; 0 = a free port
+	Database   string        `yaml:"database"`
+	User       string        `yaml:"user"`
+	Password   string        `yaml:"password"`
+	BatchSize  int           `yaml:"batchSize"`
+	FlushEvery time.Duration `yaml:"flushEvery"`
+	MaxBackoff time.Duration `yaml:"maxBackoff"`
+	Prices     []Price       `yaml:"prices"`
+}
+
+// On tells whether `notifyd run` runs analytics.
+func (a Analytics) On() bool { return a.Enabled == nil || *a.Enabled }
+
+// Price is what one message costs on a provider and channel.
+type Price struct {
+	Provider string  `yaml:"provider"`
+	Channel  string  `yaml:"channel"`
+	Price    float64 `yaml:"price"`    // per message, in currency units
+	Currency string  `yaml:"currency"` // e.g. USD
 }
 
 // Scheduler releases notifications with a sendAt; Interval is its resolution.
@@ -123,6 +153,8 @@ func Default() Config {
 		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond},
 		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
 		Scheduler: Scheduler{Interval: time.Second},
+		Analytics: Analytics{Database: "notifyd", User: "default", BatchSize: 10000,
+			FlushEvery: time.Second, MaxBackoff: 30 * time.Second},
 		Limits: Limits{ContentDedupWindow: 10 * time.Minute, DefaultPerDay: 100,
 			PerChannelPerDay: map[string]int{}, TableWait: time.Second},
 		Sink: Sink{Concurrency: 64, Chunk: 256, Attempts: 3, Backoff: 200 * time.Millisecond,
@@ -241,8 +273,42 @@ func (c *Config) merge(f Config) {
 	if f.Channels != nil {
 		c.Channels = f.Channels
 	}
+	c.Analytics.merge(f.Analytics)
 	if f.LogLevel != "" {
 		c.LogLevel = f.LogLevel
+	}
+}
+
+func (a *Analytics) merge(f Analytics) {
+	if f.Enabled != nil {
+		a.Enabled = f.Enabled
+	}
+	if f.Addr != "" {
+		a.Addr = f.Addr
+	}
+	if f.LocalPort != 0 {
+		a.LocalPort = f.LocalPort
+	}
+	if f.Database != "" {
+		a.Database = f.Database
+	}
+	if f.User != "" {
+		a.User = f.User
+	}
+	if f.Password != "" {
+		a.Password = f.Password
+	}
+	if f.BatchSize != 0 {
+		a.BatchSize = f.BatchSize
+	}
+	if f.FlushEvery != 0 {
+		a.FlushEvery = f.FlushEvery
+	}
+	if f.MaxBackoff != 0 {
+		a.MaxBackoff = f.MaxBackoff
+	}
+	if f.Prices != nil {
+		a.Prices = f.Prices
 	}
 }
 
@@ -274,6 +340,8 @@ func (c *Config) applyEnv(env func(string) string) error {
 			c.APIKeys = keys
 			return err
 		}),
+		set("NOTIFYD_ANALYTICS_ADDR", str(&c.Analytics.Addr)),
+		set("NOTIFYD_ANALYTICS_PASSWORD", str(&c.Analytics.Password)),
 		set("NOTIFYD_DEDUP_WINDOW", func(v string) error {
 			d, err := time.ParseDuration(v)
 			c.Dedup.Window = d
@@ -346,6 +414,14 @@ func (c *Config) Validate() error {
 	}
 	if c.Dedup.Window <= 0 || c.Dedup.SweepInterval <= 0 {
 		return fmt.Errorf("config: dedup.window and dedup.sweepInterval must be positive")
+	}
+	if a := c.Analytics; a.BatchSize < 1 || a.FlushEvery <= 0 || a.MaxBackoff <= 0 {
+		return fmt.Errorf("config: analytics.batchSize, analytics.flushEvery and analytics.maxBackoff must be positive")
+	}
+	for i, p := range c.Analytics.Prices {
+		if p.Provider == "" || p.Channel == "" || p.Price < 0 || p.Currency == "" {
+			return fmt.Errorf("config: analytics.prices[%d]: provider, channel, currency and a price >= 0 are required", i)
+		}
 	}
 	if c.Scheduler.Interval <= 0 {
 		return fmt.Errorf("config: scheduler.interval must be positive")

@@ -46,6 +46,8 @@ func testConfig(t *testing.T, smtpSrv *smtptest.Server, hook *webhooktest.Receiv
 	cfg.APIKeys = []config.APIKey{{Name: "test", Key: testKey}}
 	cfg.Sink.Backoff = 20 * time.Millisecond
 	cfg.Sink.SendTimeout = 10 * time.Second
+	off := false
+	cfg.Analytics.Enabled = &off // the analytics tests turn it on
 	cfg.Channels = map[string][]config.Provider{}
 	if smtpSrv != nil {
 		cfg.Channels["email"] = []config.Provider{{Name: "smtp-main", Type: "smtp", SMTP: config.SMTP{

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/api"
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
@@ -34,10 +36,15 @@ type Roles struct {
 	// Sinks lists the channels whose sinks run; nil with AllSinks runs every configured one.
 	Sinks    []string
 	AllSinks bool
+	// Analytics runs the ClickHouse sink (in all-in-one only when
+	// analytics.enabled; with no analytics.addr it starts a local server).
+	Analytics bool
+	// LocalClickHouse allows starting clickhouse-server when no address is set.
+	LocalClickHouse bool
 }
 
 // AllInOne is every role.
-var AllInOne = Roles{API: true, Process: true, AllSinks: true}
+var AllInOne = Roles{API: true, Process: true, AllSinks: true, Analytics: true, LocalClickHouse: true}
 
 // Service is one notifyd process.
 type Service struct {
@@ -61,6 +68,14 @@ type Service struct {
 	statusProc *goka.Processor
 	sinks      []*sinks.Sink
 	sweeper    *topology.Sweeper
+	chAddr     string
+}
+
+// AnalyticsAddr is the ClickHouse address the analytics sink writes to ("" if none).
+func (s *Service) AnalyticsAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.chAddr
 }
 
 func (s *Service) init() {
@@ -178,6 +193,16 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if err := s.startSinks(gctx, g, brokers, producer, reg); err != nil {
 		return errors.Join(err, g.Wait())
+	}
+	if s.Roles.Analytics && (cfg.Analytics.On() || !s.Roles.LocalClickHouse) {
+		local, err := s.startAnalytics(gctx, g, brokers, reg)
+		if err != nil {
+			return errors.Join(err, g.Wait())
+		}
+		if local != nil {
+			// Stops after every component (g.Wait) and before the broker.
+			defer local.Stop()
+		}
 	}
 	for _, sk := range s.sinks {
 		sk := sk
@@ -352,6 +377,68 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		waits = append(waits, viewReady(v))
 	}
 	return waits, nil
+}
+
+// startAnalytics runs the ClickHouse sink; with no analytics.addr it first
+// starts a local clickhouse-server (returned, for the caller to stop last).
+func (s *Service) startAnalytics(ctx context.Context, g *errgroup.Group, brokers []string, reg *prometheus.Registry) (*analytics.LocalServer, error) {
+	a := s.Cfg.Analytics
+	addr := a.Addr
+	var local *analytics.LocalServer
+	if addr == "" {
+		if !s.Roles.LocalClickHouse {
+			return nil, errors.New("analytics: analytics.addr (or NOTIFYD_ANALYTICS_ADDR) is required outside `notifyd run`")
+		}
+		var err error
+		local, err = analytics.StartLocal(ctx, filepath.Join(s.Cfg.DataDir, "clickhouse"), a.LocalPort)
+		if errors.Is(err, analytics.ErrServerNotInstalled) {
+			// The pipeline does not depend on analytics: deliver, and say loudly what is missing.
+			s.Log.Error("analytics disabled for this run", "err", err)
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("analytics: %w", err)
+		}
+		addr = local.Addr
+		s.Log.Info("ClickHouse (local) listening", "addr", addr, "dataDir", local.Dir,
+			"client", "clickhouse-client --port "+addr[strings.LastIndexByte(addr, ':')+1:])
+	}
+	conn, err := analytics.Open(addr, a.User, a.Password)
+	if err != nil {
+		return local, fmt.Errorf("analytics: %w", err)
+	}
+	s.mu.Lock()
+	s.chAddr = addr
+	s.mu.Unlock()
+	prices := analytics.PricesFromConfig(a.Prices)
+	sink := &sinks.AnalyticsSink{Brokers: brokers, Conn: conn, DB: a.Database, BatchSize: a.BatchSize, FlushEvery: a.FlushEvery,
+		Backoff: 100 * time.Millisecond, MaxBackoff: a.MaxBackoff, Log: s.Log.With("sink", "analytics"),
+		Metrics: sinks.NewAnalyticsMetrics(reg)}
+	g.Go(func() error {
+		defer conn.Close()
+		// ClickHouse may come up after notifyd: migrate with backoff, then stream.
+		backoff := 200 * time.Millisecond
+		for {
+			_, err := analytics.Migrate(ctx, conn, a.Database)
+			if err == nil {
+				err = analytics.LoadPrices(ctx, conn, a.Database, prices)
+			}
+			if err == nil {
+				break
+			}
+			s.Log.Warn("analytics schema not ready; retrying", "addr", addr, "in", backoff, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			if backoff *= 2; backoff > a.MaxBackoff {
+				backoff = a.MaxBackoff
+			}
+		}
+		return sink.Run(ctx)
+	})
+	return local, nil
 }
 
 func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []string, producer *kgo.Client, reg *prometheus.Registry) error {

@@ -106,6 +106,8 @@ func runBench(ctx context.Context, args []string) error {
 	cfg.Kafka.EmbeddedPort = 0
 	cfg.Kafka.Partitions = *partitions
 	cfg.Limits.DefaultPerDay = 0
+	off := false
+	cfg.Analytics.Enabled = &off
 	cfg.Channels = map[string][]config.Provider{}
 	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
 	bp := &benchProvider{}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/service"
 )
@@ -25,6 +26,8 @@ commands:
   api                 the HTTP API role
   process             the goka groups (dedup, deliver, status)
   sink --channel=C    the sink of channel C (repeat the flag or comma-separate for several)
+  analytics           the ClickHouse sink (needs analytics.addr)
+  migrate             create or upgrade the ClickHouse schema at analytics.addr, load prices, and exit
   bench               drive notifications through an in-process all-in-one instance and report figures
 
 common flags: --config FILE, --data-dir DIR, --brokers host:port[,…], --http ADDR
@@ -40,8 +43,10 @@ func main() {
 	defer stop()
 	var err error
 	switch cmd {
-	case "run", "api", "process", "sink":
+	case "run", "api", "process", "sink", "analytics":
 		err = runRole(ctx, cmd, args)
+	case "migrate":
+		err = runMigrate(ctx, args)
 	case "bench":
 		err = runBench(ctx, args)
 	case "-h", "--help", "help":
@@ -129,6 +134,8 @@ func runRole(ctx context.Context, role string, args []string) error {
 			return errors.New("sink: --channel is required")
 		}
 		roles = service.Roles{Sinks: channels}
+	case "analytics":
+		roles = service.Roles{Analytics: true}
 	}
 	if role != "run" && len(cfg.Kafka.Brokers) == 0 {
 		return fmt.Errorf("%s: --brokers (or kafka.brokers) is required outside `notifyd run`", role)
@@ -140,4 +147,36 @@ func runRole(ctx context.Context, role string, args []string) error {
 	}
 	svc := &service.Service{Cfg: cfg, Roles: roles, Log: log}
 	return svc.Run(ctx)
+}
+
+func runMigrate(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	cfg, err := loadConfig(fs, args)
+	if err != nil {
+		return err
+	}
+	a := cfg.Analytics
+	if a.Addr == "" {
+		return errors.New("migrate: analytics.addr (or NOTIFYD_ANALYTICS_ADDR) is required; `notifyd run` migrates its local ClickHouse itself")
+	}
+	conn, err := analytics.Open(a.Addr, a.User, a.Password)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	applied, err := analytics.Migrate(ctx, conn, a.Database)
+	if err != nil {
+		return err
+	}
+	prices := analytics.PricesFromConfig(a.Prices)
+	if err := analytics.LoadPrices(ctx, conn, a.Database, prices); err != nil {
+		return err
+	}
+	if len(applied) == 0 {
+		fmt.Printf("schema of %s at %s is current (version %d)\n", a.Database, a.Addr, analytics.SchemaVersion())
+	} else {
+		fmt.Printf("applied migrations %v to %s at %s\n", applied, a.Database, a.Addr)
+	}
+	fmt.Printf("loaded %d prices\n", len(prices))
+	return nil
 }

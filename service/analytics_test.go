@@ -1,0 +1,158 @@
+package service_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/notifyd/notifyd/analytics"
+)
+
+// 1,000 notifications through the all-in-one pipeline — email and webhook,
+// three priorities, some suppressed by opt-outs, some failed at the provider,
+// some rejected — and ClickHouse's counts equal the status table's, exactly.
+func TestAnalyticsCountsEqualStatusTable(t *testing.T) {
+	const total = 1000
+	h := newHarness(t)
+	on := true
+	h.cfg.Analytics.Enabled = &on
+	h.cfg.Analytics.FlushEvery = 200 * time.Millisecond
+	h.cfg.Limits.DefaultPerDay = 0
+	h.hook.Hook = func(r *http.Request, body []byte) int {
+		if bytes.HasSuffix(body, []byte(`7"}`)) { // orderId ending in 7: the endpoint refuses it
+			return http.StatusGone
+		}
+		return 0
+	}
+	h.start()
+	if h.svc.AnalyticsAddr() == "" {
+		t.Fatal("all-in-one started no ClickHouse")
+	}
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/receipt", orderTemplate("transactional"))
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/promo", orderTemplate("marketing"))
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", map[string]any{"category": "transactional",
+		"channels": map[string]any{"webhook": map[string]any{"body": `{"orderId": "{{.orderId}}"}`}}})
+	for i := 0; i < 20; i++ { // opted out of marketing email
+		h.mustCall(http.StatusOK, "PUT", fmt.Sprintf("/v1/profiles/out-%d", i), map[string]any{"email": fmt.Sprintf("out-%d@example.com", i),
+			"preferences": map[string]any{"categories": map[string]any{"marketing": map[string]any{"email": false}}}})
+	}
+	var requests []any
+	for i := 0; i < total; i++ {
+		prio := []string{"high", "normal", "low"}[i%3]
+		data := map[string]any{"orderId": fmt.Sprint(i), "eta": "soon"}
+		var r map[string]any
+		switch {
+		case i%10 < 5:
+			r = map[string]any{"template": "receipt", "recipients": []any{map[string]any{"userId": fmt.Sprintf("u%d", i), "email": fmt.Sprintf("u%d@example.com", i)}}}
+		case i%10 < 7:
+			r = map[string]any{"template": "promo", "recipients": []any{map[string]any{"userId": fmt.Sprintf("out-%d", i%20)}}}
+		case i%10 < 9:
+			r = map[string]any{"template": "hook", "recipients": []any{map[string]any{"userId": fmt.Sprintf("w%d", i)}}}
+		default: // no address for email
+			r = map[string]any{"template": "receipt", "recipients": []any{map[string]any{"userId": fmt.Sprintf("nobody-%d", i)}}}
+		}
+		r["priority"], r["data"] = prio, data
+		requests = append(requests, r)
+	}
+	out := h.mustCall(http.StatusOK, "POST", "/v1/notifications/batch", map[string]any{"requests": requests})
+	var ids []string
+	for i, res := range out["results"].([]any) {
+		m := res.(map[string]any)
+		if m["error"] != nil {
+			t.Fatalf("request %d: %v", i, m["error"])
+		}
+		ids = append(ids, m["notifications"].([]any)[0].(map[string]any)["id"].(string))
+	}
+
+	// The status table: how many notifications reached each status.
+	terminal := map[string]bool{"sent": true, "suppressed": true, "failed": true, "rejected": true, "rate_limited": true}
+	want := map[string]uint64{}
+	for _, id := range ids {
+		var st map[string]any
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			_, st = h.call("GET", "/v1/notifications/"+id, nil)
+			if terminal[fmt.Sprint(st["status"])] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s stuck at %v", id, st["status"])
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		seen := map[string]bool{}
+		for _, s := range historyStatuses(st) {
+			seen[s] = true
+		}
+		for s := range seen {
+			want[s]++
+		}
+	}
+	for _, s := range []string{"sent", "suppressed", "failed", "rejected"} {
+		if want[s] == 0 {
+			t.Fatalf("the mix produced no %s notification: %v", s, want)
+		}
+	}
+
+	conn, err := analytics.Open(h.svc.AnalyticsAddr(), "default", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	query := func(q string) map[string]uint64 {
+		rows, err := conn.Query(context.Background(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		got := map[string]uint64{}
+		for rows.Next() {
+			var s string
+			var n uint64
+			if err := rows.Scan(&s, &n); err != nil {
+				t.Fatal(err)
+			}
+			got[s] = n
+		}
+		return got
+	}
+	raw := "SELECT status, uniqExact(notification_id) FROM notifyd.events WHERE status != 'duplicate' GROUP BY status"
+	rollup := "SELECT status, uniqExactMerge(notifications) FROM notifyd.events_per_minute WHERE status != 'duplicate' GROUP BY status"
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, gotRollup := query(raw), query(rollup)
+		if equal(got, want) && equal(gotRollup, want) {
+			t.Logf("per status: %v", sorted(want))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ClickHouse %v\nrollup %v\nstatus table %v", sorted(got), sorted(gotRollup), sorted(want))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func equal(a, b map[string]uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func sorted(m map[string]uint64) []string {
+	var out []string
+	for k, v := range m {
+		out = append(out, fmt.Sprintf("%s=%d", k, v))
+	}
+	sort.Strings(out)
+	return out
+}
