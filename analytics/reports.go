@@ -108,7 +108,7 @@ func Latency(ctx context.Context, conn driver.Conn, db string, q LatencyQuery) (
 	if len(q.GroupBy) > 0 {
 		sql += " GROUP BY " + strings.Join(q.GroupBy, ", ") + " ORDER BY " + strings.Join(q.GroupBy, ", ")
 	}
-	rows, err := conn.Query(ctx, sql, q.From.Unix(), q.To.Unix())
+	rows, err := conn.Query(ctx, sql, window(q.From, q.To)...)
 	if err != nil {
 		return t, fmt.Errorf("latency: %w", err)
 	}
@@ -152,8 +152,15 @@ func perNotification(db string) string {
 			minIf(at_ms, status = 'delivered') AS delivered_ms,
 			maxIf(at_ms, status IN ('delivered', 'failed')) AS last_receipt_ms
 		FROM ` + db + `.events
-		WHERE at >= toDateTime(?) AND at < toDateTime(?) AND channel != ''
+		WHERE at >= toDateTime(?) AND at <= toDateTime(?) AND at_ms >= ? AND at_ms < ? AND channel != ''
 		GROUP BY notification_id, channel`
+}
+
+// window is the arguments of perNotification's time filter: whole seconds for
+// the partition key (inclusive: DateTime has no milliseconds) and milliseconds
+// for the exact half-open range.
+func window(from, to time.Time) []any {
+	return []any{from.Unix(), to.Unix(), from.UnixMilli(), to.UnixMilli()}
 }
 
 // Reconciliation compares, per provider and channel, the notifications notifyd
@@ -180,7 +187,7 @@ func Reconcile(ctx context.Context, conn driver.Conn, db string, day time.Time, 
 			countIf(last_receipt_ms < sent_ms AND sent_ms < ?) AS missing,
 			countIf(last_receipt_ms < sent_ms AND sent_ms >= ?) AS pending
 		FROM (`+sent+`) GROUP BY provider, channel ORDER BY provider, channel`,
-		cutoff, cutoff, from.Unix(), to.Unix(), from.UnixMilli(), dayEnd)
+		append(append([]any{cutoff, cutoff}, window(from, to)...), from.UnixMilli(), dayEnd)...)
 	if err != nil {
 		return Reconciliation{}, fmt.Errorf("reconciliation: %w", err)
 	}
@@ -188,7 +195,7 @@ func Reconcile(ctx context.Context, conn driver.Conn, db string, day time.Time, 
 	missing, err = query(ctx, conn, missing, `SELECT provider, channel, notification_id, sent_ms
 		FROM (`+sent+`) WHERE last_receipt_ms < sent_ms AND sent_ms < ?
 		ORDER BY provider, channel, sent_ms LIMIT ?`,
-		from.Unix(), to.Unix(), from.UnixMilli(), dayEnd, cutoff, limit)
+		append(window(from, to), from.UnixMilli(), dayEnd, cutoff, limit)...)
 	if err != nil {
 		return Reconciliation{}, fmt.Errorf("reconciliation: %w", err)
 	}

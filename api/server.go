@@ -39,6 +39,8 @@ type Server struct {
 	WriteWait time.Duration
 	Gatherer  prometheus.Gatherer
 	Now       func() time.Time
+	// Reports is the ClickHouse behind /v1/analytics/*.
+	Reports Analytics
 
 	requests *prometheus.HistogramVec
 }
@@ -75,6 +77,9 @@ func (s *Server) Handler() http.Handler {
 	authed("GET /v1/templates", s.listTemplates)
 	authed("DELETE /v1/templates/{id}", s.deleteTemplate)
 	authed("POST /v1/templates/{id}/preview", s.previewTemplate)
+	authed("GET /v1/analytics/summary", s.analyticsSummary)
+	authed("GET /v1/analytics/latency", s.analyticsLatency)
+	authed("GET /v1/analytics/reconciliation", s.analyticsReconciliation)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -75,7 +75,10 @@ type Analytics struct {
 	BatchSize  int           `yaml:"batchSize"`
 	FlushEvery time.Duration `yaml:"flushEvery"`
 	MaxBackoff time.Duration `yaml:"maxBackoff"`
-	Prices     []Price       `yaml:"prices"`
+	// ReceiptGrace is how long a sent notification may wait for its provider's
+	// receipt before reconciliation lists it as missing.
+	ReceiptGrace time.Duration `yaml:"receiptGrace"`
+	Prices       []Price       `yaml:"prices"`
 }
 
 // On tells whether `notifyd run` runs analytics.
@@ -154,7 +157,7 @@ func Default() Config {
 		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
 		Scheduler: Scheduler{Interval: time.Second},
 		Analytics: Analytics{Database: "notifyd", User: "default", BatchSize: 10000,
-			FlushEvery: time.Second, MaxBackoff: 30 * time.Second},
+			FlushEvery: time.Second, MaxBackoff: 30 * time.Second, ReceiptGrace: time.Hour},
 		Limits: Limits{ContentDedupWindow: 10 * time.Minute, DefaultPerDay: 100,
 			PerChannelPerDay: map[string]int{}, TableWait: time.Second},
 		Sink: Sink{Concurrency: 64, Chunk: 256, Attempts: 3, Backoff: 200 * time.Millisecond,
@@ -309,6 +312,9 @@ func (a *Analytics) merge(f Analytics) {
 	}
 	if f.Prices != nil {
 		a.Prices = f.Prices
+	}
+	if f.ReceiptGrace != 0 {
+		a.ReceiptGrace = f.ReceiptGrace
 	}
 }
 

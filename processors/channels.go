@@ -101,3 +101,31 @@ func Address(channel string, c *Contact, content schemas.ChannelContent) (string
 	}
 	return addr, nil
 }
+
+// NeedsProfile tells whether a notification needs the user's profile for an
+// address: some channel it goes to takes its address from the profile and the
+// request did not give it inline.
+func NeedsProfile(n *schemas.Notification, t *schemas.Template) bool {
+	channels := n.Channels
+	if len(channels) == 0 && t != nil {
+		for ch := range t.Channels {
+			channels = append(channels, ch)
+		}
+	}
+	for _, ch := range channels {
+		switch ch {
+		case "webhook", "inapp":
+		case "email":
+			if n.Recipient.Email == "" {
+				return true
+			}
+		case "sms", "whatsapp":
+			if n.Recipient.Phone == "" {
+				return true
+			}
+		default:
+			return true
+		}
+	}
+	return false
+}

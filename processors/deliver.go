@@ -80,7 +80,7 @@ func (d Deliverer) channel(n *schemas.Notification, t *schemas.Template, c *Cont
 	if err != nil {
 		return Outcome{Status: StatusRejected, Reason: err.Error()}
 	}
-	if status, why := d.Limiter.Check(st, now, day, ch, ContentHash(ch, addr, content)); status != "" {
+	if status, why := d.Limiter.Check(st, now, day, ch, ContentHash(ch, addr, content), n.ID); status != "" {
 		return Outcome{Status: status, Reason: why}
 	}
 	routed := *n

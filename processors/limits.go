@@ -42,8 +42,10 @@ type Limiter struct {
 }
 
 // Check tells why a send must not happen ("" = allowed) and, when allowed,
-// records it in st. st is modified in place.
-func (l Limiter) Check(st *schemas.UserState, now time.Time, day, channel, hash string) (status, reason string) {
+// records it in st. st is modified in place. The same notification routed
+// again (a replay after a crash) is allowed and not counted twice; the sink's
+// ledger keeps it from being sent twice.
+func (l Limiter) Check(st *schemas.UserState, now time.Time, day, channel, hash, notificationID string) (status, reason string) {
 	if st.Day != day {
 		st.Day, st.SentToday = day, map[string]int32{}
 	}
@@ -59,6 +61,9 @@ func (l Limiter) Check(st *schemas.UserState, now time.Time, day, channel, hash 
 	}
 	st.Recent = kept
 	for _, r := range st.Recent {
+		if r.Hash == hash && notificationID != "" && r.NotificationID == notificationID {
+			return "", ""
+		}
 		if r.Hash == hash {
 			return StatusSuppressed, "same content sent to this user on " + channel + " at " +
 				time.UnixMilli(r.At).UTC().Format(time.RFC3339) + " (content dedup window " + l.ContentWindow.String() + ")"
@@ -68,7 +73,7 @@ func (l Limiter) Check(st *schemas.UserState, now time.Time, day, channel, hash 
 		return StatusRateLimited, "daily cap of " + strconv.Itoa(limit) + " " + channel + " notifications per user reached"
 	}
 	st.SentToday[channel]++
-	st.Recent = append(st.Recent, schemas.RecentContent{Hash: hash, At: now.UnixMilli()})
+	st.Recent = append(st.Recent, schemas.RecentContent{Hash: hash, At: now.UnixMilli(), NotificationID: notificationID})
 	if n := len(st.Recent) - maxRecent; n > 0 {
 		st.Recent = append([]schemas.RecentContent(nil), st.Recent[n:]...)
 	}

@@ -154,25 +154,30 @@ func TestLimiter(t *testing.T) {
 	l := Limiter{ContentWindow: 10 * time.Minute, PerDay: func(ch string) int { return map[string]int{"sms": 2}[ch] }}
 	st := &schemas.UserState{}
 	day := UserDay(now, "")
-	if s, _ := l.Check(st, now, day, "sms", "h1"); s != "" {
+	if s, _ := l.Check(st, now, day, "sms", "h1", "n1"); s != "" {
 		t.Fatal("first send refused")
 	}
-	if s, r := l.Check(st, now.Add(time.Minute), day, "sms", "h1"); s != StatusSuppressed || !strings.Contains(r, "same content") {
+	if s, r := l.Check(st, now.Add(time.Minute), day, "sms", "h1", "n2"); s != StatusSuppressed || !strings.Contains(r, "same content") {
 		t.Fatalf("same content within window: %s %s", s, r)
 	}
-	if s, _ := l.Check(st, now.Add(11*time.Minute), day, "sms", "h1"); s != "" {
+	if s, _ := l.Check(st, now.Add(11*time.Minute), day, "sms", "h1", "n3"); s != "" {
 		t.Fatal("same content after the window refused")
 	}
-	if s, r := l.Check(st, now.Add(12*time.Minute), day, "sms", "h3"); s != StatusRateLimited || !strings.Contains(r, "daily cap of 2 sms") {
+	if s, r := l.Check(st, now.Add(12*time.Minute), day, "sms", "h3", "n4"); s != StatusRateLimited || !strings.Contains(r, "daily cap of 2 sms") {
 		t.Fatalf("third sms of the day: %s %s", s, r)
 	}
-	if s, _ := l.Check(st, now, day, "email", "h4"); s != "" {
+	if s, _ := l.Check(st, now, day, "email", "h4", "n5"); s != "" {
 		t.Fatal("a channel without a cap was limited")
 	}
 	// A new day (in the user's time zone) resets the count.
 	next := now.Add(time.Hour)
-	if s, _ := l.Check(st, next, UserDay(next, ""), "sms", "h5"); s != "" {
+	if s, _ := l.Check(st, next, UserDay(next, ""), "sms", "h5", "n6"); s != "" {
 		t.Fatal("cap not reset on a new day")
+	}
+	// A replay of a notification already counted passes, and is not counted again.
+	before := st.SentToday["sms"]
+	if s, r := l.Check(st, next, UserDay(next, ""), "sms", "h5", "n6"); s != "" || st.SentToday["sms"] != before {
+		t.Fatalf("replay of n6: %s %s, count %d -> %d", s, r, before, st.SentToday["sms"])
 	}
 	if UserDay(now, "Asia/Shanghai") != "2026-11-23" || UserDay(now, "Nowhere/City") != "2026-11-22" {
 		t.Fatal("user day ignores the time zone")
@@ -296,5 +301,25 @@ func TestQuietHours(t *testing.T) {
 	}
 	if _, _, q := QuietUntil(day, "news", "low", time.Date(2026, 11, 22, 15, 0, 0, 0, time.UTC)); q {
 		t.Error("outside a same-day window")
+	}
+}
+
+func TestNeedsProfile(t *testing.T) {
+	tmpl := &schemas.Template{Channels: map[string]schemas.ChannelContent{"webhook": {}}}
+	cases := []struct {
+		n    schemas.Notification
+		want bool
+	}{
+		{schemas.Notification{}, false}, // the template's only channel is webhook
+		{schemas.Notification{Channels: []string{"inapp", "webhook"}}, false},
+		{schemas.Notification{Channels: []string{"email"}}, true},
+		{schemas.Notification{Channels: []string{"email"}, Recipient: schemas.Recipient{Email: "a@b.co"}}, false},
+		{schemas.Notification{Channels: []string{"sms"}, Recipient: schemas.Recipient{Email: "a@b.co"}}, true},
+		{schemas.Notification{Channels: []string{"push"}, Recipient: schemas.Recipient{Email: "a@b.co", Phone: "+1"}}, true},
+	}
+	for i, c := range cases {
+		if got := NeedsProfile(&c.n, tmpl); got != c.want {
+			t.Errorf("case %d: %v, want %v", i, got, c.want)
+		}
 	}
 }

@@ -162,3 +162,32 @@ func TestDecodeRefusesHugeClaimedCounts(t *testing.T) {
 		t.Fatal("an oversized record decoded")
 	}
 }
+
+// user_state.v2 added RecentContent.notificationId: state written by v1 (every
+// deliver table written before) still decodes, with the new field empty.
+func TestUserStateV1StillDecodes(t *testing.T) {
+	if err := load(); err != nil {
+		t.Fatal(err)
+	}
+	var v1 *version
+	for _, v := range byFingerprint {
+		if v.file == "user_state.v1.avsc" {
+			v1 = v
+		}
+	}
+	if v1 == nil || latestByName["notifyd.UserState"].file != "user_state.v2.avsc" {
+		t.Fatal("user_state v1 must stay embedded next to v2")
+	}
+	b, err := v1.codec.SingleFromNative(nil, map[string]any{"day": "2026-11-22", "sentToday": map[string]any{"email": int32(3)},
+		"recent": []any{map[string]any{"hash": "h", "at": int64(5)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := UserStateCodec.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SentToday["email"] != 3 || len(st.Recent) != 1 || st.Recent[0].Hash != "h" || st.Recent[0].NotificationID != "" {
+		t.Fatalf("decoded %+v", st)
+	}
+}

@@ -135,8 +135,9 @@ type DedupEntry struct {
 
 // RecentContent is the hash of content recently sent to a user.
 type RecentContent struct {
-	Hash string `avro:"hash"`
-	At   int64  `avro:"at"`
+	Hash           string `avro:"hash"`
+	At             int64  `avro:"at"`
+	NotificationID string `avro:"notificationId"` // since user_state.v2
 }
 
 // UserState is the deliver group's per-user state.

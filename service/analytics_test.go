@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,8 +34,11 @@ func TestAnalyticsCountsEqualStatusTable(t *testing.T) {
 		return 0
 	}
 	h.start()
-	if h.svc.AnalyticsAddr() == "" {
-		t.Fatal("all-in-one started no ClickHouse")
+	// Analytics comes up beside the pipeline, not before it.
+	for deadline := time.Now().Add(90 * time.Second); h.svc.AnalyticsAddr() == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("all-in-one started no ClickHouse")
+		}
 	}
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/receipt", orderTemplate("transactional"))
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/promo", orderTemplate("marketing"))
@@ -131,12 +135,61 @@ func TestAnalyticsCountsEqualStatusTable(t *testing.T) {
 		got, gotRollup := query(raw), query(rollup)
 		if equal(got, want) && equal(gotRollup, want) {
 			t.Logf("per status: %v", sorted(want))
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("ClickHouse %v\nrollup %v\nstatus table %v", sorted(got), sorted(gotRollup), sorted(want))
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// The same through the API's summary.
+	from := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	sum := h.mustCall(http.StatusOK, "GET", "/v1/analytics/summary?groupBy=status&from="+from, nil)
+	api := map[string]uint64{}
+	for _, r := range sum["rows"].([]any) {
+		m := r.(map[string]any)
+		if m["status"] != "duplicate" {
+			api[m["status"].(string)] = uint64(m["notifications"].(float64))
+		}
+	}
+	if !equal(api, want) {
+		t.Fatalf("GET /v1/analytics/summary %v, status table %v", sorted(api), sorted(want))
+	}
+	lat := h.mustCall(http.StatusOK, "GET", "/v1/analytics/latency?groupBy=channel,provider&from="+from, nil)
+	for _, r := range lat["rows"].([]any) {
+		m := r.(map[string]any)
+		// Queried right after the last send: events of the current second count too.
+		if m["provider"] == "smtp-main" && (m["sent"].(float64) != 500 || m["accept_to_sent_p99_ms"].(float64) <= 0) {
+			t.Fatalf("latency row %v", m)
+		}
+	}
+	day := time.Now().UTC().Format("2006-01-02")
+	rec := h.mustCall(http.StatusOK, "GET", "/v1/analytics/reconciliation?grace=0s&day="+day, nil)
+	if provs := rec["providers"].([]any); len(provs) == 0 {
+		t.Fatalf("reconciliation %v", rec)
+	}
+	for _, bad := range []struct{ path, field string }{
+		{"/v1/analytics/summary?groupBy=status,color", "groupBy"},
+		{"/v1/analytics/summary?interval=fortnight", "interval"},
+		{"/v1/analytics/summary?from=yesterday", "from"},
+		{"/v1/analytics/latency?groupBy=status", "groupBy"},
+		{"/v1/analytics/reconciliation?day=22/11/2026", "day"},
+		{"/v1/analytics/reconciliation?day=" + day + "&grace=soon", "grace"},
+	} {
+		code, out := h.call("GET", bad.path, nil)
+		if e, _ := out["error"].(map[string]any); code != http.StatusBadRequest || e == nil || e["field"] != bad.field {
+			t.Errorf("%s: %d %v", bad.path, code, out)
+		}
+	}
+}
+
+func TestAnalyticsEndpointsWithoutClickHouse(t *testing.T) {
+	h := newHarness(t) // analytics off
+	h.start()
+	code, out := h.call("GET", "/v1/analytics/summary", nil)
+	if code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(out["error"]), "analytics is not configured") {
+		t.Fatalf("%d %v", code, out)
 	}
 }
 

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/service"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -222,5 +224,28 @@ func TestUndecodableProfileRecordDoesNotStopDelivery(t *testing.T) {
 	hist := st["history"].([]any)
 	if r := hist[len(hist)-1].(map[string]any)["reason"]; r != "user p1 has no email address" {
 		t.Fatalf("reason %q", r)
+	}
+}
+
+// A component that cannot start (here: the API's port is taken) stops the
+// others and Run returns the error, rather than hanging.
+func TestStartFailureStopsEverything(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	h := newHarness(t)
+	h.cfg.HTTP.Addr = taken.Addr().String()
+	svc := &service.Service{Cfg: h.cfg, Roles: service.AllInOne, Log: logger()}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "api listen") {
+			t.Fatalf("Run returned %v, want the listen error", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run hung after a component failed to start")
 	}
 }

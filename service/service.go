@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/lovoo/goka"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -69,6 +70,7 @@ type Service struct {
 	sinks      []*sinks.Sink
 	sweeper    *topology.Sweeper
 	chAddr     string
+	chConn     driver.Conn
 }
 
 // AnalyticsAddr is the ClickHouse address the analytics sink writes to ("" if none).
@@ -168,41 +170,43 @@ func (s *Service) Run(ctx context.Context) error {
 		kafka.StorageDir = filepath.Join(cfg.DataDir, "goka")
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(runCtx)
+	// A component that fails to start stops the ones already running.
+	fail := func(err error) error {
+		cancel()
+		return errors.Join(err, g.Wait())
+	}
 	var waits []func(context.Context) error
 	if s.Roles.Process {
 		w, err := s.startProcess(gctx, g, kafka, producer)
 		if err != nil {
-			return errors.Join(err, g.Wait())
+			return fail(err)
 		}
 		waits = append(waits, w...)
+	}
+	if s.Roles.Analytics && (cfg.Analytics.On() || !s.Roles.LocalClickHouse) {
+		if err := s.startAnalytics(gctx, g, brokers, reg); err != nil {
+			return fail(err)
+		}
 	}
 	if s.Roles.API {
 		// Its own client: an API request's produce must not wait behind the
 		// sinks' batches of status events in a shared buffer.
 		apiProducer, err := topology.NewProducer(brokers)
 		if err != nil {
-			return errors.Join(err, g.Wait())
+			return fail(err)
 		}
 		defer apiProducer.Close()
 		w, err := s.startAPI(gctx, g, kafka, apiProducer, reg)
 		if err != nil {
-			return errors.Join(err, g.Wait())
+			return fail(err)
 		}
 		waits = append(waits, w...)
 	}
 	if err := s.startSinks(gctx, g, brokers, producer, reg); err != nil {
-		return errors.Join(err, g.Wait())
-	}
-	if s.Roles.Analytics && (cfg.Analytics.On() || !s.Roles.LocalClickHouse) {
-		local, err := s.startAnalytics(gctx, g, brokers, reg)
-		if err != nil {
-			return errors.Join(err, g.Wait())
-		}
-		if local != nil {
-			// Stops after every component (g.Wait) and before the broker.
-			defer local.Stop()
-		}
+		return fail(err)
 	}
 	for _, sk := range s.sinks {
 		sk := sk
@@ -351,6 +355,15 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 			return nil
 		}}
 	srv.NewMetrics(reg)
+	srv.Reports = api.Analytics{Conn: s.analyticsConn, DB: cfg.Analytics.Database, Grace: cfg.Analytics.ReceiptGrace}
+	if !s.Roles.Analytics && cfg.Analytics.Addr != "" { // an api instance of a scaled-out deployment
+		conn, err := analytics.Open(cfg.Analytics.Addr, cfg.Analytics.User, cfg.Analytics.Password)
+		if err != nil {
+			return nil, fmt.Errorf("analytics: %w", err)
+		}
+		g.Go(func() error { <-ctx.Done(); return conn.Close() })
+		srv.Reports.Conn = func() driver.Conn { return conn }
+	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("api listen %s: %w", cfg.HTTP.Addr, err)
@@ -379,49 +392,47 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	return waits, nil
 }
 
-// startAnalytics runs the ClickHouse sink; with no analytics.addr it first
-// starts a local clickhouse-server (returned, for the caller to stop last).
-func (s *Service) startAnalytics(ctx context.Context, g *errgroup.Group, brokers []string, reg *prometheus.Registry) (*analytics.LocalServer, error) {
+// startAnalytics runs the ClickHouse sink in g. With no analytics.addr it
+// starts a local clickhouse-server first, inside the goroutine: the pipeline
+// and the API never wait for analytics (after a crash the previous server may
+// hold its directory for a while). The server stops when the sink has.
+func (s *Service) startAnalytics(ctx context.Context, g *errgroup.Group, brokers []string, reg *prometheus.Registry) error {
 	a := s.Cfg.Analytics
-	addr := a.Addr
-	var local *analytics.LocalServer
-	if addr == "" {
-		if !s.Roles.LocalClickHouse {
-			return nil, errors.New("analytics: analytics.addr (or NOTIFYD_ANALYTICS_ADDR) is required outside `notifyd run`")
-		}
-		var err error
-		local, err = analytics.StartLocal(ctx, filepath.Join(s.Cfg.DataDir, "clickhouse"), a.LocalPort)
-		if errors.Is(err, analytics.ErrServerNotInstalled) {
-			// The pipeline does not depend on analytics: deliver, and say loudly what is missing.
-			s.Log.Error("analytics disabled for this run", "err", err)
-			return nil, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("analytics: %w", err)
-		}
-		addr = local.Addr
-		s.Log.Info("ClickHouse (local) listening", "addr", addr, "dataDir", local.Dir,
-			"client", "clickhouse-client --port "+addr[strings.LastIndexByte(addr, ':')+1:])
+	if a.Addr == "" && !s.Roles.LocalClickHouse {
+		return errors.New("analytics: analytics.addr (or NOTIFYD_ANALYTICS_ADDR) is required outside `notifyd run`")
 	}
-	conn, err := analytics.Open(addr, a.User, a.Password)
-	if err != nil {
-		return local, fmt.Errorf("analytics: %w", err)
-	}
-	s.mu.Lock()
-	s.chAddr = addr
-	s.mu.Unlock()
-	prices := analytics.PricesFromConfig(a.Prices)
-	sink := &sinks.AnalyticsSink{Brokers: brokers, Conn: conn, DB: a.Database, BatchSize: a.BatchSize, FlushEvery: a.FlushEvery,
-		Backoff: 100 * time.Millisecond, MaxBackoff: a.MaxBackoff, Log: s.Log.With("sink", "analytics"),
-		Metrics: sinks.NewAnalyticsMetrics(reg)}
+	metrics := sinks.NewAnalyticsMetrics(reg)
 	g.Go(func() error {
+		addr := a.Addr
+		if addr == "" {
+			local, err := analytics.StartLocal(ctx, filepath.Join(s.Cfg.DataDir, "clickhouse"), a.LocalPort)
+			if errors.Is(err, analytics.ErrServerNotInstalled) {
+				// The pipeline does not depend on analytics: deliver, and say loudly what is missing.
+				s.Log.Error("analytics disabled for this run", "err", err)
+				return nil
+			}
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("analytics: %w", err)
+			}
+			defer local.Stop()
+			addr = local.Addr
+			s.Log.Info("ClickHouse (local) listening", "addr", addr, "dataDir", local.Dir,
+				"client", "clickhouse-client --port "+addr[strings.LastIndexByte(addr, ':')+1:])
+		}
+		conn, err := analytics.Open(addr, a.User, a.Password)
+		if err != nil {
+			return fmt.Errorf("analytics: %w", err)
+		}
 		defer conn.Close()
 		// ClickHouse may come up after notifyd: migrate with backoff, then stream.
 		backoff := 200 * time.Millisecond
 		for {
 			_, err := analytics.Migrate(ctx, conn, a.Database)
 			if err == nil {
-				err = analytics.LoadPrices(ctx, conn, a.Database, prices)
+				err = analytics.LoadPrices(ctx, conn, a.Database, analytics.PricesFromConfig(a.Prices))
 			}
 			if err == nil {
 				break
@@ -436,9 +447,21 @@ func (s *Service) startAnalytics(ctx context.Context, g *errgroup.Group, brokers
 				backoff = a.MaxBackoff
 			}
 		}
+		s.mu.Lock()
+		s.chAddr, s.chConn = addr, conn
+		s.mu.Unlock()
+		sink := &sinks.AnalyticsSink{Brokers: brokers, Conn: conn, DB: a.Database, BatchSize: a.BatchSize, FlushEvery: a.FlushEvery,
+			Backoff: 100 * time.Millisecond, MaxBackoff: a.MaxBackoff, Log: s.Log.With("sink", "analytics"), Metrics: metrics}
 		return sink.Run(ctx)
 	})
-	return local, nil
+	return nil
+}
+
+// analyticsConn is the ClickHouse connection once analytics is up (nil before).
+func (s *Service) analyticsConn() driver.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.chConn
 }
 
 func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []string, producer *kgo.Client, reg *prometheus.Registry) error {

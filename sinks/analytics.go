@@ -75,6 +75,9 @@ func (a *AnalyticsSink) Run(ctx context.Context) error {
 		kgo.DisableAutoCommit(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(200*time.Millisecond),
+		kgo.SessionTimeout(10*time.Second),
+		kgo.HeartbeatInterval(time.Second),
+		kgo.RebalanceTimeout(10*time.Second),
 	)
 	if err != nil {
 		return fmt.Errorf("analytics sink: %w", err)

@@ -31,6 +31,10 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	}
 	c.Producer.Flush.Messages = 500
 	c.Metadata.RefreshFrequency = time.Minute
+	// A crashed member must not hold its partitions for sarama's default minute.
+	c.Consumer.Group.Session.Timeout = 10 * time.Second
+	c.Consumer.Group.Heartbeat.Interval = time.Second
+	c.Consumer.Group.Rebalance.Timeout = 10 * time.Second
 	return c
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -24,6 +25,28 @@ type Pipeline struct {
 	// moves records a client partitioned differently (see dedup).
 	Partitions int
 	Now        func() time.Time
+
+	// missAt remembers, per partition, when a wait for a table last timed out:
+	// then the table has caught up and the record really is missing, so the
+	// partition does not wait again for a second (bounding the stall).
+	missMu sync.Mutex
+	missAt map[int32]time.Time
+}
+
+// mayWait tells whether a partition may wait for a table now.
+func (p *Pipeline) mayWait(partition int32) bool {
+	p.missMu.Lock()
+	defer p.missMu.Unlock()
+	return time.Since(p.missAt[partition]) > time.Second
+}
+
+func (p *Pipeline) missed(partition int32) {
+	p.missMu.Lock()
+	defer p.missMu.Unlock()
+	if p.missAt == nil {
+		p.missAt = map[int32]time.Time{}
+	}
+	p.missAt[partition] = time.Now()
 }
 
 func (p *Pipeline) now() time.Time {
@@ -153,9 +176,9 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		p.hold(ctx, n, n.SendAt, "scheduled for "+time.UnixMilli(n.SendAt).UTC().Format(time.RFC3339), now)
 		return
 	}
-	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait
+	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
 	tmpl := p.template(ctx, n.Template, fresh)
-	profile := p.profile(ctx, n, fresh)
+	profile := p.profile(ctx, n, fresh && processors.NeedsProfile(n, tmpl))
 	if until, why, quiet := processors.QuietUntil(profile, processors.Category(n, tmpl), processors.Priority(n, tmpl), now); quiet {
 		held := *n
 		held.SendAt = until.UnixMilli()
@@ -200,24 +223,31 @@ func (p *Pipeline) template(ctx goka.Context, id string, fresh bool) *schemas.Te
 			}
 			return nil // undecodable template record: the notification is rejected as unknown template
 		}
-		if !fresh || time.Now().After(deadline) {
+		if !fresh {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			p.missed(ctx.Partition())
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// profile joins the user's profile; a fresh notification with no inline contact
-// waits a little for a profile written just before the send.
-func (p *Pipeline) profile(ctx goka.Context, n *schemas.Notification, fresh bool) *schemas.Profile {
-	r := n.Recipient
-	wait := fresh && r.Email == "" && r.Phone == ""
+// profile joins the user's profile; when wait is set (a fresh notification that
+// needs an address from the profile) it waits a little for a profile written
+// just before the send.
+func (p *Pipeline) profile(ctx goka.Context, n *schemas.Notification, wait bool) *schemas.Profile {
 	deadline := time.Now().Add(p.TableWait)
 	for {
 		if d, ok := ctx.Join(Profiles).(schemas.Decoded[schemas.Profile]); ok && d.Err == nil {
 			return d.V
 		}
-		if !wait || time.Now().After(deadline) {
+		if !wait {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			p.missed(ctx.Partition())
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)

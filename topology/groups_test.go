@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -257,5 +258,63 @@ func TestScheduleKeysSortByDueTime(t *testing.T) {
 	c := processors.ScheduleKey(time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli(), "a")
 	if !(a < b && b < c) {
 		t.Fatalf("keys out of time order: %s %s %s", a, b, c)
+	}
+}
+
+// Waiting for a profile written just before a send must not stall a partition:
+// a notification that needs no profile never waits, and once a wait has timed
+// out the partition does not wait again for a second.
+func TestDeliverGroupDoesNotStallOnMissingProfiles(t *testing.T) {
+	consumeAll := func(p *Pipeline, ns []*schemas.Notification, limit time.Duration) {
+		t.Helper()
+		tt := tester.New(t)
+		run(t, tt, p.DeliverGraph())
+		tt.SetTableValue(Templates, "hook", &schemas.Template{ID: "hook", Channels: map[string]schemas.ChannelContent{"webhook": {Body: "{}"}}})
+		tt.SetTableValue(Templates, "mail", &schemas.Template{ID: "mail", Channels: map[string]schemas.ChannelContent{"email": {Text: "x"}}})
+		done := make(chan struct{})
+		go func() {
+			for _, n := range ns {
+				tt.Consume(string(Accepted), n.UserID, encode(t, schemas.NotificationCodec, n))
+			}
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(limit):
+			t.Fatalf("%d notifications not processed within %v: the partition stalled waiting for profiles", len(ns), limit)
+		}
+	}
+	limiter := processors.Limiter{PerDay: func(string) int { return 0 }}
+	var hooks, mails []*schemas.Notification
+	for i := 0; i < 10; i++ {
+		u := fmt.Sprintf("u%d", i)
+		hooks = append(hooks, &schemas.Notification{ID: "h" + u, UserID: u, Template: "hook", AcceptedAt: time.Now().UnixMilli()})
+		mails = append(mails, &schemas.Notification{ID: "m" + u, UserID: u, Template: "mail", AcceptedAt: time.Now().UnixMilli()})
+	}
+	// A webhook needs no profile: with an hour's wait configured, no wait at all.
+	consumeAll(&Pipeline{TableWait: time.Hour, Deliverer: processors.Deliverer{Limiter: limiter}}, hooks, 10*time.Second)
+	// Email to users without a profile: one 2 s wait, not ten.
+	consumeAll(&Pipeline{TableWait: 2 * time.Second, Deliverer: processors.Deliverer{Limiter: limiter}}, mails, 10*time.Second)
+}
+
+// After a crash goka replays a notification the deliver group already routed:
+// it is routed again (the sink's ledger stops a second send), not suppressed as
+// a duplicate of itself, and not counted twice against the daily cap.
+func TestDeliverGroupReplayIsNotItsOwnDuplicate(t *testing.T) {
+	tt := tester.New(t)
+	p := &Pipeline{Deliverer: processors.Deliverer{Limiter: processors.Limiter{ContentWindow: time.Hour, PerDay: func(string) int { return 5 }}}}
+	run(t, tt, p.DeliverGraph())
+	tt.SetTableValue(Templates, "t", &schemas.Template{ID: "t", Channels: map[string]schemas.ChannelContent{"email": {Text: "x"}}})
+	evs := tt.NewQueueTracker(string(Events))
+	n := &schemas.Notification{ID: "n1", UserID: "u", Template: "t", Recipient: schemas.Recipient{Email: "u@example.com"}}
+	tt.Consume(string(Accepted), "u", encode(t, schemas.NotificationCodec, n))
+	tt.Consume(string(Accepted), "u", encode(t, schemas.NotificationCodec, n))
+	for _, e := range events(t, evs) {
+		if e.Status != processors.StatusQueued {
+			t.Fatalf("replay became %s: %s", e.Status, e.Reason)
+		}
+	}
+	if st := tt.TableValue(goka.GroupTable(DeliverGroup), "u").(*schemas.UserState); st.SentToday["email"] != 1 {
+		t.Fatalf("counted %d times", st.SentToday["email"])
 	}
 }

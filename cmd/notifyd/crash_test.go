@@ -191,10 +191,13 @@ channels:
 	if d := rc.Deliveries(); len(d) != 1 || d[0].ID != id {
 		t.Fatalf("want exactly one delivery of %s, got %+v", id, d)
 	}
-	for ctx.Err() == nil {
+	for {
 		st := api(t, base, "GET", "/v1/notifications/"+id, nil, http.StatusOK)
 		if st["status"] == "sent" {
 			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("status after the restart: %v", st)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
