@@ -28,6 +28,7 @@ commands:
   sink --channel=C    the sink of channel C (repeat the flag or comma-separate for several)
   analytics           the ClickHouse sink (needs analytics.addr)
   migrate             create or upgrade the ClickHouse schema at analytics.addr, load prices, and exit
+  report KIND         print an analytics report (summary, latency, reconciliation) as a table or CSV
   bench               drive notifications through an in-process all-in-one instance and report figures
 
 common flags: --config FILE, --data-dir DIR, --brokers host:port[,…], --http ADDR
@@ -47,6 +48,8 @@ func main() {
 		err = runRole(ctx, cmd, args)
 	case "migrate":
 		err = runMigrate(ctx, args)
+	case "report":
+		err = runReport(ctx, args, os.Stdout)
 	case "bench":
 		err = runBench(ctx, args)
 	case "-h", "--help", "help":
