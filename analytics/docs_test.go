@@ -1,0 +1,72 @@
+package analytics
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Every SQL block of docs/ANALYTICS.md runs against the real server and returns
+// rows on a small data set, so the documentation cannot rot.
+func TestAnalyticsDocQueriesRun(t *testing.T) {
+	doc, err := os.ReadFile("../docs/ANALYTICS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := regexp.MustCompile("(?s)```sql\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
+	if len(blocks) < 10 {
+		t.Fatalf("docs/ANALYTICS.md has %d SQL examples, want at least 10", len(blocks))
+	}
+	conn, _ := testDB(t)
+	ctx := context.Background()
+	// The examples name the database notifyd; give this server one.
+	_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS notifyd")
+	if _, err := Migrate(ctx, conn, "notifyd"); err != nil {
+		t.Fatal(err)
+	}
+	if err := LoadPrices(ctx, conn, "notifyd", []Price{{Provider: "smtp", Channel: "email", PriceMicros: 100, Currency: "USD"}}); err != nil {
+		t.Fatal(err)
+	}
+	two := time.Now().Add(-2 * time.Hour)
+	ms := func(d time.Duration) time.Time { return two.Add(d) }
+	var evs []ev
+	for _, n := range []struct{ id, status string }{{"n1", "delivered"}, {"n2", "opened"}, {"n3", "clicked"}, {"n4", ""}, {"n5", "failed"}} {
+		evs = append(evs, ev{n.id + "-acc", n.id, "", "", "accepted", two, two},
+			ev{n.id + "-q", n.id, "email", "", "queued", ms(10 * time.Millisecond), two},
+			ev{n.id + "-s", n.id, "email", "smtp", "sent", ms(50 * time.Millisecond), two})
+		if n.status == "opened" || n.status == "clicked" {
+			evs = append(evs, ev{n.id + "-d", n.id, "email", "smtp", "delivered", ms(time.Second), two})
+		}
+		if n.status != "" {
+			evs = append(evs, ev{n.id + "-" + n.status, n.id, "email", "smtp", n.status, ms(2 * time.Second), two})
+		}
+	}
+	evs = append(evs, ev{"n6-sup", "n6", "email", "", "suppressed", two, two}, ev{"n7-rej", "n7", "email", "", "rejected", two, two})
+	insertEvents(t, conn, "notifyd", evs)
+	for i, b := range blocks {
+		sql := strings.TrimSpace(b[1])
+		rows, err := conn.Query(ctx, sql)
+		if err != nil {
+			t.Fatalf("example %d fails: %v\n%s", i+1, err, sql)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		rows.Close()
+		if n == 0 {
+			t.Errorf("example %d returns no row on the fixture:\n%s", i+1, sql)
+		}
+		// And as an analyst runs it: clickhouse-client against the server.
+		port := server.Addr[strings.LastIndexByte(server.Addr, ':')+1:]
+		out, err := exec.Command("clickhouse-client", "--host", "127.0.0.1", "--port", port, "--query", sql).CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) == 0 {
+			t.Errorf("example %d with clickhouse-client: %v\n%s", i+1, err, out)
+		}
+	}
+}
