@@ -77,6 +77,7 @@ func (s *Server) Handler() http.Handler {
 	authed("GET /v1/templates", s.listTemplates)
 	authed("DELETE /v1/templates/{id}", s.deleteTemplate)
 	authed("POST /v1/templates/{id}/preview", s.previewTemplate)
+	authed("POST /v1/receipts", s.receipts)
 	authed("GET /v1/analytics/summary", s.analyticsSummary)
 	authed("GET /v1/analytics/latency", s.analyticsLatency)
 	authed("GET /v1/analytics/reconciliation", s.analyticsReconciliation)

@@ -299,3 +299,71 @@ func TestClickHouseOutageLosesNothing(t *testing.T) {
 		t.Fatalf("event ids %d, rows %d (want %d each); rollup %v", ids, final, 3*total, sorted(got))
 	}
 }
+
+// Provider receipts move notifications to delivered, and reconciliation finds
+// the one the provider never reported on.
+func TestReceiptsAndReconciliation(t *testing.T) {
+	h := newHarness(t)
+	on := true
+	h.cfg.Analytics.Enabled = &on
+	h.cfg.Analytics.FlushEvery = 100 * time.Millisecond
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", map[string]any{"category": "transactional",
+		"channels": map[string]any{"webhook": map[string]any{"body": `{"n": "{{.n}}"}`}}})
+	var ids []string
+	for i := 0; i < 3; i++ {
+		out := h.send(map[string]any{"template": "hook", "data": map[string]any{"n": fmt.Sprint(i)},
+			"recipients": []any{map[string]any{"userId": fmt.Sprintf("r%d", i)}}})
+		ids = append(ids, out[fmt.Sprintf("r%d", i)])
+	}
+	for _, id := range ids {
+		h.waitStatus(id, "sent")
+	}
+	receipt := func(id string) map[string]any {
+		return map[string]any{"notificationId": id, "channel": "webhook", "provider": "hook-main", "status": "delivered", "providerMessageId": "pm-" + id}
+	}
+	// The provider reports twice on the first (as providers retry callbacks).
+	h.mustCall(http.StatusAccepted, "POST", "/v1/receipts", map[string]any{"receipts": []any{receipt(ids[0]), receipt(ids[1]), receipt(ids[0])}})
+	st := h.waitStatus(ids[0], "delivered")
+	if st["provider"] != "hook-main" {
+		t.Fatalf("status %v", st)
+	}
+	for deadline := time.Now().Add(90 * time.Second); h.svc.AnalyticsAddr() == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no ClickHouse")
+		}
+	}
+	day := time.Now().UTC().Format("2006-01-02")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rec := h.mustCall(http.StatusOK, "GET", "/v1/analytics/reconciliation?grace=0s&day="+day, nil)
+		provs, _ := rec["providers"].([]any)
+		missing, _ := rec["missing"].([]any)
+		if len(provs) == 1 {
+			p := provs[0].(map[string]any)
+			if p["provider"] == "hook-main" && p["sent"] == float64(3) && p["receipts"] == float64(2) && p["missing"] == float64(1) &&
+				len(missing) == 1 && missing[0].(map[string]any)["notification_id"] == ids[2] {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reconciliation %v", rec)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, bad := range []struct {
+		body  any
+		field string
+	}{
+		{map[string]any{"receipts": []any{}}, "receipts"},
+		{map[string]any{"receipts": []any{map[string]any{"notificationId": "x", "channel": "fax", "provider": "p", "status": "delivered"}}}, "receipts[0].channel"},
+		{map[string]any{"receipts": []any{map[string]any{"notificationId": "x", "channel": "sms", "provider": "p", "status": "read"}}}, "receipts[0].status"},
+		{map[string]any{"receipts": []any{map[string]any{"notificationId": "", "channel": "sms", "provider": "p", "status": "delivered"}}}, "receipts[0].notificationId"},
+		{map[string]any{"receipts": []any{map[string]any{"notificationId": "x", "channel": "sms", "provider": "p", "status": "delivered", "at": "noon"}}}, "receipts[0].at"},
+	} {
+		code, out := h.call("POST", "/v1/receipts", bad.body)
+		if e, _ := out["error"].(map[string]any); code != http.StatusBadRequest || e == nil || e["field"] != bad.field {
+			t.Errorf("%v: %d %v", bad.body, code, out)
+		}
+	}
+}
