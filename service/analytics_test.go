@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/analytics"
+	"github.com/notifyd/notifyd/analytics/analyticstest"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/topology"
 )
@@ -226,17 +227,22 @@ func TestClickHouseOutageLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { ch.Stop() }()
+	relay, err := analyticstest.NewRelay(ch.Addr) // ClickHouse's address for notifyd, across the restart
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
 	h := newHarness(t)
 	on := true
 	h.cfg.Analytics.Enabled = &on
-	h.cfg.Analytics.Addr = ch.Addr
+	h.cfg.Analytics.Addr = relay.Addr
 	h.cfg.Analytics.FlushEvery = 100 * time.Millisecond
 	h.cfg.Analytics.MaxBackoff = time.Second
 	h.cfg.Limits.DefaultPerDay = 0
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", map[string]any{"category": "transactional",
 		"channels": map[string]any{"webhook": map[string]any{"body": `{"orderId": "{{.orderId}}"}`}}})
-	conn, err := analytics.Open(ch.Addr, "default", "")
+	conn, err := analytics.Open(relay.Addr, "default", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,11 +271,10 @@ func TestClickHouseOutageLosesNothing(t *testing.T) {
 	if during := len(h.hook.Deliveries()) - before; during < (total-1000)/2 {
 		t.Fatalf("only %d deliveries during the ClickHouse outage: the pipeline waited for analytics", during)
 	}
-	port := 0
-	fmt.Sscanf(ch.Addr, "127.0.0.1:%d", &port)
-	if ch, err = analytics.StartLocal(ctx, dir, port); err != nil {
+	if ch, err = analytics.StartLocal(ctx, dir, 0); err != nil {
 		t.Fatal(err)
 	}
+	relay.Retarget(ch.Addr)
 	var ids, final uint64
 	for ctx.Err() == nil {
 		_ = conn.QueryRow(ctx, "SELECT uniqExact(id) FROM notifyd.events").Scan(&ids)
