@@ -64,7 +64,9 @@ func StartLocal(ctx context.Context, dir string, tcpPort int) (*LocalServer, err
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		s, err := startOnce(ctx, dir, tcpPort)
-		if !errors.Is(err, errDirLocked) || time.Now().After(deadline) {
+		// Retried: a previous server still holding the directory, and a port
+		// picked free that another process took before clickhouse-server bound it.
+		if !(errors.Is(err, errDirLocked) || errors.Is(err, errPortTaken)) || time.Now().After(deadline) {
 			return s, err
 		}
 		select {
@@ -75,7 +77,10 @@ func StartLocal(ctx context.Context, dir string, tcpPort int) (*LocalServer, err
 	}
 }
 
-var errDirLocked = errors.New("another clickhouse-server holds the data directory")
+var (
+	errDirLocked = errors.New("another clickhouse-server holds the data directory")
+	errPortTaken = errors.New("a port picked for clickhouse-server was taken before it bound it")
+)
 
 func startOnce(ctx context.Context, dir string, tcpPort int) (*LocalServer, error) {
 	bin, err := FindServer()
@@ -149,11 +154,15 @@ func (s *LocalServer) waitReady(ctx context.Context, limit time.Duration) error 
 		select {
 		case <-s.exited:
 			errLog := filepath.Join(s.Dir, "log", "error.log")
-			if tail, _ := os.ReadFile(errLog); bytes.Contains(tail, []byte("Another server instance in same directory")) {
-				_ = os.Truncate(errLog, 0) // so the next attempt reads its own errors
+			tail, _ := os.ReadFile(errLog)
+			_ = os.Truncate(errLog, 0) // so the next attempt reads its own errors
+			switch {
+			case bytes.Contains(tail, []byte("Another server instance in same directory")):
 				return errDirLocked
+			case bytes.Contains(tail, []byte("Address already in use")):
+				return errPortTaken
 			}
-			return fmt.Errorf("clickhouse-server exited at start (%v); see %s", s.waitErr, errLog)
+			return fmt.Errorf("clickhouse-server exited at start (%v): %s", s.waitErr, lastLine(tail))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
@@ -185,4 +194,9 @@ func (s *LocalServer) Kill() {
 		_ = s.cmd.Process.Kill()
 		<-s.exited
 	}
+}
+
+func lastLine(b []byte) string {
+	lines := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
+	return string(lines[len(lines)-1])
 }
