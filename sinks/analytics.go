@@ -2,6 +2,7 @@ package sinks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -94,6 +95,11 @@ func (a *AnalyticsSink) Run(ctx context.Context) error {
 		if ctx.Err() != nil || fetches.IsClientClosed() {
 			return nil
 		}
+		fetches.EachError(func(t string, p int32, err error) {
+			if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				a.Log.Warn("analytics fetch", "topic", t, "partition", p, "err", err)
+			}
+		})
 		fetches.EachRecord(func(r *kgo.Record) {
 			batch = append(batch, r)
 			ev, err := schemas.StatusEventCodec.Decode(r.Value)

@@ -17,7 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/config"
@@ -92,7 +91,6 @@ func runBench(ctx context.Context, args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase to this file")
 	apiProfile := fs.String("cpuprofile-api", "", "write a CPU profile of the API phase to this file")
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
-	withAnalytics := fs.Bool("analytics", false, "also stream events into a local clickhouse-server and report the sink's rate and lag")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -108,7 +106,8 @@ func runBench(ctx context.Context, args []string) error {
 	cfg.Kafka.EmbeddedPort = 0
 	cfg.Kafka.Partitions = *partitions
 	cfg.Limits.DefaultPerDay = 0
-	cfg.Analytics.Enabled = withAnalytics
+	off := false
+	cfg.Analytics.Enabled = &off
 	cfg.Channels = map[string][]config.Provider{}
 	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
 	bp := &benchProvider{}
@@ -148,22 +147,6 @@ func runBench(ctx context.Context, args []string) error {
 	}
 	bp.reset()
 
-	var lagSamples []int64
-	lagDone := make(chan struct{})
-	var analyticsStart int64
-	if *withAnalytics {
-		for svc.AnalyticsAddr() == "" {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if err := waitAnalyticsCaughtUp(ctx, producer, time.Minute); err != nil {
-			return err
-		}
-		analyticsStart = eventsEnd(ctx, producer)
-	}
-
 	// Phase 1: bulk, everything produced at once.
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -176,19 +159,6 @@ func runBench(ctx context.Context, args []string) error {
 		}
 	}
 	start := time.Now()
-	if *withAnalytics {
-		go func() { // the analytics group's lag while the pipeline runs flat out
-			defer close(lagDone)
-			for bp.count.Load() < int64(*n) && ctx.Err() == nil {
-				if l, err := analyticsLag(ctx, producer); err == nil {
-					lagSamples = append(lagSamples, l)
-				}
-				time.Sleep(250 * time.Millisecond)
-			}
-		}()
-	} else {
-		close(lagDone)
-	}
 	if err := ingest(ctx, producer, "bulk", *n, 0); err != nil {
 		return err
 	}
@@ -204,23 +174,6 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("bulk: %d notifications produced to notify.ingest in %v, all delivered in %v\n", *n, produced.Round(time.Millisecond), elapsed.Round(time.Millisecond))
 	fmt.Printf("  throughput end to end: %.0f notifications/s\n", float64(*n)/elapsed.Seconds())
 	fmt.Printf("  ingest → provider (includes queueing behind the backlog): p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
-	<-lagDone
-	if *withAnalytics {
-		endLag, _ := analyticsLag(ctx, producer)
-		if err := waitAnalyticsCaughtUp(ctx, producer, 5*time.Minute); err != nil {
-			return err
-		}
-		caughtUp := time.Since(start)
-		events := eventsEnd(ctx, producer) - analyticsStart
-		var maxLag int64
-		for _, l := range lagSamples {
-			maxLag = max(maxLag, l)
-		}
-		fmt.Printf("analytics: %d status events into ClickHouse in %v from the start of the bulk phase: %.0f events/s\n",
-			events, caughtUp.Round(time.Millisecond), float64(events)/caughtUp.Seconds())
-		fmt.Printf("  consumer group lag during the bulk phase (every 250 ms): p50 %d, max %d events; %d when the last notification was delivered\n\n",
-			percentileInt(lagSamples, .5), maxLag, endLag)
-	}
 
 	// Phase 2: paced, a steady rate below saturation.
 	total := int(float64(*paced) * dur.Seconds())
@@ -347,50 +300,4 @@ func call(ctx context.Context, client *http.Client, method, url, body string, wa
 		return errors.New(resp.Status + ": " + string(b))
 	}
 	return nil
-}
-
-// analyticsLag is how many events on notify.events the analytics group has not committed.
-func analyticsLag(ctx context.Context, cl *kgo.Client) (int64, error) {
-	lags, err := kadm.NewClient(cl).Lag(ctx, sinks.AnalyticsGroup)
-	if err != nil {
-		return 0, err
-	}
-	l, ok := lags[sinks.AnalyticsGroup]
-	if !ok || l.Error() != nil {
-		return 0, fmt.Errorf("lag of %s: %v", sinks.AnalyticsGroup, l.Error())
-	}
-	return l.Lag.Total(), nil
-}
-
-func waitAnalyticsCaughtUp(ctx context.Context, cl *kgo.Client, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for {
-		if l, err := analyticsLag(ctx, cl); err == nil && l == 0 && eventsEnd(ctx, cl) > 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("analytics did not catch up within %v", limit)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// eventsEnd is the number of records notify.events holds.
-func eventsEnd(ctx context.Context, cl *kgo.Client) int64 {
-	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, string(topology.Events))
-	if err != nil {
-		return 0
-	}
-	var n int64
-	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
-	return n
-}
-
-func percentileInt(v []int64, p float64) int64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[int(float64(len(s)-1)*p)]
 }
