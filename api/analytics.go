@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"strings"
@@ -74,41 +75,39 @@ func writeTable(w http.ResponseWriter, t analytics.Table, extra map[string]any) 
 	writeJSON(w, http.StatusOK, body)
 }
 
+// timeReport serves a report over a time range: from, to and groupBy from the
+// query string, the table as JSON.
+func (s *Server) timeReport(run func(ctx context.Context, conn driver.Conn, from, to time.Time, r *http.Request) (analytics.Table, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		conn := s.analyticsConn(w)
+		if conn == nil {
+			return
+		}
+		from, to, apiErr := s.timeRange(r)
+		if apiErr != nil {
+			writeError(w, apiErr)
+			return
+		}
+		t, err := run(r.Context(), conn, from, to, r)
+		if err != nil {
+			writeReportError(w, err)
+			return
+		}
+		writeTable(w, t, map[string]any{"from": from.UTC(), "to": to.UTC()})
+	}
+}
+
 func (s *Server) analyticsSummary(w http.ResponseWriter, r *http.Request) {
-	conn := s.analyticsConn(w)
-	if conn == nil {
-		return
-	}
-	from, to, apiErr := s.timeRange(r)
-	if apiErr != nil {
-		writeError(w, apiErr)
-		return
-	}
-	t, err := analytics.Summary(r.Context(), conn, s.Reports.DB, analytics.SummaryQuery{
-		From: from, To: to, GroupBy: groupBy(r), Interval: r.URL.Query().Get("interval")})
-	if err != nil {
-		writeReportError(w, err)
-		return
-	}
-	writeTable(w, t, map[string]any{"from": from.UTC(), "to": to.UTC()})
+	s.timeReport(func(ctx context.Context, conn driver.Conn, from, to time.Time, r *http.Request) (analytics.Table, error) {
+		return analytics.Summary(ctx, conn, s.Reports.DB, analytics.SummaryQuery{
+			From: from, To: to, GroupBy: groupBy(r), Interval: r.URL.Query().Get("interval")})
+	})(w, r)
 }
 
 func (s *Server) analyticsLatency(w http.ResponseWriter, r *http.Request) {
-	conn := s.analyticsConn(w)
-	if conn == nil {
-		return
-	}
-	from, to, apiErr := s.timeRange(r)
-	if apiErr != nil {
-		writeError(w, apiErr)
-		return
-	}
-	t, err := analytics.Latency(r.Context(), conn, s.Reports.DB, analytics.LatencyQuery{From: from, To: to, GroupBy: groupBy(r)})
-	if err != nil {
-		writeReportError(w, err)
-		return
-	}
-	writeTable(w, t, map[string]any{"from": from.UTC(), "to": to.UTC()})
+	s.timeReport(func(ctx context.Context, conn driver.Conn, from, to time.Time, r *http.Request) (analytics.Table, error) {
+		return analytics.Latency(ctx, conn, s.Reports.DB, analytics.LatencyQuery{From: from, To: to, GroupBy: groupBy(r)})
+	})(w, r)
 }
 
 func (s *Server) analyticsReconciliation(w http.ResponseWriter, r *http.Request) {
