@@ -57,19 +57,23 @@ func produceEvents(t *testing.T, env *sinkEnv, from, to int) {
 }
 
 // counts returns distinct event ids, rows after folding, and distinct sent
-// notifications in the rollup.
+// notifications in the rollup. Queries are retried: after an outage the
+// connection pool may hand out a connection the restart broke.
 func counts(t *testing.T, conn driver.Conn, db string) (ids, final, rollup uint64) {
 	t.Helper()
 	ctx := context.Background()
-	if err := conn.QueryRow(ctx, "SELECT uniqExact(id) FROM "+db+".events").Scan(&ids); err != nil {
-		t.Fatal(err)
+	var err error
+	for attempt := 0; attempt < 20; attempt++ {
+		if err = conn.QueryRow(ctx, "SELECT uniqExact(id) FROM "+db+".events").Scan(&ids); err == nil {
+			if err = conn.QueryRow(ctx, "SELECT count() FROM "+db+".events FINAL").Scan(&final); err == nil {
+				if err = conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM "+db+".events_per_minute WHERE status = 'sent'").Scan(&rollup); err == nil {
+					return
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".events FINAL").Scan(&final); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM "+db+".events_per_minute WHERE status = 'sent'").Scan(&rollup); err != nil {
-		t.Fatal(err)
-	}
+	t.Fatalf("counting in ClickHouse: %v", err)
 	return
 }
 
