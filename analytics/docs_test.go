@@ -3,22 +3,19 @@ package analytics
 import (
 	"bytes"
 	"context"
-	"os"
-	"os/exec"
-	"regexp"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/notifyd/notifyd/analytics/analyticstest"
 )
 
 // Every SQL block of docs/ANALYTICS.md runs against the real server and returns
 // rows on a small data set, so the documentation cannot rot.
 func TestAnalyticsDocQueriesRun(t *testing.T) {
-	doc, err := os.ReadFile("../docs/ANALYTICS.md")
+	blocks, err := analyticstest.DocQueries("../docs/ANALYTICS.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	blocks := regexp.MustCompile("(?s)```sql\n(.*?)```").FindAllStringSubmatch(string(doc), -1)
 	if len(blocks) < 10 {
 		t.Fatalf("docs/ANALYTICS.md has %d SQL examples, want at least 10", len(blocks))
 	}
@@ -48,8 +45,7 @@ func TestAnalyticsDocQueriesRun(t *testing.T) {
 	}
 	evs = append(evs, ev{"n6-sup", "n6", "email", "", "suppressed", two, two}, ev{"n7-rej", "n7", "email", "", "rejected", two, two})
 	insertEvents(t, conn, "notifyd", evs)
-	for i, b := range blocks {
-		sql := strings.TrimSpace(b[1])
+	for i, sql := range blocks {
 		rows, err := conn.Query(ctx, sql)
 		if err != nil {
 			t.Fatalf("example %d fails: %v\n%s", i+1, err, sql)
@@ -63,8 +59,7 @@ func TestAnalyticsDocQueriesRun(t *testing.T) {
 			t.Errorf("example %d returns no row on the fixture:\n%s", i+1, sql)
 		}
 		// And as an analyst runs it: clickhouse-client against the server.
-		port := server.Addr[strings.LastIndexByte(server.Addr, ':')+1:]
-		out, err := exec.Command("clickhouse-client", "--host", "127.0.0.1", "--port", port, "--query", sql).CombinedOutput()
+		out, err := analyticstest.Client(server.Addr, sql)
 		if err != nil || len(bytes.TrimSpace(out)) == 0 {
 			t.Errorf("example %d with clickhouse-client: %v\n%s", i+1, err, out)
 		}

@@ -356,6 +356,25 @@ func TestReceiptsAndReconciliation(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+
+	// Every query of docs/ANALYTICS.md, with clickhouse-client, against the
+	// ClickHouse this all-in-one notifyd started and filled.
+	queries, err := analyticstest.DocQueries("../docs/ANALYTICS.md")
+	if err != nil || len(queries) < 10 {
+		t.Fatalf("%d queries in docs/ANALYTICS.md: %v", len(queries), err)
+	}
+	sawData := false
+	for i, sql := range queries {
+		out, err := analyticstest.Client(h.svc.AnalyticsAddr(), sql)
+		if err != nil {
+			t.Errorf("docs/ANALYTICS.md example %d against the all-in-one instance: %v\n%s", i+1, err, sql)
+		}
+		sawData = sawData || strings.Contains(string(out), "hook-main")
+	}
+	if !sawData { // the examples read the database the pipeline fills, not an empty one
+		t.Error("no docs/ANALYTICS.md example shows the provider hook-main of this run")
+	}
+
 	for _, bad := range []struct {
 		body  any
 		field string

@@ -19,7 +19,7 @@ import (
 )
 
 // startClickHouse runs a real clickhouse-server for one test, on tcpPort (0 = free).
-func startClickHouse(t *testing.T, dir string, tcpPort int) *analytics.LocalServer {
+func startClickHouse(t testing.TB, dir string, tcpPort int) *analytics.LocalServer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -30,7 +30,7 @@ func startClickHouse(t *testing.T, dir string, tcpPort int) *analytics.LocalServ
 	return s
 }
 
-func migrated(t *testing.T, addr, db string) driver.Conn {
+func migrated(t testing.TB, addr, db string) driver.Conn {
 	t.Helper()
 	conn, err := analytics.Open(addr, "default", "")
 	if err != nil {
@@ -43,7 +43,7 @@ func migrated(t *testing.T, addr, db string) driver.Conn {
 	return conn
 }
 
-func produceEvents(t *testing.T, env *sinkEnv, from, to int) {
+func produceEvents(t testing.TB, env *sinkEnv, from, to int) {
 	t.Helper()
 	for i := from; i < to; i++ {
 		ev := &schemas.StatusEvent{ID: fmt.Sprintf("ev-%d", i), NotificationID: fmt.Sprintf("n-%d", i), Channel: "email",
@@ -186,5 +186,76 @@ func TestAnalyticsSinkRidesOutClickHouseOutage(t *testing.T) {
 	ids, final, rollup := counts(t, conn, "a2")
 	if ids != 500 || final != 500 || rollup != 500 {
 		t.Fatalf("ids %d, rows %d, rollup %d; want 500 each", ids, final, rollup)
+	}
+}
+
+// BenchmarkAnalyticsSink measures what the sink alone sustains into a local
+// clickhouse-server. Each op produces a backlog of whole batches of status
+// events (shaped like the pipeline's: mixed channels, providers, templates,
+// statuses), then starts a sink and times it from its start (group join
+// included) to the last insert: it fetches, decodes and inserts every event
+// inside the timed part.
+//
+//	go test -run '^$' -bench AnalyticsSink -benchtime 5x ./sinks/
+func BenchmarkAnalyticsSink(b *testing.B) {
+	for _, batch := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			env := newSinkEnv(b)
+			ch := startClickHouse(b, b.TempDir(), 0)
+			defer ch.Stop()
+			conn := migrated(b, ch.Addr, "bench")
+			m := NewAnalyticsMetrics(prometheus.NewRegistry())
+			const perOp = 100_000 // a whole number of batches: no op waits for FlushEvery
+			var inserted float64
+			var busy time.Duration
+			for i := 0; b.Loop(); i++ {
+				b.StopTimer()
+				benchEvents(b, env, i*perOp, (i+1)*perOp)
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				sink := &AnalyticsSink{Brokers: env.brokers, Conn: conn, DB: "bench", BatchSize: batch, FlushEvery: time.Second,
+					Backoff: 100 * time.Millisecond, MaxBackoff: time.Second, Metrics: m, Log: slog.New(slog.DiscardHandler)}
+				b.StartTimer()
+				start := time.Now()
+				go func() { done <- sink.Run(ctx) }()
+				inserted += perOp
+				for testutil.ToFloat64(m.rows) < inserted {
+					select {
+					case err := <-done:
+						b.Fatalf("sink stopped: %v", err)
+					case <-time.After(time.Millisecond):
+					}
+				}
+				busy += time.Since(start)
+				b.StopTimer()
+				cancel()
+				<-done
+				b.StartTimer()
+			}
+			b.ReportMetric(inserted/busy.Seconds(), "events/s")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// benchEvents produces status events from..to with the variety of a real stream.
+func benchEvents(b *testing.B, env *sinkEnv, from, to int) {
+	channels := []string{"email", "sms", "push", "webhook"}
+	statuses := []string{"accepted", "routed", "sent", "delivered", "failed", "suppressed"}
+	now := time.Now().UnixMilli()
+	for i := from; i < to; i++ {
+		n := i / len(statuses)
+		ev := &schemas.StatusEvent{ID: fmt.Sprintf("ev-%d", i), NotificationID: fmt.Sprintf("n-%d", n), EventID: fmt.Sprintf("e-%d", n),
+			UserID: fmt.Sprintf("u-%d", n%5000), Template: fmt.Sprintf("template-%d", n%40), Channel: channels[n%len(channels)],
+			Priority: "normal", Category: "transactional", Provider: channels[n%len(channels)] + "-main", Status: statuses[i%len(statuses)],
+			At: now + int64(i%len(statuses))*40, AcceptedAt: now, Attempt: 1, ProviderMessageID: fmt.Sprintf("pm-%d", n)}
+		v, err := schemas.StatusEventCodec.Encode(ev)
+		if err != nil {
+			b.Fatal(err)
+		}
+		env.producer.Produce(context.Background(), &kgo.Record{Topic: string(topology.Events), Key: []byte(ev.NotificationID), Value: v}, nil)
+	}
+	if err := env.producer.Flush(context.Background()); err != nil {
+		b.Fatal(err)
 	}
 }

@@ -23,7 +23,7 @@ type sinkEnv struct {
 	ctx      context.Context
 }
 
-func newSinkEnv(t *testing.T) *sinkEnv {
+func newSinkEnv(t testing.TB) *sinkEnv {
 	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(0))
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/config"
@@ -91,6 +92,7 @@ func runBench(ctx context.Context, args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase to this file")
 	apiProfile := fs.String("cpuprofile-api", "", "write a CPU profile of the API phase to this file")
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
+	withAnalytics := fs.Bool("analytics", false, "also stream events into a local clickhouse-server and report the sink's rate and lag")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -106,8 +108,7 @@ func runBench(ctx context.Context, args []string) error {
 	cfg.Kafka.EmbeddedPort = 0
 	cfg.Kafka.Partitions = *partitions
 	cfg.Limits.DefaultPerDay = 0
-	off := false
-	cfg.Analytics.Enabled = &off
+	cfg.Analytics.Enabled = withAnalytics
 	cfg.Channels = map[string][]config.Provider{}
 	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
 	bp := &benchProvider{}
@@ -147,6 +148,20 @@ func runBench(ctx context.Context, args []string) error {
 	}
 	bp.reset()
 
+	var eventsBefore int64
+	if *withAnalytics {
+		for svc.AnalyticsAddr() == "" { // the local clickhouse-server is starting
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if _, err := waitAnalyticsCaughtUp(ctx, producer, time.Minute); err != nil {
+			return err
+		}
+		eventsBefore = eventsEnd(ctx, producer)
+	}
+
 	// Phase 1: bulk, everything produced at once.
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -159,6 +174,7 @@ func runBench(ctx context.Context, args []string) error {
 		}
 	}
 	start := time.Now()
+	lags := sampleLag(ctx, producer, *withAnalytics)
 	if err := ingest(ctx, producer, "bulk", *n, 0); err != nil {
 		return err
 	}
@@ -174,9 +190,16 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("bulk: %d notifications produced to notify.ingest in %v, all delivered in %v\n", *n, produced.Round(time.Millisecond), elapsed.Round(time.Millisecond))
 	fmt.Printf("  throughput end to end: %.0f notifications/s\n", float64(*n)/elapsed.Seconds())
 	fmt.Printf("  ingest → provider (includes queueing behind the backlog): p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
+	if *withAnalytics {
+		if err := reportAnalytics(ctx, producer, "bulk", lags, start, &eventsBefore); err != nil {
+			return err
+		}
+	}
 
 	// Phase 2: paced, a steady rate below saturation.
 	total := int(float64(*paced) * dur.Seconds())
+	start = time.Now()
+	lags = sampleLag(ctx, producer, *withAnalytics)
 	if err := ingest(ctx, producer, "paced", total, *paced); err != nil {
 		return err
 	}
@@ -186,6 +209,11 @@ func runBench(ctx context.Context, args []string) error {
 	lat = bp.reset()
 	fmt.Printf("paced: %d notifications at %d/s\n", total, *paced)
 	fmt.Printf("  ingest → provider: p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
+	if *withAnalytics {
+		if err := reportAnalytics(ctx, producer, "paced", lags, start, &eventsBefore); err != nil {
+			return err
+		}
+	}
 
 	// Phase 3: the API under an open-loop request rate.
 	if *apiProfile != "" {
@@ -300,4 +328,137 @@ func call(ctx context.Context, client *http.Client, method, url, body string, wa
 		return errors.New(resp.Status + ": " + string(b))
 	}
 	return nil
+}
+
+// analyticsLag is how many events on notify.events the analytics group has not
+// committed. It is computed from the group's committed offsets and the
+// partitions' end offsets: kadm's Lag, on a client that has not yet loaded
+// notify.events's metadata, drops commits that OffsetFetch v10 names by topic
+// ID only, and reports the whole topic as lag.
+func analyticsLag(ctx context.Context, cl *kgo.Client) (int64, error) {
+	adm := kadm.NewClient(cl)
+	committed, err := adm.FetchOffsets(ctx, sinks.AnalyticsGroup)
+	if err != nil {
+		return 0, err
+	}
+	ends, err := adm.ListEndOffsets(ctx, string(topology.Events))
+	if err != nil {
+		return 0, err
+	}
+	var lag int64
+	var perr error
+	ends.Each(func(end kadm.ListedOffset) {
+		if end.Err != nil {
+			perr = end.Err
+			return
+		}
+		at := int64(0)
+		if c, ok := committed.Lookup(end.Topic, end.Partition); ok && c.Err == nil && c.At > 0 {
+			at = c.At
+		}
+		lag += end.Offset - at
+	})
+	return lag, perr
+}
+
+// waitAnalyticsCaughtUp waits until the analytics group has committed every
+// event on notify.events and returns when it saw that.
+func waitAnalyticsCaughtUp(ctx context.Context, cl *kgo.Client, limit time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		if l, err := analyticsLag(ctx, cl); err == nil && l == 0 && eventsEnd(ctx, cl) > 0 {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return time.Time{}, fmt.Errorf("analytics did not catch up within %v", limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// lagSampler records the analytics group's lag every 250 ms until finish.
+type lagSampler struct {
+	stop, done chan struct{}
+	samples    []int64
+}
+
+func sampleLag(ctx context.Context, cl *kgo.Client, on bool) *lagSampler {
+	s := &lagSampler{stop: make(chan struct{}), done: make(chan struct{})}
+	if !on {
+		close(s.done)
+		return s
+	}
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if l, err := analyticsLag(ctx, cl); err == nil {
+				s.samples = append(s.samples, l)
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+func (s *lagSampler) finish() []int64 {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+	return s.samples
+}
+
+// reportAnalytics prints how the analytics sink kept up with a phase that
+// began at start: the group's lag while the pipeline delivered, its lag when
+// the last notification was delivered, and when ClickHouse had every event.
+func reportAnalytics(ctx context.Context, cl *kgo.Client, phase string, lags *lagSampler, start time.Time, eventsBefore *int64) error {
+	delivered := time.Now()
+	endLag, err := analyticsLag(ctx, cl)
+	if err != nil {
+		return err
+	}
+	samples := lags.finish()
+	caughtUp, err := waitAnalyticsCaughtUp(ctx, cl, 5*time.Minute)
+	if err != nil {
+		return err
+	}
+	total := eventsEnd(ctx, cl)
+	events := total - *eventsBefore
+	*eventsBefore = total
+	took := caughtUp.Sub(start)
+	fmt.Printf("  analytics: %d status events in ClickHouse %v after the phase began (%.0f events/s), %v after the last delivery\n",
+		events, took.Round(time.Millisecond), float64(events)/took.Seconds(), caughtUp.Sub(delivered).Round(time.Millisecond))
+	fmt.Printf("  analytics group lag while the pipeline ran (every 250 ms, %d samples): p50 %d, p99 %d, max %d events; %d at the last delivery\n\n",
+		len(samples), percentileInt(samples, .5), percentileInt(samples, .99), percentileInt(samples, 1), endLag)
+	return nil
+}
+
+// eventsEnd is the number of records notify.events holds.
+func eventsEnd(ctx context.Context, cl *kgo.Client) int64 {
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, string(topology.Events))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return n
+}
+
+func percentileInt(v []int64, p float64) int64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[int(float64(len(s)-1)*p)]
 }
