@@ -331,10 +331,10 @@ func call(ctx context.Context, client *http.Client, method, url, body string, wa
 }
 
 // analyticsLag is how many events on notify.events the analytics group has not
-// committed. It is computed from the group's committed offsets and the
-// partitions' end offsets: kadm's Lag, on a client that has not yet loaded
-// notify.events's metadata, drops commits that OffsetFetch v10 names by topic
-// ID only, and reports the whole topic as lag.
+// committed, from the group's committed offsets and the partitions' end
+// offsets. (kadm's Lag, called first on this client, reported every commit as
+// -1 — the whole topic as lag — while FetchOffsets on the same client and
+// broker returned the commits; OffsetFetch v10 names topics by ID only.)
 func analyticsLag(ctx context.Context, cl *kgo.Client) (int64, error) {
 	adm := kadm.NewClient(cl)
 	committed, err := adm.FetchOffsets(ctx, sinks.AnalyticsGroup)
