@@ -1,7 +1,12 @@
 package analytics
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -59,6 +64,27 @@ func TestServerNotInstalledNamesThePackage(t *testing.T) {
 	for _, want := range []string{"apt-get install clickhouse-server", "analytics.addr"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("message %q does not say %q", msg, want)
+		}
+	}
+}
+
+// The local server yields the CPU to the pipeline: every one of its threads
+// runs at LocalNice.
+func TestLocalServerRunsBelowNotifydPriority(t *testing.T) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", server.cmd.Process.Pid))
+	if err != nil || len(tasks) < 2 {
+		t.Fatalf("threads of clickhouse-server: %v %v", tasks, err)
+	}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(task)
+		if err != nil {
+			continue // the thread ended
+		}
+		// Fields after the parenthesised command name start at field 3 (state);
+		// nice is field 19.
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) < 17 || fields[16] != strconv.Itoa(LocalNice) {
+			t.Fatalf("%s: nice %v, want %d", task, fields[16:17], LocalNice)
 		}
 	}
 }
