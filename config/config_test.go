@@ -118,3 +118,35 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+// The reference configuration of docs/CONFIG.md is a file notifyd accepts: every
+// key it documents exists (unknown keys are errors), every value is valid, and
+// the analytics keys it shows reach the configuration.
+func TestDocumentedConfigLoads(t *testing.T) {
+	doc, err := os.ReadFile("../docs/CONFIG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(doc), "```yaml\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/CONFIG.md has no yaml block")
+	}
+	path := filepath.Join(t.TempDir(), "notifyd.yaml")
+	if err := os.WriteFile(path, []byte(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path, env(map[string]string{"NOTIFYD_BACKEND_KEY": "backend-key-0001", "SMTP_PASSWORD": "p",
+		"WEBHOOK_SECRET": "s", "CLICKHOUSE_PASSWORD": "ch-secret"}))
+	if err != nil {
+		t.Fatalf("docs/CONFIG.md: %v", err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("docs/CONFIG.md: %v", err)
+	}
+	a := c.Analytics
+	if !a.On() || a.Password != "ch-secret" || a.BatchSize != 10000 || a.FlushEvery != time.Second ||
+		a.ReceiptGrace != time.Hour || len(a.Prices) != 1 || a.Prices[0].Provider != "smtp-main" {
+		t.Fatalf("analytics %+v", a)
+	}
+}
