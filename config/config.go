@@ -29,7 +29,47 @@ type Config struct {
 	Sink      Sink                  `yaml:"sink"`
 	Channels  map[string][]Provider `yaml:"channels"`
 	Analytics Analytics             `yaml:"analytics"`
+	Render    Render                `yaml:"render"`
+	Health    Health                `yaml:"health"`
+	Alerts    Alerts                `yaml:"alerts"`
 	LogLevel  string                `yaml:"logLevel"`
+}
+
+// Render bounds the work of rendering one notification on one channel, in the
+// deliver group and in preview: a template or a request that exceeds a budget
+// is rejected with the reason, never allowed to stall its partition.
+type Render struct {
+	// Timeout is the wall time one channel's render may take.
+	Timeout time.Duration `yaml:"timeout"`
+	// MaxIterations bounds the range iterations of one render, nested loops counted
+	// in full.
+	MaxIterations int `yaml:"maxIterations"`
+	// MaxBytes bounds the rendered content of a channel (all its fields), in
+	// bytes; sms counts characters. "default" applies to channels not listed.
+	MaxBytes map[string]int `yaml:"maxBytes"`
+}
+
+// Budget is the rendered-size bound of a channel.
+func (r Render) Budget(channel string) int {
+	if n, ok := r.MaxBytes[channel]; ok {
+		return n
+	}
+	return r.MaxBytes["default"]
+}
+
+// Health tunes readiness.
+type Health struct {
+	// StuckAfter: a partition whose record has been in work longer than this
+	// makes /readyz answer 503.
+	StuckAfter time.Duration `yaml:"stuckAfter"`
+}
+
+// Alerts tell operators about notifications that exhausted their retries.
+type Alerts struct {
+	// WebhookURL, when set, receives a JSON POST per exhausted notification
+	// (best effort; the metric notifyd_sink_exhausted_total counts them all).
+	WebhookURL string        `yaml:"webhookUrl"`
+	Timeout    time.Duration `yaml:"timeout"`
 }
 
 // HTTP is the API listener.
@@ -113,14 +153,50 @@ type Sink struct {
 	Backoff        time.Duration `yaml:"backoff"`
 	SendTimeout    time.Duration `yaml:"sendTimeout"`
 	LedgerLookback time.Duration `yaml:"ledgerLookback"`
+	// DrainTimeout is how long a stopping sink (SIGTERM) or one losing partitions
+	// in a rebalance lets sends in flight finish before it cancels them.
+	DrainTimeout time.Duration `yaml:"drainTimeout"`
+	Retry        Retry         `yaml:"retry"`
+	Breaker      Breaker       `yaml:"breaker"`
+}
+
+// Retry is the delayed retry of notifications whose providers failed
+// transiently: one topic notify.retry.<delay> per tier.
+type Retry struct {
+	// Tiers are the delays of successive retries; the last repeats.
+	Tiers []time.Duration `yaml:"tiers"`
+	// Horizon bounds the time from acceptance to the last retry, per priority;
+	// past it the notification fails (DLQ, alert).
+	Horizon map[string]time.Duration `yaml:"horizon"`
+}
+
+// Breaker is the circuit breaker of every provider.
+type Breaker struct {
+	// Failures in a row that open the breaker.
+	Failures int `yaml:"failures"`
+	// OpenFor is how long an open breaker refuses calls before it lets probes through.
+	OpenFor time.Duration `yaml:"openFor"`
+	// Probes are the calls let through while half-open; all must succeed to close it.
+	Probes int `yaml:"probes"`
 }
 
 // Provider is one provider of a channel; a channel's list is its failover order.
 type Provider struct {
-	Name    string  `yaml:"name"`
-	Type    string  `yaml:"type"` // smtp | webhook | log
-	SMTP    SMTP    `yaml:"smtp"`
-	Webhook Webhook `yaml:"webhook"`
+	Name string `yaml:"name"`
+	Type string `yaml:"type"` // smtp | webhook | log
+	// RateLimit is the provider's messages per second across the cluster (0 =
+	// unlimited); each sink instance takes the share of the partitions it owns.
+	RateLimit float64 `yaml:"rateLimit"`
+	// Burst is how many calls may go at once above the rate (default 1).
+	Burst int `yaml:"burst"`
+	// Concurrency bounds calls in flight across the cluster, shared like
+	// RateLimit (0 = sink.concurrency per instance).
+	Concurrency int `yaml:"concurrency"`
+	// Priorities the provider serves (default all): a channel can send high
+	// priority through one provider and bulk through another.
+	Priorities []string `yaml:"priorities"`
+	SMTP       SMTP     `yaml:"smtp"`
+	Webhook    Webhook  `yaml:"webhook"`
 }
 
 // SMTP configures the smtp provider.
@@ -161,7 +237,16 @@ func Default() Config {
 		Limits: Limits{ContentDedupWindow: 10 * time.Minute, DefaultPerDay: 100,
 			PerChannelPerDay: map[string]int{}, TableWait: time.Second},
 		Sink: Sink{Concurrency: 64, Chunk: 256, Attempts: 3, Backoff: 200 * time.Millisecond,
-			SendTimeout: 30 * time.Second, LedgerLookback: time.Hour},
+			SendTimeout: 30 * time.Second, LedgerLookback: time.Hour, DrainTimeout: 10 * time.Second,
+			Retry: Retry{Tiers: []time.Duration{10 * time.Second, time.Minute, 10 * time.Minute, time.Hour},
+				Horizon: map[string]time.Duration{"high": 10 * time.Minute, "normal": 6 * time.Hour, "low": 24 * time.Hour}},
+			Breaker: Breaker{Failures: 5, OpenFor: 10 * time.Second, Probes: 1}},
+		Render: Render{Timeout: time.Second, MaxIterations: 100_000, MaxBytes: map[string]int{
+			"email": 256 << 10, "webhook": 256 << 10, "push": 4 << 10, "webpush": 4 << 10, "sms": 1600,
+			"whatsapp": 4096, "telegram": 4096, "wecom": 4096, "slack": 40_000, "dingtalk": 20_000,
+			"feishu": 30_000, "inapp": 16 << 10, "default": 64 << 10}},
+		Health: Health{StuckAfter: 30 * time.Second},
+		Alerts: Alerts{Timeout: 5 * time.Second},
 		Channels: map[string][]Provider{
 			"email":   {{Name: "log-email", Type: "log"}},
 			"webhook": {{Name: "log-webhook", Type: "log"}},
@@ -272,6 +357,42 @@ func (c *Config) merge(f Config) {
 	}
 	if f.Sink.LedgerLookback != 0 {
 		c.Sink.LedgerLookback = f.Sink.LedgerLookback
+	}
+	if f.Sink.DrainTimeout != 0 {
+		c.Sink.DrainTimeout = f.Sink.DrainTimeout
+	}
+	if f.Sink.Retry.Tiers != nil {
+		c.Sink.Retry.Tiers = f.Sink.Retry.Tiers
+	}
+	for p, d := range f.Sink.Retry.Horizon {
+		c.Sink.Retry.Horizon[p] = d
+	}
+	if f.Sink.Breaker.Failures != 0 {
+		c.Sink.Breaker.Failures = f.Sink.Breaker.Failures
+	}
+	if f.Sink.Breaker.OpenFor != 0 {
+		c.Sink.Breaker.OpenFor = f.Sink.Breaker.OpenFor
+	}
+	if f.Sink.Breaker.Probes != 0 {
+		c.Sink.Breaker.Probes = f.Sink.Breaker.Probes
+	}
+	if f.Render.Timeout != 0 {
+		c.Render.Timeout = f.Render.Timeout
+	}
+	if f.Render.MaxIterations != 0 {
+		c.Render.MaxIterations = f.Render.MaxIterations
+	}
+	for ch, n := range f.Render.MaxBytes {
+		c.Render.MaxBytes[ch] = n
+	}
+	if f.Health.StuckAfter != 0 {
+		c.Health.StuckAfter = f.Health.StuckAfter
+	}
+	if f.Alerts.WebhookURL != "" {
+		c.Alerts.WebhookURL = f.Alerts.WebhookURL
+	}
+	if f.Alerts.Timeout != 0 {
+		c.Alerts.Timeout = f.Alerts.Timeout
 	}
 	if f.Channels != nil {
 		c.Channels = f.Channels
@@ -435,11 +556,36 @@ func (c *Config) Validate() error {
 	if c.Sink.Attempts < 1 || c.Sink.Chunk < 1 || c.Sink.Concurrency < 1 {
 		return fmt.Errorf("config: sink.attempts, sink.chunk and sink.concurrency must be >= 1")
 	}
+	if err := c.Sink.validate(); err != nil {
+		return err
+	}
+	if r := c.Render; r.Timeout <= 0 || r.MaxIterations < 1 {
+		return fmt.Errorf("config: render.timeout and render.maxIterations must be positive")
+	}
+	for ch, n := range c.Render.MaxBytes {
+		if n < 1 {
+			return fmt.Errorf("config: render.maxBytes.%s must be positive", ch)
+		}
+	}
+	if c.Render.Budget("default") < 1 {
+		return fmt.Errorf("config: render.maxBytes.default is required")
+	}
+	if c.Health.StuckAfter <= 0 {
+		return fmt.Errorf("config: health.stuckAfter must be positive")
+	}
 	for _, ch := range c.ChannelNames() {
 		for i, p := range c.Channels[ch] {
 			where := fmt.Sprintf("config: channels.%s[%d]", ch, i)
 			if p.Name == "" {
 				return fmt.Errorf("%s: name is required", where)
+			}
+			if p.RateLimit < 0 || p.Burst < 0 || p.Concurrency < 0 {
+				return fmt.Errorf("%s (%s): rateLimit, burst and concurrency must not be negative", where, p.Name)
+			}
+			for j, pr := range p.Priorities {
+				if pr != "high" && pr != "normal" && pr != "low" {
+					return fmt.Errorf("%s (%s): priorities[%d]: must be high, normal or low, got %q", where, p.Name, j, pr)
+				}
 			}
 			switch p.Type {
 			case "log":
@@ -467,6 +613,54 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+func (s Sink) validate() error {
+	if s.DrainTimeout <= 0 {
+		return fmt.Errorf("config: sink.drainTimeout must be positive")
+	}
+	if len(s.Retry.Tiers) == 0 {
+		return fmt.Errorf("config: sink.retry.tiers needs at least one delay")
+	}
+	seen := map[string]bool{}
+	for i, d := range s.Retry.Tiers {
+		if d < time.Second {
+			return fmt.Errorf("config: sink.retry.tiers[%d]: %v is under a second", i, d)
+		}
+		if seen[RetryTierName(d)] {
+			return fmt.Errorf("config: sink.retry.tiers[%d]: %v is listed twice", i, d)
+		}
+		seen[RetryTierName(d)] = true
+	}
+	for p, d := range s.Retry.Horizon {
+		if p != "high" && p != "normal" && p != "low" {
+			return fmt.Errorf("config: sink.retry.horizon: unknown priority %q", p)
+		}
+		if d <= 0 {
+			return fmt.Errorf("config: sink.retry.horizon.%s must be positive", p)
+		}
+	}
+	if b := s.Breaker; b.Failures < 1 || b.OpenFor <= 0 || b.Probes < 1 {
+		return fmt.Errorf("config: sink.breaker.failures, openFor and probes must be positive")
+	}
+	return nil
+}
+
+// RetryTierName names a retry delay the way its topic does: the largest units
+// that express it exactly, "10s", "1m", "1h30m".
+func RetryTierName(d time.Duration) string {
+	d = d.Truncate(time.Second)
+	var b strings.Builder
+	for _, u := range []struct {
+		d time.Duration
+		s string
+	}{{time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}} {
+		if n := d / u.d; n > 0 {
+			b.WriteString(strconv.FormatInt(int64(n), 10) + u.s)
+			d -= n * u.d
+		}
+	}
+	return b.String()
 }
 
 // ChannelNames lists the channels that have at least one provider, sorted.

@@ -186,6 +186,7 @@ var (
 	LifecycleCodec    = NewCodec[Lifecycle]("notifyd.Lifecycle")
 	DeadLetterCodec   = NewCodec[DeadLetter]("notifyd.DeadLetter")
 	LedgerEntryCodec  = NewCodec[LedgerEntry]("notifyd.LedgerEntry")
+	FeedbackCodec     = NewCodec[DeliveryFeedback]("notifyd.DeliveryFeedback")
 )
 
 // Goka adapts a Codec to goka.Codec; values are *T.

@@ -163,31 +163,55 @@ func TestDecodeRefusesHugeClaimedCounts(t *testing.T) {
 	}
 }
 
-// user_state.v2 added RecentContent.notificationId: state written by v1 (every
-// deliver table written before) still decodes, with the new field empty.
-func TestUserStateV1StillDecodes(t *testing.T) {
+// Every schema change keeps the previous versions embedded, and records they
+// wrote still decode, with the fields added since at their zero value (DESIGN
+// rule 6).
+func TestOlderSchemaVersionsStillDecode(t *testing.T) {
 	if err := load(); err != nil {
 		t.Fatal(err)
 	}
-	var v1 *version
-	for _, v := range byFingerprint {
-		if v.file == "user_state.v1.avsc" {
-			v1 = v
+	older := func(file string) *version {
+		for _, v := range byFingerprint {
+			if v.file == file {
+				return v
+			}
+		}
+		t.Fatalf("%s must stay embedded", file)
+		return nil
+	}
+	encode := func(file string, native map[string]any) []byte {
+		b, err := older(file).codec.SingleFromNative(nil, native)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		return b
+	}
+	recentV1 := map[string]any{"day": "2026-11-22", "sentToday": map[string]any{"email": int32(3)},
+		"recent": []any{map[string]any{"hash": "h", "at": int64(5)}}}
+	for _, file := range []string{"user_state.v1.avsc", "user_state.v2.avsc"} {
+		st, err := UserStateCodec.Decode(encode(file, recentV1))
+		if err != nil || st.SentToday["email"] != 3 || len(st.Recent) != 1 || st.Recent[0].Hash != "h" ||
+			st.Recent[0].NotificationID != "" || st.Recent[0].Channel != "" {
+			t.Fatalf("%s decoded %+v, %v", file, st, err)
 		}
 	}
-	if v1 == nil || latestByName["notifyd.UserState"].file != "user_state.v2.avsc" {
-		t.Fatal("user_state v1 must stay embedded next to v2")
+	dl, err := DeadLetterCodec.Decode(encode("dead_letter.v1.avsc", map[string]any{"topic": "notify.ingest", "partition": int32(1),
+		"offset": int64(7), "key": []byte("k"), "value": []byte{1}, "reason": "bad", "stage": "dedup", "at": int64(9)}))
+	if err != nil || dl.Offset != 7 || dl.Reason != "bad" || dl.NotificationID != "" || dl.Truncated {
+		t.Fatalf("dead_letter v1 decoded %+v, %v", dl, err)
 	}
-	b, err := v1.codec.SingleFromNative(nil, map[string]any{"day": "2026-11-22", "sentToday": map[string]any{"email": int32(3)},
-		"recent": []any{map[string]any{"hash": "h", "at": int64(5)}}})
-	if err != nil {
-		t.Fatal(err)
+	de, err := DedupEntryCodec.Decode(encode("dedup_entry.v1.avsc", map[string]any{"firstSeen": int64(42)}))
+	if err != nil || de.FirstSeen != 42 || de.Origin != "" {
+		t.Fatalf("dedup_entry v1 decoded %+v, %v", de, err)
 	}
-	st, err := UserStateCodec.Decode(b)
-	if err != nil {
-		t.Fatal(err)
+	lc, err := LifecycleCodec.Decode(encode("lifecycle.v1.avsc", map[string]any{"id": "n", "status": "sent",
+		"history": []any{map[string]any{"status": "sent", "at": int64(3)}}}))
+	if err != nil || lc.Status != "sent" || len(lc.History) != 1 || lc.History[0].EventID != "" {
+		t.Fatalf("lifecycle v1 decoded %+v, %v", lc, err)
 	}
-	if st.SentToday["email"] != 3 || len(st.Recent) != 1 || st.Recent[0].Hash != "h" || st.Recent[0].NotificationID != "" {
-		t.Fatalf("decoded %+v", st)
+	n, err := NotificationCodec.Decode(encode("notification.v1.avsc", map[string]any{"id": "n", "eventId": "e", "userId": "u",
+		"template": "t", "recipient": map[string]any{}, "content": map[string]any{}, "routedAt": int64(11)}))
+	if err != nil || n.ID != "n" || n.RoutedAt != 11 || n.Attempts != 0 || n.RetryAt != 0 {
+		t.Fatalf("notification v1 decoded %+v, %v", n, err)
 	}
 }

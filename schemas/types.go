@@ -57,6 +57,11 @@ type Notification struct {
 	Locale     string    `avro:"locale"`
 	Content    Content   `avro:"content"`
 	RoutedAt   int64     `avro:"routedAt"`
+	// Retry state (since notification.v2), carried through notify.retry.*.
+	Attempts      int32  `avro:"attempts"`
+	FirstFailedAt int64  `avro:"firstFailedAt"`
+	RetryAt       int64  `avro:"retryAt"`
+	LastError     string `avro:"lastError"`
 }
 
 // Device is a push target of a profile.
@@ -131,6 +136,8 @@ type StatusEvent struct {
 // DedupEntry records when an eventId was first seen.
 type DedupEntry struct {
 	FirstSeen int64 `avro:"firstSeen"`
+	// Origin names the ingest record that created the entry (since v2).
+	Origin string `avro:"origin"`
 }
 
 // RecentContent is the hash of content recently sent to a user.
@@ -138,6 +145,7 @@ type RecentContent struct {
 	Hash           string `avro:"hash"`
 	At             int64  `avro:"at"`
 	NotificationID string `avro:"notificationId"` // since user_state.v2
+	Channel        string `avro:"channel"`        // since user_state.v3
 }
 
 // UserState is the deliver group's per-user state.
@@ -154,6 +162,7 @@ type HistoryEntry struct {
 	Reason   string `avro:"reason"`
 	Channel  string `avro:"channel"`
 	Provider string `avro:"provider"`
+	EventID  string `avro:"id"` // the status event's id (since lifecycle.v2)
 }
 
 // Lifecycle is the status group's view of one notification.
@@ -182,6 +191,19 @@ type DeadLetter struct {
 	Reason    string `avro:"reason"`
 	Stage     string `avro:"stage"`
 	At        int64  `avro:"at"`
+	// NotificationID is the notification the record carried (since v2).
+	NotificationID string `avro:"notificationId"`
+	// Truncated: Value holds only the first bytes of the record (since v2).
+	Truncated bool `avro:"truncated"`
+}
+
+// DeliveryFeedback tells the deliver group that a routed notification was not
+// accepted by a provider, so its content hash is forgotten.
+type DeliveryFeedback struct {
+	NotificationID string `avro:"notificationId"`
+	Channel        string `avro:"channel"`
+	Status         string `avro:"status"`
+	At             int64  `avro:"at"`
 }
 
 // LedgerEntry records a delivery handed to a provider.

@@ -26,6 +26,7 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	// produced: start streams at the oldest offset, not goka's default newest.
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
 	c.Producer.Compression = sarama.CompressionNone
+	c.Producer.MaxMessageBytes = producerMaxBytes
 	if k.FlushEvery > 0 {
 		c.Producer.Flush.Frequency = k.FlushEvery
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
 )
 
@@ -30,6 +31,10 @@ const (
 	Ledger       goka.Stream = "notify.ledger"        // LedgerEntry, key notificationId/channel (compacted)
 	Scheduled    goka.Stream = "notify.scheduled"     // Notification, key <dueMillis>/<notificationId>
 	SchedulerDue goka.Stream = "notify.scheduler.due" // release command (empty), same key
+	Feedback     goka.Stream = "notify.deliver.feedback" // DeliveryFeedback, key userId
+	// DLQReplays remembers which dead letters `notifyd dlq replay` re-injected
+	// (key <partition>/<offset> of the dead letter, compacted), so each is replayed once.
+	DLQReplays goka.Stream = "notify.dlq.replays"
 
 	Profiles  goka.Table = "notify.profiles"  // Profile, key userId (compacted)
 	Templates goka.Table = "notify.templates" // Template, key template id (compacted)
@@ -47,6 +52,35 @@ func Out(channel, priority string) goka.Stream {
 
 // SinkGroup is the consumer group of a channel's sink.
 func SinkGroup(channel string) string { return "notify.sink." + channel }
+
+// RetryGroup is the consumer group that moves due notifications from the
+// retry topics back to their channel's queue.
+const RetryGroup = "notify.retry"
+
+// RetryPrefix starts the name of every retry topic; RetryTopic names one.
+const RetryPrefix = "notify.retry."
+
+// RetryTopic is the delayed-retry topic of one tier: notify.retry.10s, notify.retry.1m…
+func RetryTopic(delay time.Duration) string { return RetryPrefix + config.RetryTierName(delay) }
+
+// RetryTopics are the topics of the configured retry tiers.
+func RetryTopics(tiers []time.Duration) []Topic {
+	out := make([]Topic, len(tiers))
+	for i, d := range tiers {
+		out[i] = Topic{Name: RetryTopic(d)}
+	}
+	return out
+}
+
+// MaxRecordBytes bounds key plus value of every record notifyd produces. The
+// producers refuse larger records (and Kafka's default limit is about 1 MB), so
+// every stage checks this before producing and turns an oversized record into
+// a rejected notification instead of a failed producer.
+const MaxRecordBytes = 960 << 10
+
+// producerMaxBytes is what the producers are configured to accept: above
+// MaxRecordBytes by the record overhead, so a checked record always fits.
+const producerMaxBytes = 1 << 20
 
 // Hasher is goka's partitioning hash; every producer to a goka-consumed topic
 // must use it (DESIGN rule 1).
@@ -90,6 +124,8 @@ func (t Topic) configs() map[string]*string {
 		}
 	}
 	cfg["cleanup.policy"] = &policy
+	maxBytes := strconv.Itoa(producerMaxBytes + 64<<10)
+	cfg["max.message.bytes"] = &maxBytes
 	return cfg
 }
 
@@ -105,6 +141,7 @@ func Topics() []Topic {
 		{Name: string(goka.GroupTable(StatusGroup)), Compact: true},
 		{Name: string(Scheduled)}, {Name: string(SchedulerDue)},
 		{Name: string(goka.GroupTable(SchedulerGroup)), Compact: true},
+		{Name: string(Feedback)}, {Name: string(DLQReplays), Compact: true},
 	}
 	for _, ch := range processors.AllChannels() {
 		for _, p := range processors.Priorities {
@@ -114,9 +151,9 @@ func Topics() []Topic {
 	return ts
 }
 
-// CreateTopics creates every topic that is missing and fails if an existing one
-// has another partition count than configured.
-func CreateTopics(ctx context.Context, brokers []string, partitions, replication int) error {
+// CreateTopics creates every topic (of Topics and extra) that is missing and
+// fails if an existing one has another partition count than configured.
+func CreateTopics(ctx context.Context, brokers []string, partitions, replication int, extra ...Topic) error {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
@@ -125,7 +162,7 @@ func CreateTopics(ctx context.Context, brokers []string, partitions, replication
 	adm := kadm.NewClient(cl)
 	var lastErr error
 	for attempt := 0; attempt < 50; attempt++ { // the broker may still be starting
-		if lastErr = createTopics(ctx, adm, partitions, replication); lastErr == nil {
+		if lastErr = createTopics(ctx, adm, partitions, replication, extra); lastErr == nil {
 			return nil
 		}
 		var mismatch *partitionMismatch
@@ -145,13 +182,13 @@ type partitionMismatch struct{ msg string }
 
 func (p *partitionMismatch) Error() string { return p.msg }
 
-func createTopics(ctx context.Context, adm *kadm.Client, partitions, replication int) error {
+func createTopics(ctx context.Context, adm *kadm.Client, partitions, replication int, extra []Topic) error {
 	existing, err := adm.ListTopics(ctx)
 	if err != nil {
 		return fmt.Errorf("list topics: %w", err)
 	}
 	var mismatches []string
-	for _, t := range Topics() {
+	for _, t := range append(Topics(), extra...) {
 		if d, ok := existing[t.Name]; ok {
 			if len(d.Partitions) != partitions {
 				mismatches = append(mismatches, fmt.Sprintf("%s has %d partitions, config says %d", t.Name, len(d.Partitions), partitions))
@@ -182,6 +219,7 @@ func NewProducer(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 		kgo.ProducerLinger(0),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		kgo.MaxBufferedRecords(100_000),
+		kgo.ProducerBatchMaxBytes(producerMaxBytes),
 	}, extra...)
 	return kgo.NewClient(opts...)
 }
