@@ -27,8 +27,14 @@ func ValidateRequest(r *schemas.SendRequest) error {
 	if r.EventID == "" {
 		return fmt.Errorf("eventId: required")
 	}
+	if !ValidID(r.EventID) {
+		return fmt.Errorf("eventId: must be 1-200 characters of letters, digits and ._:@/+=-")
+	}
 	if r.Template == "" {
 		return fmt.Errorf("template: required")
+	}
+	if !ValidID(r.Template) {
+		return fmt.Errorf("template: must be 1-200 characters of letters, digits and ._:@/+=-")
 	}
 	if len(r.Recipients) == 0 {
 		return fmt.Errorf("recipients: at least one recipient is required")
@@ -36,6 +42,9 @@ func ValidateRequest(r *schemas.SendRequest) error {
 	for i, rc := range r.Recipients {
 		if rc.UserID == "" {
 			return fmt.Errorf("recipients[%d].userId: required", i)
+		}
+		if !ValidID(rc.UserID) {
+			return fmt.Errorf("recipients[%d].userId: must be 1-200 characters of letters, digits and ._:@/+=-", i)
 		}
 	}
 	if r.Priority != "" && !validPriority(r.Priority) {
@@ -75,8 +84,28 @@ func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 	return out
 }
 
+// ValidateNotification checks a Notification read from notify.accepted, which
+// any Kafka client can write.
+func ValidateNotification(n *schemas.Notification) error {
+	if !ValidID(n.ID) {
+		return fmt.Errorf("id: must be 1-200 characters of letters, digits and ._:@/+=-")
+	}
+	if !ValidID(n.UserID) {
+		return fmt.Errorf("userId: must be 1-200 characters of letters, digits and ._:@/+=-")
+	}
+	if n.Template != "" && !ValidID(n.Template) {
+		return fmt.Errorf("template: must be 1-200 characters of letters, digits and ._:@/+=-")
+	}
+	return nil
+}
+
+// MaxReason bounds the reason of a status event: reasons quote errors, and
+// errors may quote input.
+const MaxReason = 2048
+
 // NotificationEvent builds a status event about a notification.
 func NotificationEvent(n *schemas.Notification, status, channel, reason string, at time.Time) *schemas.StatusEvent {
+	reason = Clip(reason, MaxReason)
 	return &schemas.StatusEvent{
 		ID: StatusEventID(n.ID, status, channel, 0), NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID,
 		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category,

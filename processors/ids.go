@@ -3,7 +3,9 @@
 package processors
 
 import (
+	"regexp"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 )
@@ -29,4 +31,24 @@ func StatusEventID(notificationID, status, channel string, attempt int32) string
 // rejected status is still visible: "record:<topic>:<partition>:<offset>".
 func RecordID(topic string, partition int32, offset int64) string {
 	return "record:" + topic + ":" + strconv.Itoa(int(partition)) + ":" + strconv.FormatInt(offset, 10)
+}
+
+// idPattern is what notifyd accepts as an id (eventId, userId, template,
+// notification id): short enough to be a Kafka key and a URL segment.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:@/+=-]{1,200}$`)
+
+// ValidID tells whether s may be used as an id.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+// Clip shortens s to at most n bytes (on a character boundary), marking the
+// cut: text from a record (keys, reasons) is bounded before it is echoed.
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }

@@ -73,9 +73,25 @@ func (l Limiter) Check(st *schemas.UserState, now time.Time, day, channel, hash,
 		return StatusRateLimited, "daily cap of " + strconv.Itoa(limit) + " " + channel + " notifications per user reached"
 	}
 	st.SentToday[channel]++
-	st.Recent = append(st.Recent, schemas.RecentContent{Hash: hash, At: now.UnixMilli(), NotificationID: notificationID})
+	st.Recent = append(st.Recent, schemas.RecentContent{Hash: hash, At: now.UnixMilli(), NotificationID: notificationID, Channel: channel})
 	if n := len(st.Recent) - maxRecent; n > 0 {
 		st.Recent = append([]schemas.RecentContent(nil), st.Recent[n:]...)
 	}
 	return "", ""
+}
+
+// Forget drops what st recorded of a notification on a channel that no
+// provider accepted: content dedup counts only what was sent. It tells
+// whether st changed.
+func Forget(st *schemas.UserState, notificationID, channel string) bool {
+	kept := st.Recent[:0]
+	for _, r := range st.Recent {
+		if r.NotificationID == notificationID && (r.Channel == channel || r.Channel == "") {
+			continue
+		}
+		kept = append(kept, r)
+	}
+	changed := len(kept) != len(st.Recent)
+	st.Recent = kept
+	return changed
 }

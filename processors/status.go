@@ -35,6 +35,21 @@ var rank = map[string]int{
 // MaxHistory bounds a lifecycle's history; older entries are counted, not kept.
 const MaxHistory = 100
 
+// SeenStatus tells whether the lifecycle holds the event already (by event id):
+// a stage replayed after a crash emits the same ids, and the history shows
+// each state change once.
+func SeenStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) bool {
+	if lc == nil || ev.ID == "" {
+		return false
+	}
+	for i := len(lc.History) - 1; i >= 0; i-- {
+		if lc.History[i].EventID == ev.ID {
+			return true
+		}
+	}
+	return false
+}
+
 // ApplyStatus folds one status event into a notification's lifecycle.
 func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecycle {
 	if lc == nil {
@@ -52,7 +67,7 @@ func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecy
 	fill(&lc.Category, ev.Category)
 
 	lc.History = append(lc.History, schemas.HistoryEntry{
-		Status: ev.Status, At: ev.At, Reason: ev.Reason, Channel: ev.Channel, Provider: ev.Provider,
+		Status: ev.Status, At: ev.At, Reason: ev.Reason, Channel: ev.Channel, Provider: ev.Provider, EventID: ev.ID,
 	})
 	sort.SliceStable(lc.History, func(i, j int) bool { return lc.History[i].At < lc.History[j].At })
 	if n := len(lc.History) - MaxHistory; n > 0 {

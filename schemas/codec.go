@@ -187,6 +187,7 @@ var (
 	DeadLetterCodec   = NewCodec[DeadLetter]("notifyd.DeadLetter")
 	LedgerEntryCodec  = NewCodec[LedgerEntry]("notifyd.LedgerEntry")
 	FeedbackCodec     = NewCodec[DeliveryFeedback]("notifyd.DeliveryFeedback")
+	ScheduledCodec    = NewCodec[ScheduledEntry]("notifyd.ScheduledEntry")
 )
 
 // Goka adapts a Codec to goka.Codec; values are *T.
@@ -234,4 +235,21 @@ func (l Lenient[T]) Encode(value any) ([]byte, error) {
 func (l Lenient[T]) Decode(data []byte) (any, error) {
 	v, err := l.C.Decode(data)
 	return Decoded[T]{V: v, Err: err}, nil
+}
+
+// RecordName is the Avro full name of a single-object encoded record
+// ("notifyd.Notification"), for readers that accept more than one type.
+func RecordName(b []byte) (string, error) {
+	if err := load(); err != nil {
+		return "", err
+	}
+	fp, _, err := goavro.FingerprintFromSOE(b)
+	if err != nil {
+		return "", fmt.Errorf("not an Avro single-object record: %w", err)
+	}
+	v, ok := byFingerprint[fp]
+	if !ok {
+		return "", fmt.Errorf("%w %016x", ErrUnknownSchema, fp)
+	}
+	return v.record, nil
 }

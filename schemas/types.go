@@ -197,6 +197,13 @@ type DeadLetter struct {
 	Truncated bool `avro:"truncated"`
 }
 
+// ScheduledEntry is a notification the scheduler group holds until due.
+type ScheduledEntry struct {
+	Notification []byte `avro:"notification"` // single-object encoded Notification
+	ReleasedBy   string `avro:"releasedBy"`
+	ReleasedAt   int64  `avro:"releasedAt"`
+}
+
 // DeliveryFeedback tells the deliver group that a routed notification was not
 // accepted by a provider, so its content hash is forgotten.
 type DeliveryFeedback struct {

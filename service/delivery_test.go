@@ -158,7 +158,7 @@ func TestDedupEntriesExpireAfterWindow(t *testing.T) {
 		"recipients": []any{map[string]any{"userId": "w1", "email": "w1@example.com"}}}
 	ids := h.send(body, "Idempotency-Key", "window-key")
 	h.waitStatus(ids["w1"], "sent")
-	view := h.svc.DedupSweeper().View
+	view := h.svc.Processor(topology.DedupGroup)
 	if v, _ := view.Get("window-key"); v == nil {
 		t.Fatal("dedup entry missing right after the send")
 	}

@@ -270,7 +270,7 @@ func TestIngestFromClientWithDefaultPartitioner(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if v, err := h.svc.DedupSweeper().View.Get("murmur-0"); err != nil || v == nil {
+	if v, err := h.svc.Processor(topology.DedupGroup).Get("murmur-0"); err != nil || v == nil {
 		t.Fatalf("dedup entry not on goka's partition: %v %v", v, err)
 	}
 	time.Sleep(300 * time.Millisecond)

@@ -68,9 +68,10 @@ type Service struct {
 	// statusProc is the status group's processor when this process runs it.
 	statusProc *goka.Processor
 	sinks      []*sinks.Sink
-	sweeper    *topology.Sweeper
 	chAddr     string
 	chConn     driver.Conn
+	// watch knows what every group and sink of this process has in work (readiness).
+	watch *topology.Watchdog
 }
 
 // AnalyticsAddr is the ClickHouse address the analytics sink writes to ("" if none).
@@ -108,8 +109,17 @@ func (s *Service) HTTPAddr() string {
 	return s.httpAddr
 }
 
-// DedupSweeper is the dedup sweeper of a process running the process role.
-func (s *Service) DedupSweeper() *topology.Sweeper { return s.sweeper }
+// Processor is the goka processor of group in this process (nil if it runs none).
+func (s *Service) Processor(group goka.Group) *goka.Processor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		if p.Graph().Group() == group {
+			return p
+		}
+	}
+	return nil
+}
 
 // SetKafkaClientLogger sends the Kafka client library's log to l at debug
 // level. It is a process-wide setting: call it once, before any Service runs.
@@ -154,9 +164,10 @@ func (s *Service) Run(ctx context.Context) error {
 	s.brokers = brokers
 	s.mu.Unlock()
 
-	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication); err != nil {
+	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication, topology.RetryTopics(cfg.Sink.Retry.Tiers)...); err != nil {
 		return err
 	}
+	s.watch = topology.NewWatchdog()
 	producer, err := topology.NewProducer(brokers)
 	if err != nil {
 		return err
@@ -165,6 +176,17 @@ func (s *Service) Run(ctx context.Context) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	deadLetters := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "notifyd_dead_letters_total",
+		Help: "Records this process sent to notify.dlq, by stage."}, []string{"stage"})
+	reg.MustRegister(deadLetters)
+	lagGroups := []string{string(topology.DedupGroup), string(topology.DeliverGroup), string(topology.SchedulerGroup),
+		string(topology.StatusGroup), topology.RetryGroup, sinks.AnalyticsGroup}
+	for _, ch := range processors.AllChannels() {
+		lagGroups = append(lagGroups, topology.SinkGroup(ch))
+	}
+	lag := topology.NewLagCollector(brokers, lagGroups, s.Log)
+	defer lag.Close() // before the embedded broker closes
+	reg.MustRegister(lag)
 	kafka := topology.Kafka{Brokers: brokers, Replication: cfg.Kafka.Replication, FlushEvery: cfg.Kafka.FlushEvery}
 	if !s.InMemoryState {
 		kafka.StorageDir = filepath.Join(cfg.DataDir, "goka")
@@ -180,7 +202,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	var waits []func(context.Context) error
 	if s.Roles.Process {
-		w, err := s.startProcess(gctx, g, kafka, producer)
+		w, err := s.startProcess(gctx, g, kafka, producer, func(stage string) { deadLetters.WithLabelValues(stage).Inc() })
 		if err != nil {
 			return fail(err)
 		}
@@ -232,6 +254,15 @@ func (s *Service) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// notStuck fails while a group or sink of this process has had a record in
+// work longer than health.stuckAfter.
+func (s *Service) notStuck() error {
+	if stuck := s.watch.Stuck(s.Cfg.Health.StuckAfter); len(stuck) > 0 {
+		return fmt.Errorf("stuck on a record: %s", strings.Join(stuck, ", "))
+	}
+	return nil
+}
+
 func (s *Service) now() time.Time {
 	if s.Now != nil {
 		return s.Now()
@@ -239,7 +270,7 @@ func (s *Service) now() time.Time {
 	return time.Now()
 }
 
-func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client) ([]func(context.Context) error, error) {
+func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client, deadLetter func(string)) ([]func(context.Context) error, error) {
 	cfg := s.Cfg
 	enabled := map[string]bool{}
 	for _, ch := range cfg.ChannelNames() {
@@ -253,12 +284,16 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		TableWait:   cfg.Limits.TableWait,
 		Partitions:  cfg.Kafka.Partitions,
 		Now:         s.Now,
+		Watch:       s.watch,
+		DeadLetter:  deadLetter,
 		Deliverer: processors.Deliverer{
 			Limiter: processors.Limiter{ContentWindow: cfg.Limits.ContentDedupWindow, PerDay: cfg.Limits.PerDay},
 			Enabled: func(ch string) bool { return enabled[ch] },
 		},
 	}
 	gokaLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)
+	tables := topology.NewTables()
+	kafka.Tables = tables
 	var waits []func(context.Context) error
 	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.SchedulerGraph(), pipe.StatusGraph()} {
 		opts := append(kafka.ProcessorOptions(graph.Group()), goka.WithLogger(gokaLog))
@@ -266,25 +301,20 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		if err != nil {
 			return nil, fmt.Errorf("processor %s: %w", graph.Group(), err)
 		}
+		s.mu.Lock()
 		s.procs = append(s.procs, p)
+		s.mu.Unlock()
 		if graph.Group() == topology.StatusGroup {
 			s.statusProc = p
 		}
 		g.Go(func() error { return p.Run(ctx) })
 		waits = append(waits, p.WaitForReadyContext)
 	}
-	dedupView, err := s.startView(ctx, g, kafka, "dedup", goka.GroupTable(topology.DedupGroup), topology.DedupTableCodec())
-	if err != nil {
-		return nil, err
-	}
-	scheduleView, err := s.startView(ctx, g, kafka, "scheduler", goka.GroupTable(topology.SchedulerGroup), topology.ScheduleTableCodec())
-	if err != nil {
-		return nil, err
-	}
-	waits = append(waits, viewReady(dedupView), viewReady(scheduleView))
-	s.sweeper = topology.DedupSweeper(dedupView, producer, cfg.Dedup.Window, cfg.Dedup.SweepInterval, s.Now, s.Log)
-	scheduler := topology.SchedulerSweeper(scheduleView, producer, cfg.Scheduler.Interval, s.Now, s.Log)
-	g.Go(func() error { return s.sweeper.Run(ctx) })
+	// The sweepers walk the table partitions this process owns: each entry is
+	// swept once, however many process instances run.
+	dedup := topology.DedupSweeper(tables, producer, cfg.Dedup.Window, cfg.Dedup.SweepInterval, s.Now, s.Log)
+	scheduler := topology.SchedulerSweeper(tables, producer, cfg.Scheduler.Interval, topology.DefaultReleaseGrace, s.Now, s.Log)
+	g.Go(func() error { return dedup.Run(ctx) })
 	g.Go(func() error { return scheduler.Run(ctx) })
 	return waits, nil
 }
@@ -352,7 +382,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 					return errors.New("tables are still recovering")
 				}
 			}
-			return nil
+			return s.notStuck()
 		}}
 	srv.NewMetrics(reg)
 	srv.Reports = api.Analytics{Conn: s.analyticsConn, DB: cfg.Analytics.Database, Grace: cfg.Analytics.ReceiptGrace}

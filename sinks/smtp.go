@@ -25,6 +25,11 @@ type smtpProvider struct {
 
 func newSMTPProvider(c config.Provider, _ Deps) (Provider, error) {
 	s := c.SMTP
+	// Without WithoutNoop, go-mail sends a NOOP before every message and again
+	// before the RSET after it: two round trips per message to learn that a
+	// pooled connection is alive, and it can still die right after. Send
+	// detects a dead pooled connection by its failure instead and retries
+	// once on a fresh one.
 	opts := []mail.Option{mail.WithPort(s.Port), mail.WithoutNoop()}
 	tlsCfg := &tls.Config{ServerName: s.Host, InsecureSkipVerify: s.InsecureSkipVerify, MinVersion: tls.VersionTLS12} //nolint:gosec // opt-in for test servers
 	switch s.TLS {
@@ -87,34 +92,98 @@ func (p *smtpProvider) Send(ctx context.Context, n *schemas.Notification) (strin
 	}
 	defer func() { <-p.slots }()
 	var conn *smtp.Client
+	pooled := true
 	select {
 	case conn = <-p.idle:
 	default:
-		conn, err = p.client.DialToSMTPClientWithContext(ctx)
-		if err != nil {
-			return "", fmt.Errorf("smtp dial: %w", err)
+		pooled = false
+		if conn, err = p.dial(ctx); err != nil {
+			return "", err
 		}
 	}
-	// A connection must not outlive a cancelled send: close it when ctx ends.
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	err = p.client.SendWithSMTPClient(conn, m)
-	if !stop() || err != nil {
-		_ = p.client.CloseWithSMTPClient(conn)
-		if ctx.Err() != nil {
-			return "", ctx.Err()
+	err = p.sendOn(ctx, conn, m)
+	if err != nil && pooled && ctx.Err() == nil && deadBeforeMessage(err) {
+		// An idle connection dies unseen when the server restarts or times it
+		// out; the server never got this message, so a fresh connection
+		// cannot deliver it twice.
+		if conn, err = p.dial(ctx); err != nil {
+			return "", err
 		}
-		var se *mail.SendError
-		if errors.As(err, &se) && !se.IsTemp() && se.ErrorCode() >= 500 {
-			return "", Permanent(fmt.Errorf("smtp: %w", err))
-		}
-		return "", fmt.Errorf("smtp: %w", err)
+		err = p.sendOn(ctx, conn, m)
 	}
-	select {
-	case p.idle <- conn:
-	default:
-		_ = p.client.CloseWithSMTPClient(conn)
+	if err != nil {
+		return "", err
 	}
 	return m.GetMessageID(), nil
+}
+
+func (p *smtpProvider) dial(ctx context.Context) (*smtp.Client, error) {
+	conn, err := p.client.DialToSMTPClientWithContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("smtp dial: %w", err)
+	}
+	return conn, nil
+}
+
+// sendOn sends m on conn, then returns conn to the pool or closes it.
+func (p *smtpProvider) sendOn(ctx context.Context, conn *smtp.Client, m *mail.Msg) error {
+	// A connection must not outlive a cancelled send: close it when ctx ends.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	err := p.client.SendWithSMTPClient(conn, m)
+	open := stop()
+	if m.IsDelivered() {
+		// The server accepted the message (250 to the end of DATA); only the
+		// RSET after it can have failed. Reporting an error would send it again.
+		if err != nil || !open {
+			_ = conn.Close()
+			return nil
+		}
+		select {
+		case p.idle <- conn:
+		default:
+			_ = p.client.CloseWithSMTPClient(conn)
+		}
+		return nil
+	}
+	if !open || ctx.Err() != nil {
+		_ = conn.Close()
+		return ctx.Err()
+	}
+	var se *mail.SendError
+	if !errors.As(err, &se) || se.ErrorCode() == 0 {
+		// No SMTP reply: the connection is broken, QUIT would only wait.
+		_ = conn.Close()
+		return fmt.Errorf("smtp: %w", err)
+	}
+	_ = p.client.CloseWithSMTPClient(conn)
+	if !se.IsTemp() && se.ErrorCode() >= 500 {
+		return Permanent(fmt.Errorf("smtp: %w", err))
+	}
+	return fmt.Errorf("smtp: %w", err)
+}
+
+// deadBeforeMessage tells whether err, from a send on a reused connection,
+// shows a dead connection at a stage before the message was complete: the
+// connection check, MAIL, RCPT, DATA, or while writing the content (the
+// server never saw the final "."). Dead means no SMTP reply at all (EOF,
+// reset, broken pipe, closed connection) or 421, which a server sends to an
+// idle connection it is closing (go-smtp and Postfix on idle timeout). A
+// failure at the end of DATA is never retried: the server may have accepted
+// the message and only its reply was lost. A send whose only failure is the
+// RSET after delivery is a success (see sendOn), never a retry.
+func deadBeforeMessage(err error) bool {
+	var se *mail.SendError
+	if !errors.As(err, &se) {
+		return false
+	}
+	if code := se.ErrorCode(); code != 0 && code != 421 {
+		return false // the server is there and answered this message
+	}
+	switch se.Reason {
+	case mail.ErrConnCheck, mail.ErrSMTPMailFrom, mail.ErrSMTPRcptTo, mail.ErrSMTPData, mail.ErrWriteContent:
+		return true
+	}
+	return false
 }
 
 func (p *smtpProvider) Close() error {

@@ -17,6 +17,9 @@ type Kafka struct {
 	FlushEvery  time.Duration
 	// StorageDir holds goka's local tables (DESIGN rule 3); "" keeps them in memory.
 	StorageDir string
+	// Tables, when set, registers the processors' table partitions as goka
+	// opens and closes them (the sweepers read them).
+	Tables *Tables
 }
 
 func (k Kafka) saramaConfig() *sarama.Config {
@@ -87,13 +90,27 @@ func (k Kafka) storage(name string) storage.Builder {
 
 // ProcessorOptions are the options every notifyd processor runs with.
 func (k Kafka) ProcessorOptions(group goka.Group) []goka.ProcessorOption {
-	return []goka.ProcessorOption{
+	st := k.storage("processor-" + string(group))
+	if k.Tables != nil {
+		st = k.Tables.Wrap(st)
+	}
+	return append([]goka.ProcessorOption{
 		goka.WithTopicManagerBuilder(k.topicManager()),
 		goka.WithConsumerGroupBuilder(k.consumerGroupBuilder()),
 		goka.WithConsumerSaramaBuilder(k.consumerBuilder()),
 		goka.WithProducerBuilder(k.producerBuilder()),
-		goka.WithStorageBuilder(k.storage("processor-" + string(group))),
+		goka.WithStorageBuilder(st),
 		goka.WithHasher(Hasher),
+	}, GroupOptions()...)
+}
+
+// GroupOptions are the processor options that change what the callbacks see;
+// tests on goka's tester run with them too.
+func GroupOptions() []goka.ProcessorOption {
+	return []goka.ProcessorOption{
+		// A null value on a stream is a bad record like any other: the callbacks
+		// dead-letter it instead of goka dropping it unseen.
+		goka.WithNilHandling(goka.NilProcess),
 	}
 }
 

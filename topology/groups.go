@@ -25,6 +25,14 @@ type Pipeline struct {
 	// moves records a client partitioned differently (see dedup).
 	Partitions int
 	Now        func() time.Time
+	// ReleaseGrace is how long the scheduler keeps a released entry before
+	// deleting it (DefaultReleaseGrace when zero): long enough that the release
+	// was committed, so a replay can never find the entry gone.
+	ReleaseGrace time.Duration
+	// Watch, when set, tracks every record in work, for readiness.
+	Watch *Watchdog
+	// DeadLetter, when set, is told the stage of every dead letter produced.
+	DeadLetter func(stage string)
 
 	// missAt remembers, per partition, when a wait for a table last timed out:
 	// then the table has caught up and the record really is missing, so the
@@ -32,6 +40,9 @@ type Pipeline struct {
 	missMu sync.Mutex
 	missAt map[int32]time.Time
 }
+
+// DefaultReleaseGrace is the scheduler's default ReleaseGrace.
+const DefaultReleaseGrace = 30 * time.Second
 
 // mayWait tells whether a partition may wait for a table now.
 func (p *Pipeline) mayWait(partition int32) bool {
@@ -56,17 +67,48 @@ func (p *Pipeline) now() time.Time {
 	return time.Now()
 }
 
+func (p *Pipeline) releaseGrace() time.Duration {
+	if p.ReleaseGrace > 0 {
+		return p.ReleaseGrace
+	}
+	return DefaultReleaseGrace
+}
+
+// preEncoded lets a callback encode a value itself, to check its size before
+// anything is produced, and emit the bytes; readers decode T.
+type preEncoded[T any] struct{ schemas.Goka[T] }
+
+func (c preEncoded[T]) Encode(v any) ([]byte, error) {
+	if b, ok := v.([]byte); ok {
+		return b, nil
+	}
+	return c.Goka.Encode(v)
+}
+
 var (
 	rawCodec       = new(codec.Bytes)
 	statusCodec    = schemas.Goka[schemas.StatusEvent]{C: schemas.StatusEventCodec}
-	notifCodec     = schemas.Goka[schemas.Notification]{C: schemas.NotificationCodec}
-	deadCodec      = schemas.Goka[schemas.DeadLetter]{C: schemas.DeadLetterCodec}
+	notifCodec     = preEncoded[schemas.Notification]{schemas.Goka[schemas.Notification]{C: schemas.NotificationCodec}}
+	deadCodec      = preEncoded[schemas.DeadLetter]{schemas.Goka[schemas.DeadLetter]{C: schemas.DeadLetterCodec}}
 	dedupCodec     = schemas.Goka[schemas.DedupEntry]{C: schemas.DedupEntryCodec}
 	userStateCodec = schemas.Goka[schemas.UserState]{C: schemas.UserStateCodec}
 	lifecycleCodec = schemas.Goka[schemas.Lifecycle]{C: schemas.LifecycleCodec}
+	scheduledTable = scheduledCodec{}
 	profileTable   = schemas.Lenient[schemas.Profile]{C: schemas.ProfileCodec}
 	templateTable  = schemas.Lenient[schemas.Template]{C: schemas.TemplateCodec}
 )
+
+// originHeader carries, on an ingest record the dedup group moved to goka's
+// partition, where the record was first produced.
+const originHeader = "notifyd-origin"
+
+// Fits tells whether a record of key and value may be produced (MaxRecordBytes).
+func Fits(key string, value []byte) bool { return len(key)+len(value) <= MaxRecordBytes }
+
+// tooLarge is the reason of a record that does not fit.
+func tooLarge(what string, n int) error {
+	return fmt.Errorf("%s of %d bytes exceeds the record limit of %d bytes", what, n, MaxRecordBytes)
+}
 
 // DedupGraph: notify.ingest (key eventId) → one Notification per recipient on
 // notify.accepted (key userId). Its table remembers eventIds for DedupWindow;
@@ -83,14 +125,27 @@ func (p *Pipeline) DedupGraph() *goka.GroupGraph {
 	)
 }
 
+// dedup turns a request into its notifications, once per eventId. The table
+// entry and the emitted notifications are separate writes that a crash can
+// split, so the entry names the ingest record that created it: when goka
+// replays that same record after a crash, its notifications are emitted again
+// (every stage downstream is idempotent per notification), and only another
+// record with the same eventId is a duplicate.
 func (p *Pipeline) dedup(ctx goka.Context, msg any) {
+	defer p.Watch.Begin(string(DedupGroup), ctx.Partition())()
 	raw, _ := msg.([]byte)
+	now := p.now()
+	if raw == nil {
+		p.reject(ctx, nil, "dedup", errors.New("null value: a SendRequest record is required"), nil, now)
+		return
+	}
+	origin := originOf(ctx)
 	// A client with its default partitioner (murmur2 in Java, librdkafka and
 	// franz-go) puts an eventId on another partition than goka's: the record is
 	// moved, unchanged, to the partition that holds its dedup state and receives
-	// its expiry command.
+	// its expiry command, remembering where it came from.
 	if p.Partitions > 1 && PartitionFor(ctx.Key(), p.Partitions) != ctx.Partition() {
-		ctx.Emit(Ingest, ctx.Key(), raw)
+		ctx.Emit(Ingest, ctx.Key(), raw, goka.WithCtxEmitHeaders(goka.Headers{originHeader: []byte(origin)}))
 		return
 	}
 	req, err := schemas.SendRequestCodec.Decode(raw)
@@ -98,33 +153,64 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 		err = processors.ValidateRequest(req)
 	}
 	if err == nil && req.EventID != ctx.Key() {
-		err = fmt.Errorf("record key %q must be the eventId %q", ctx.Key(), req.EventID)
+		err = fmt.Errorf("record key %q must be the eventId %q", processors.Clip(ctx.Key(), 200), processors.Clip(req.EventID, 200))
 	}
-	now := p.now()
 	if err != nil {
 		p.reject(ctx, raw, "dedup", err, requestNotifications(req), now)
+		return
+	}
+	entry, _ := ctx.Value().(*schemas.DedupEntry)
+	if processors.IsDuplicate(entry, now, p.DedupWindow) {
+		if entry.Origin == origin {
+			// The record that created the entry, replayed after a crash.
+			if req.AcceptedAt == 0 {
+				req.AcceptedAt = entry.FirstSeen
+			}
+			p.accept(ctx, processors.Fanout(req), origin, now)
+			return
+		}
+		reason := "duplicate of request " + req.EventID + " first seen at " +
+			time.UnixMilli(entry.FirstSeen).UTC().Format(time.RFC3339Nano)
+		for _, n := range processors.Fanout(req) {
+			ev := processors.NotificationEvent(n, processors.StatusDuplicate, "", reason, now)
+			ev.ID = processors.StatusEventID(n.ID, processors.StatusDuplicate, origin, 0)
+			ctx.Emit(Events, n.ID, ev)
+		}
 		return
 	}
 	if req.AcceptedAt == 0 {
 		req.AcceptedAt = now.UnixMilli()
 	}
-	notifications := processors.Fanout(req)
-	entry, _ := ctx.Value().(*schemas.DedupEntry)
-	if processors.IsDuplicate(entry, now, p.DedupWindow) {
-		reason := "duplicate of request " + req.EventID + " first seen at " +
-			time.UnixMilli(entry.FirstSeen).UTC().Format(time.RFC3339Nano)
-		for _, n := range notifications {
-			ev := processors.NotificationEvent(n, processors.StatusDuplicate, "", reason, now)
-			ev.ID = processors.StatusEventID(n.ID, processors.StatusDuplicate, strconv.FormatInt(now.UnixNano(), 10), 0)
-			ctx.Emit(Events, n.ID, ev)
+	ctx.SetValue(&schemas.DedupEntry{FirstSeen: now.UnixMilli(), Origin: origin})
+	p.accept(ctx, processors.Fanout(req), origin, now)
+}
+
+// accept emits each notification and its accepted event; one that is too
+// large to produce is rejected instead. The event's id names the ingest record
+// (origin): a replay repeats it, a new request after the window does not.
+func (p *Pipeline) accept(ctx goka.Context, ns []*schemas.Notification, origin string, now time.Time) {
+	for _, n := range ns {
+		b, err := schemas.NotificationCodec.Encode(n)
+		if err == nil && !Fits(n.UserID, b) {
+			err = tooLarge("notification record", len(b))
 		}
-		return
+		if err != nil {
+			p.rejectNotification(ctx, n, b, "dedup", "", err, now)
+			continue
+		}
+		ctx.Emit(Accepted, n.UserID, b)
+		ev := processors.NotificationEvent(n, processors.StatusAccepted, "", "", now)
+		ev.ID = processors.StatusEventID(n.ID, processors.StatusAccepted, origin, 0)
+		ctx.Emit(Events, n.ID, ev)
 	}
-	ctx.SetValue(&schemas.DedupEntry{FirstSeen: now.UnixMilli()})
-	for _, n := range notifications {
-		ctx.Emit(Accepted, n.UserID, n)
-		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusAccepted, "", "", now))
+}
+
+// originOf names the record in work: where it was first produced.
+func originOf(ctx goka.Context) string {
+	if h := ctx.Headers()[originHeader]; len(h) > 0 && len(h) <= 64 {
+		return string(h)
 	}
+	return strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
 }
 
 func (p *Pipeline) expire(ctx goka.Context, _ any) {
@@ -136,9 +222,11 @@ func (p *Pipeline) expire(ctx goka.Context, _ any) {
 
 // DeliverGraph: notify.accepted (key userId) joined with notify.profiles, looking
 // up notify.templates → notify.out.<channel>.<priority> (key notificationId).
+// notify.deliver.feedback tells it what no provider accepted.
 func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 	edges := []goka.Edge{
 		goka.Input(Accepted, rawCodec, p.deliver),
+		goka.Input(Feedback, rawCodec, p.feedback),
 		goka.Join(Profiles, profileTable),
 		goka.Lookup(Templates, templateTable),
 		goka.Output(Events, statusCodec),
@@ -155,18 +243,23 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 }
 
 func (p *Pipeline) deliver(ctx goka.Context, msg any) {
+	defer p.Watch.Begin(string(DeliverGroup), ctx.Partition())()
 	raw, _ := msg.([]byte)
 	now := p.now()
-	n, err := schemas.NotificationCodec.Decode(raw)
-	if err == nil && n.UserID != ctx.Key() {
-		err = fmt.Errorf("record key %q must be the userId %q", ctx.Key(), n.UserID)
+	if raw == nil {
+		p.reject(ctx, nil, "deliver", errors.New("null value: a Notification record is required"), nil, now)
+		return
 	}
-	if err == nil && n.ID == "" {
-		err = errors.New("id: required")
+	n, err := schemas.NotificationCodec.Decode(raw)
+	if err == nil {
+		err = processors.ValidateNotification(n)
+	}
+	if err == nil && n.UserID != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the userId %q", processors.Clip(ctx.Key(), 200), n.UserID)
 	}
 	if err != nil {
 		var ns []*schemas.Notification
-		if n != nil && n.ID != "" {
+		if n != nil && processors.ValidID(n.ID) {
 			ns = append(ns, n)
 		}
 		p.reject(ctx, raw, "deliver", err, ns, now)
@@ -192,10 +285,20 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	queued := false
 	for _, o := range p.Deliverer.Deliver(n, profile, tmpl, st, now) {
 		if o.Status == processors.StatusQueued {
+			b, err := schemas.NotificationCodec.Encode(o.Out)
+			if err == nil && !Fits(o.Out.ID, b) {
+				err = tooLarge("routed "+o.Channel+" notification", len(b))
+			}
+			if err != nil {
+				// Its content hash stays recorded: harmless, the same content would
+				// be just as large again.
+				p.rejectNotification(ctx, n, b, "deliver", o.Channel, err, now)
+				queued = true
+				continue
+			}
 			queued = true
-			ctx.Emit(Out(o.Channel, o.Out.Priority), o.Out.ID, o.Out)
-			ev := processors.NotificationEvent(o.Out, processors.StatusQueued, o.Channel, "", now)
-			ctx.Emit(Events, n.ID, ev)
+			ctx.Emit(Out(o.Channel, o.Out.Priority), o.Out.ID, b)
+			ctx.Emit(Events, n.ID, processors.NotificationEvent(o.Out, processors.StatusQueued, o.Channel, "", now))
 			continue
 		}
 		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, o.Status, o.Channel, o.Reason, now))
@@ -205,10 +308,35 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	}
 }
 
+// feedback: a routed notification that no provider accepted (failed, expired)
+// no longer counts as content sent, so a resend of the same content goes out.
+func (p *Pipeline) feedback(ctx goka.Context, msg any) {
+	defer p.Watch.Begin(string(DeliverGroup), ctx.Partition())()
+	raw, _ := msg.([]byte)
+	fb, err := decodeOrNull(raw, schemas.FeedbackCodec.Decode)
+	if err != nil {
+		p.deadLetterOnly(ctx, raw, "deliver.feedback", err)
+		return
+	}
+	st, _ := ctx.Value().(*schemas.UserState)
+	if st != nil && processors.Forget(st, fb.NotificationID, fb.Channel) {
+		ctx.SetValue(st)
+	}
+}
+
 // hold parks a notification with the scheduler group until due; the chain runs
 // then, so preferences and limits apply as they are at send time.
 func (p *Pipeline) hold(ctx goka.Context, n *schemas.Notification, due int64, reason string, now time.Time) {
-	ctx.Emit(Scheduled, processors.ScheduleKey(due, n.ID), n)
+	key := processors.ScheduleKey(due, n.ID)
+	b, err := schemas.NotificationCodec.Encode(n)
+	if err == nil && !Fits(key, b) {
+		err = tooLarge("scheduled notification", len(b))
+	}
+	if err != nil {
+		p.rejectNotification(ctx, n, b, "deliver", "", err, now)
+		return
+	}
+	ctx.Emit(Scheduled, key, b)
 	ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusScheduled, "", reason, now))
 }
 
@@ -264,30 +392,69 @@ func (p *Pipeline) SchedulerGraph() *goka.GroupGraph {
 		goka.Output(Accepted, notifCodec),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
-		goka.Persist(notifCodec),
+		goka.Persist(scheduledTable),
 	)
 }
 
 func (p *Pipeline) schedule(ctx goka.Context, msg any) {
+	defer p.Watch.Begin(string(SchedulerGroup), ctx.Partition())()
 	raw, _ := msg.([]byte)
-	n, err := schemas.NotificationCodec.Decode(raw)
+	n, err := decodeOrNull(raw, schemas.NotificationCodec.Decode)
 	if err == nil && ctx.Key() != processors.ScheduleKey(n.SendAt, n.ID) {
-		err = fmt.Errorf("record key %q must be %q", ctx.Key(), processors.ScheduleKey(n.SendAt, n.ID))
+		err = fmt.Errorf("record key %q must be %q", processors.Clip(ctx.Key(), 200), processors.ScheduleKey(n.SendAt, n.ID))
 	}
 	if err != nil {
 		p.reject(ctx, raw, "scheduler", err, nil, p.now())
 		return
 	}
-	ctx.SetValue(n)
+	if cur, _ := ctx.Value().(*schemas.ScheduledEntry); cur != nil && cur.ReleasedBy != "" {
+		return // a replay of a hold that was released meanwhile
+	}
+	ctx.SetValue(&schemas.ScheduledEntry{Notification: raw})
 }
 
+// release hands a due notification back to the deliver group. The release is
+// recorded in the entry instead of deleting it: a replay of the same command
+// after a crash emits it again (the deliver group and the sinks are idempotent
+// per notification), and the entry is deleted only a grace period later, by
+// another command, when the release has long been committed.
 func (p *Pipeline) release(ctx goka.Context, _ any) {
-	n, _ := ctx.Value().(*schemas.Notification)
-	if n == nil || n.SendAt > p.now().UnixMilli() {
-		return // already released, or a command ahead of its time
+	defer p.Watch.Begin(string(SchedulerGroup), ctx.Partition())()
+	e, _ := ctx.Value().(*schemas.ScheduledEntry)
+	if e == nil {
+		return
 	}
-	ctx.Emit(Accepted, n.UserID, n)
-	ctx.Delete()
+	now := p.now()
+	origin := strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
+	switch {
+	case e.ReleasedBy == origin:
+		p.releaseEntry(ctx, e, now)
+	case e.ReleasedBy != "":
+		if now.Sub(time.UnixMilli(e.ReleasedAt)) >= p.releaseGrace() {
+			ctx.Delete()
+		}
+	default:
+		n, err := schemas.NotificationCodec.Decode(e.Notification)
+		if err != nil {
+			p.reject(ctx, e.Notification, "scheduler", err, nil, now)
+			ctx.Delete()
+			return
+		}
+		if n.SendAt > now.UnixMilli() {
+			return // a command ahead of its time
+		}
+		ctx.SetValue(&schemas.ScheduledEntry{Notification: e.Notification, ReleasedBy: origin, ReleasedAt: now.UnixMilli()})
+		p.releaseEntry(ctx, e, now)
+	}
+}
+
+func (p *Pipeline) releaseEntry(ctx goka.Context, e *schemas.ScheduledEntry, now time.Time) {
+	n, err := schemas.NotificationCodec.Decode(e.Notification)
+	if err != nil {
+		p.reject(ctx, e.Notification, "scheduler", err, nil, now)
+		return
+	}
+	ctx.Emit(Accepted, n.UserID, e.Notification)
 }
 
 // StatusGraph: notify.events (key notificationId) → the lifecycle table read by
@@ -301,29 +468,65 @@ func (p *Pipeline) StatusGraph() *goka.GroupGraph {
 }
 
 func (p *Pipeline) status(ctx goka.Context, msg any) {
+	defer p.Watch.Begin(string(StatusGroup), ctx.Partition())()
 	raw, _ := msg.([]byte)
-	ev, err := schemas.StatusEventCodec.Decode(raw)
+	ev, err := decodeOrNull(raw, schemas.StatusEventCodec.Decode)
 	if err == nil && ev.NotificationID != ctx.Key() {
-		err = fmt.Errorf("record key %q must be the notificationId %q", ctx.Key(), ev.NotificationID)
+		err = fmt.Errorf("record key %q must be the notificationId %q", processors.Clip(ctx.Key(), 200), processors.Clip(ev.NotificationID, 200))
 	}
 	if err != nil {
 		// No rejected event here: it would land on this same topic.
-		ctx.Emit(DLQ, ctx.Key(), deadLetter(ctx, raw, "status", err, p.now()))
+		p.deadLetterOnly(ctx, raw, "status", err)
 		return
 	}
 	lc, _ := ctx.Value().(*schemas.Lifecycle)
+	if processors.SeenStatus(lc, ev) {
+		return // a replayed event: the history has it already
+	}
 	ctx.SetValue(processors.ApplyStatus(lc, ev))
+}
+
+// decodeOrNull decodes a record, calling a null value (a tombstone on a stream)
+// an error of its own.
+func decodeOrNull[T any](raw []byte, decode func([]byte) (*T, error)) (*T, error) {
+	if raw == nil {
+		return nil, errors.New("null value")
+	}
+	return decode(raw)
 }
 
 // reject sends a bad record to the DLQ and emits a rejected event for every
 // notification it can name (or one for the record itself).
 func (p *Pipeline) reject(ctx goka.Context, raw []byte, stage string, err error, ns []*schemas.Notification, now time.Time) {
-	ctx.Emit(DLQ, ctx.Key(), deadLetter(ctx, raw, stage, err, now))
+	p.deadLetterOnly(ctx, raw, stage, err)
 	if len(ns) == 0 {
-		ns = []*schemas.Notification{{ID: processors.RecordID(string(ctx.Topic()), ctx.Partition(), ctx.Offset()), EventID: ctx.Key()}}
+		ns = []*schemas.Notification{{ID: processors.RecordID(string(ctx.Topic()), ctx.Partition(), ctx.Offset()),
+			EventID: processors.Clip(ctx.Key(), 200)}}
 	}
 	for _, n := range ns {
 		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusRejected, "", stage+": "+err.Error(), now))
+	}
+}
+
+// rejectNotification rejects one notification the stage cannot pass on (its
+// record would be too large): the DLQ gets what fits of it, the notification a
+// rejected event on channel ("" = all).
+func (p *Pipeline) rejectNotification(ctx goka.Context, n *schemas.Notification, encoded []byte, stage, channel string, err error, now time.Time) {
+	dl := deadLetter(ctx, encoded, stage, err, now)
+	dl.NotificationID = n.ID
+	p.emitDeadLetter(ctx, dl)
+	ctx.Emit(Events, n.ID, processors.NotificationEvent(n, processors.StatusRejected, channel, stage+": "+err.Error(), now))
+}
+
+func (p *Pipeline) deadLetterOnly(ctx goka.Context, raw []byte, stage string, err error) {
+	p.emitDeadLetter(ctx, deadLetter(ctx, raw, stage, err, p.now()))
+}
+
+func (p *Pipeline) emitDeadLetter(ctx goka.Context, dl *schemas.DeadLetter) {
+	key, value := EncodeDeadLetter(dl)
+	ctx.Emit(DLQ, key, value)
+	if p.DeadLetter != nil {
+		p.DeadLetter(dl.Stage)
 	}
 }
 
@@ -334,18 +537,72 @@ func deadLetter(ctx goka.Context, raw []byte, stage string, err error, now time.
 	}
 }
 
+// deadLetterKeep is how much of an oversized record's value a dead letter keeps.
+const deadLetterKeep = 64 << 10
+
+// EncodeDeadLetter encodes a dead letter and its record key so that they always
+// fit (MaxRecordBytes): an oversized original keeps only its first bytes and is
+// marked Truncated (it cannot be replayed, but it can be read).
+func EncodeDeadLetter(dl *schemas.DeadLetter) (key string, value []byte) {
+	key = processors.Clip(string(dl.Key), 1024)
+	dl.Reason = processors.Clip(dl.Reason, 4096)
+	b, err := schemas.DeadLetterCodec.Encode(dl)
+	if err == nil && Fits(key, b) {
+		return key, b
+	}
+	c := *dl
+	c.Truncated = true
+	if len(c.Key) > 1024 {
+		c.Key = c.Key[:1024]
+	}
+	if len(c.Value) > deadLetterKeep {
+		c.Value = c.Value[:deadLetterKeep]
+	}
+	b, _ = schemas.DeadLetterCodec.Encode(&c)
+	return key, b
+}
+
 // requestNotifications names the notifications of a request that failed
 // validation but decoded, so each gets its rejected event.
 func requestNotifications(req *schemas.SendRequest) []*schemas.Notification {
-	if req == nil || req.EventID == "" {
+	if req == nil || !processors.ValidID(req.EventID) {
 		return nil
 	}
 	var out []*schemas.Notification
 	for _, r := range req.Recipients {
-		if r.UserID != "" {
+		if processors.ValidID(r.UserID) {
 			out = append(out, &schemas.Notification{ID: processors.NotificationID(req.EventID, r.UserID),
-				EventID: req.EventID, UserID: r.UserID, Template: req.Template})
+				EventID: req.EventID, UserID: r.UserID, Template: processors.Clip(req.Template, 200)})
 		}
 	}
 	return out
 }
+
+// scheduledCodec is the scheduler table's codec. Tables written before
+// ScheduledEntry existed hold bare Notification records; they read as an
+// entry not yet released.
+type scheduledCodec struct{}
+
+func (scheduledCodec) Encode(v any) ([]byte, error) {
+	e, ok := v.(*schemas.ScheduledEntry)
+	if !ok {
+		return nil, fmt.Errorf("encode scheduled entry: got %T", v)
+	}
+	return schemas.ScheduledCodec.Encode(e)
+}
+
+func (scheduledCodec) Decode(b []byte) (any, error) { return decodeScheduled(b) }
+
+func decodeScheduled(b []byte) (*schemas.ScheduledEntry, error) {
+	if name, err := schemas.RecordName(b); err == nil && name == "notifyd.Notification" {
+		return &schemas.ScheduledEntry{Notification: b}, nil
+	}
+	return schemas.ScheduledCodec.Decode(b)
+}
+
+// LifecycleTableCodec is the codec of the status group table, for views of it.
+func LifecycleTableCodec() goka.Codec { return lifecycleCodec }
+
+// ProfileTableCodec and TemplateTableCodec read the compacted input tables leniently.
+func ProfileTableCodec() goka.Codec  { return profileTable }
+func TemplateTableCodec() goka.Codec { return templateTable }

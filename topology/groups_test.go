@@ -21,7 +21,7 @@ func (c *clock) now() time.Time { return c.t }
 // run starts a processor for graph on the goka tester.
 func run(t *testing.T, tt *tester.Tester, graph *goka.GroupGraph) {
 	t.Helper()
-	p, err := goka.NewProcessor(nil, graph, goka.WithTester(tt))
+	p, err := goka.NewProcessor(nil, graph, append(GroupOptions(), goka.WithTester(tt))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,8 +241,17 @@ func TestSchedulerHoldsUntilDueThenReleases(t *testing.T) {
 	if _, _, ok := accepted.Next(); ok {
 		t.Fatal("released twice")
 	}
-	if tt.TableValue(goka.GroupTable(SchedulerGroup), key) != nil {
-		t.Fatal("released notification still held")
+	table := goka.GroupTable(SchedulerGroup)
+	if e, _ := tt.TableValue(table, key).(*schemas.ScheduledEntry); e == nil || e.ReleasedBy == "" {
+		t.Fatalf("entry after release: %+v (kept, marked released, until the grace period ends)", e)
+	}
+	clk.t = clk.t.Add(DefaultReleaseGrace)
+	tt.Consume(string(SchedulerDue), key, []byte{})
+	if tt.TableValue(table, key) != nil {
+		t.Fatal("released notification still held after the grace period")
+	}
+	if _, _, ok := accepted.Next(); ok {
+		t.Fatal("the deleting command released it again")
 	}
 	// A record whose key does not match its due time is rejected, not held.
 	dlq := tt.NewQueueTracker(string(DLQ))
@@ -317,4 +326,228 @@ func TestDeliverGroupReplayIsNotItsOwnDuplicate(t *testing.T) {
 	if st := tt.TableValue(goka.GroupTable(DeliverGroup), "u").(*schemas.UserState); st.SentToday["email"] != 1 {
 		t.Fatalf("counted %d times", st.SentToday["email"])
 	}
+}
+
+// A crash can split the dedup entry from the notifications emitted with it.
+// goka then replays the same ingest record: its notifications are emitted
+// again, never called duplicates of themselves; another record with the same
+// eventId is a duplicate, with an event id of its own that a replay repeats.
+func TestDedupReplayOfTheSameRecordReEmits(t *testing.T) {
+	tt := tester.New(t)
+	clk := &clock{time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	p := &Pipeline{DedupWindow: time.Hour, Now: clk.now}
+	run(t, tt, p.DedupGraph())
+	accepted := tt.NewQueueTracker(string(Accepted))
+	evs := tt.NewQueueTracker(string(Events))
+	ingest := tt.NewQueueTracker(string(Ingest))
+	table := goka.GroupTable(DedupGroup)
+	req := &schemas.SendRequest{EventID: "e1", Template: "t", Recipients: []schemas.Recipient{{UserID: "u1"}, {UserID: "u2"}}}
+
+	// The crash left the entry, written by the record at the next offset, and
+	// none of its notifications.
+	origin := fmt.Sprintf("0/%d", ingest.NextOffset())
+	first := clk.t.Add(-time.Second).UnixMilli()
+	tt.SetTableValue(table, "e1", &schemas.DedupEntry{FirstSeen: first, Origin: origin})
+	tt.Consume(string(Ingest), "e1", encode(t, schemas.SendRequestCodec, req))
+	var got []string
+	for {
+		k, v, ok := accepted.Next()
+		if !ok {
+			break
+		}
+		if v.(*schemas.Notification).AcceptedAt != first {
+			t.Fatalf("replayed notification accepted at %d, want the first time %d", v.(*schemas.Notification).AcceptedAt, first)
+		}
+		got = append(got, k)
+	}
+	if strings.Join(got, ",") != "u1,u2" {
+		t.Fatalf("replay emitted %v, want u1,u2", got)
+	}
+	for _, e := range events(t, evs) {
+		if e.Status != processors.StatusAccepted {
+			t.Fatalf("replay produced %s: %s", e.Status, e.Reason)
+		}
+	}
+
+	// Another record with the same eventId: a duplicate, and its event id is
+	// fixed by the record, so replaying it adds no second history line.
+	for _, _, ok := ingest.Next(); ok; _, _, ok = ingest.Next() {
+	}
+	dupOffset := ingest.NextOffset()
+	tt.Consume(string(Ingest), "e1", encode(t, schemas.SendRequestCodec, req))
+	if _, _, ok := accepted.Next(); ok {
+		t.Fatal("a duplicate request was fanned out")
+	}
+	dups := events(t, evs)
+	wantID := processors.StatusEventID(processors.NotificationID("e1", "u1"), processors.StatusDuplicate, fmt.Sprintf("0/%d", dupOffset), 0)
+	if len(dups) != 2 || dups[0].Status != processors.StatusDuplicate || dups[0].ID != wantID {
+		t.Fatalf("duplicate events %+v, want id %s", dups, wantID)
+	}
+
+	// A record moved from another partition keeps its origin in a header: a
+	// replay of the move is the same record, not a duplicate.
+	moved := &schemas.SendRequest{EventID: "e2", Template: "t", Recipients: []schemas.Recipient{{UserID: "u3"}}}
+	h := tester.WithHeaders(goka.Headers{originHeader: []byte("7/42")})
+	tt.Consume(string(Ingest), "e2", encode(t, schemas.SendRequestCodec, moved), h)
+	tt.Consume(string(Ingest), "e2", encode(t, schemas.SendRequestCodec, moved), h)
+	n := 0
+	for _, _, ok := accepted.Next(); ok; _, _, ok = accepted.Next() {
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("moved record and its replay emitted %d notifications, want 2", n)
+	}
+	if e := tt.TableValue(table, "e2").(*schemas.DedupEntry); e.Origin != "7/42" {
+		t.Fatalf("entry origin %q, want the header's", e.Origin)
+	}
+}
+
+// Status history is idempotent by event id: a stage replayed after a crash
+// re-emits the same ids, and the history shows each change once.
+func TestStatusGroupIgnoresReplayedEvents(t *testing.T) {
+	tt := tester.New(t)
+	run(t, tt, (&Pipeline{}).StatusGraph())
+	ev := &schemas.StatusEvent{ID: "ev-sent", NotificationID: "n", Status: processors.StatusSent, At: 3, Channel: "email"}
+	tt.Consume(string(Events), "n", encode(t, schemas.StatusEventCodec, ev))
+	tt.Consume(string(Events), "n", encode(t, schemas.StatusEventCodec, ev))
+	other := *ev
+	other.ID, other.Status = "ev-delivered", processors.StatusDelivered
+	tt.Consume(string(Events), "n", encode(t, schemas.StatusEventCodec, &other))
+	lc := tt.TableValue(goka.GroupTable(StatusGroup), "n").(*schemas.Lifecycle)
+	if len(lc.History) != 2 || lc.History[0].EventID != "ev-sent" || lc.Status != processors.StatusDelivered {
+		t.Fatalf("history %+v", lc.History)
+	}
+}
+
+// The scheduler marks a release instead of deleting: when goka replays the
+// releasing command after a crash, the notification is emitted again instead
+// of being found gone.
+func TestSchedulerReplayedReleaseEmitsAgain(t *testing.T) {
+	tt := tester.New(t)
+	clk := &clock{time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	run(t, tt, (&Pipeline{Now: clk.now}).SchedulerGraph())
+	accepted := tt.NewQueueTracker(string(Accepted))
+	due := tt.NewQueueTracker(string(SchedulerDue))
+	n := &schemas.Notification{ID: "n1", UserID: "u1", SendAt: clk.t.UnixMilli()}
+	key := processors.ScheduleKey(n.SendAt, "n1")
+	raw := encode(t, schemas.NotificationCodec, n)
+	// The crash left the release recorded, by the command at the next offset,
+	// and the notification not emitted.
+	tt.SetTableValue(goka.GroupTable(SchedulerGroup), key, &schemas.ScheduledEntry{Notification: raw,
+		ReleasedBy: fmt.Sprintf("0/%d", due.NextOffset()), ReleasedAt: clk.t.UnixMilli()})
+	tt.Consume(string(SchedulerDue), key, []byte{})
+	if k, v, ok := accepted.Next(); !ok || k != "u1" || v.(*schemas.Notification).ID != "n1" {
+		t.Fatalf("replayed release emitted %q %v", k, v)
+	}
+	// A hold written by a version before ScheduledEntry (a bare Notification)
+	// is released too.
+	old := processors.ScheduleKey(n.SendAt, "n0")
+	n0 := *n
+	n0.ID = "n0"
+	tt.SetTableValue(goka.GroupTable(SchedulerGroup), old, &schemas.ScheduledEntry{Notification: encode(t, schemas.NotificationCodec, &n0)})
+	tt.Consume(string(SchedulerDue), old, []byte{})
+	if _, v, ok := accepted.Next(); !ok || v.(*schemas.Notification).ID != "n0" {
+		t.Fatalf("old-format hold released %v", v)
+	}
+	if e, err := decodeScheduled(encode(t, schemas.NotificationCodec, &n0)); err != nil || string(e.Notification) != string(encode(t, schemas.NotificationCodec, &n0)) {
+		t.Fatalf("a bare Notification in the table reads as %+v, %v", e, err)
+	}
+}
+
+// A null value on any stream a group reads is dead-lettered with its reason;
+// the group goes on.
+func TestNullRecordsAreDeadLettered(t *testing.T) {
+	clk := &clock{time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	p := &Pipeline{DedupWindow: time.Hour, Now: clk.now, Deliverer: processors.Deliverer{
+		Limiter: processors.Limiter{PerDay: func(string) int { return 0 }}}}
+	for _, c := range []struct {
+		graph *goka.GroupGraph
+		topic goka.Stream
+	}{
+		{p.DedupGraph(), Ingest}, {p.DeliverGraph(), Accepted}, {p.DeliverGraph(), Feedback},
+		{p.SchedulerGraph(), Scheduled}, {p.StatusGraph(), Events},
+	} {
+		tt := tester.New(t)
+		run(t, tt, c.graph)
+		dlq := tt.NewQueueTracker(string(DLQ))
+		tt.Consume(string(c.topic), "k", nil)
+		_, v, ok := dlq.Next()
+		if !ok {
+			t.Fatalf("%s: a null record was dropped silently", c.topic)
+		}
+		if dl := v.(*schemas.DeadLetter); dl.Topic != string(c.topic) || !strings.Contains(dl.Reason, "null value") {
+			t.Fatalf("%s: dead letter %+v", c.topic, dl)
+		}
+	}
+}
+
+// A notification whose record would be larger than a record may be is
+// rejected with the reason and dead-lettered (what fits of it); the partition
+// goes on with the next one. Producing it would fail the processor, and it
+// would fail again on every restart.
+func TestOversizedRecordsAreRejectedNotProduced(t *testing.T) {
+	clk := &clock{time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	p := &Pipeline{DedupWindow: time.Hour, Now: clk.now, Deliverer: processors.Deliverer{
+		Limiter: processors.Limiter{PerDay: func(string) int { return 0 }}}}
+	check := func(t *testing.T, tt *tester.Tester, dlq, evs, out *tester.QueueTracker, big, small, channel string) {
+		t.Helper()
+		k, _, ok := out.Next()
+		if !ok || k != small {
+			t.Fatalf("emitted %q, want only %s", k, small)
+		}
+		if _, _, ok := out.Next(); ok {
+			t.Fatal("the oversized notification was produced")
+		}
+		_, v, ok := dlq.Next()
+		if !ok {
+			t.Fatal("no dead letter for the oversized notification")
+		}
+		dl := v.(*schemas.DeadLetter)
+		if !dl.Truncated || dl.NotificationID != big || !strings.Contains(dl.Reason, "exceeds the record limit") {
+			t.Fatalf("dead letter %+v", dl)
+		}
+		if key, value := EncodeDeadLetter(dl); !Fits(key, value) {
+			t.Fatal("the dead letter itself does not fit")
+		}
+		var rejected *schemas.StatusEvent
+		for _, e := range events(t, evs) {
+			if e.Status == processors.StatusRejected {
+				rejected = e
+			}
+		}
+		if rejected == nil || rejected.NotificationID != big || rejected.Channel != channel {
+			t.Fatalf("rejected event %+v", rejected)
+		}
+	}
+	t.Run("dedup", func(t *testing.T) {
+		tt := tester.New(t)
+		run(t, tt, p.DedupGraph())
+		accepted := tt.NewQueueTracker(string(Accepted))
+		dlq := tt.NewQueueTracker(string(DLQ))
+		evs := tt.NewQueueTracker(string(Events))
+		send := func(eventID, v string) {
+			req := &schemas.SendRequest{EventID: eventID, Template: "t", Data: `{"v":"` + v + `"}`, Recipients: []schemas.Recipient{{UserID: "u"}}}
+			tt.Consume(string(Ingest), eventID, encode(t, schemas.SendRequestCodec, req))
+		}
+		send("big", strings.Repeat("x", MaxRecordBytes)) // a Kafka client can produce what the API refuses
+		send("small", "ok")
+		check(t, tt, dlq, evs, accepted, processors.NotificationID("big", "u"), "u", "")
+	})
+	t.Run("deliver", func(t *testing.T) {
+		tt := tester.New(t)
+		run(t, tt, p.DeliverGraph())
+		tt.SetTableValue(Templates, "t", &schemas.Template{ID: "t", Channels: map[string]schemas.ChannelContent{
+			"email": {Subject: "{{.v}}", Text: "{{.v}}"}}})
+		out := tt.NewQueueTracker(string(Out("email", "normal")))
+		dlq := tt.NewQueueTracker(string(DLQ))
+		evs := tt.NewQueueTracker(string(Events))
+		send := func(id, v string) {
+			n := &schemas.Notification{ID: id, EventID: id, UserID: "u", Template: "t", Data: `{"v":"` + v + `"}`,
+				Recipient: schemas.Recipient{Email: "u@example.com"}}
+			tt.Consume(string(Accepted), "u", encode(t, schemas.NotificationCodec, n))
+		}
+		send("big", strings.Repeat("x", MaxRecordBytes/2)) // fits; rendered twice it does not
+		send("small", "ok")                                // same partition, after it
+		check(t, tt, dlq, evs, out, "big", "small", "email")
+	})
 }

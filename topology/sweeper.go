@@ -13,21 +13,24 @@ import (
 )
 
 // Sweeper gives a goka group a clock. goka has no timers, and only a group may
-// write its own table, so every Every the sweeper walks a view of the table and,
-// for each entry Due says is due, produces a command keyed by the entry's key to
-// Topic, one of the group's inputs. The group re-checks and acts (DESIGN rule:
-// only the owner writes a table). Commands are idempotent; a key is not sent
-// again within Every*10 while the group catches up.
+// write its own table, so every Every the sweeper walks the group-table
+// partitions this process owns (Tables) and, for each entry Due says is due,
+// produces a command keyed by the entry's key to Topic, one of the group's
+// inputs. The group re-checks and acts. Because only owned partitions are
+// walked, each entry is swept by exactly one instance, whatever the number of
+// instances. Commands are idempotent; a key is not sent again within Every*10
+// while the group catches up.
 type Sweeper struct {
 	Name     string
-	View     *goka.View
+	Tables   *Tables
+	Group    goka.Group // whose table is swept
 	Producer *kgo.Client
 	Topic    goka.Stream
 	Every    time.Duration
 	// Range bounds the iteration ("" = unbounded), letting time-ordered keys
 	// stop at the first entry not yet due.
 	Range func(now time.Time) (start, limit string)
-	Due   func(key string, value any, now time.Time) bool
+	Due   func(key string, value []byte, now time.Time) bool
 	Now   func() time.Time
 	Log   *slog.Logger
 
@@ -52,8 +55,8 @@ func (s *Sweeper) Run(ctx context.Context) error {
 	}
 }
 
-// Sweep produces the commands for every due entry, waits until they are
-// written, and returns how many it sent.
+// Sweep produces the commands for every due entry of the owned partitions,
+// waits until they are written, and returns how many it sent.
 func (s *Sweeper) Sweep(ctx context.Context) (int, error) {
 	now := time.Now()
 	if s.Now != nil {
@@ -71,60 +74,45 @@ func (s *Sweeper) Sweep(ctx context.Context) (int, error) {
 	if s.Range != nil {
 		start, limit = s.Range(now)
 	}
-	var it goka.Iterator
-	var err error
-	if start == "" && limit == "" {
-		it, err = s.View.Iterator()
-	} else {
-		it, err = s.View.IteratorWithRange(start, limit)
-	}
-	if err != nil {
-		return 0, err
-	}
-	defer it.Release()
 	n := 0
-	for it.Next() {
-		v, err := it.Value()
-		if err != nil || v == nil {
-			continue
-		}
-		key := it.Key()
+	err := s.Tables.Each(string(goka.GroupTable(s.Group)), start, limit, func(_ int32, key string, v []byte) bool {
 		if _, recent := s.sent[key]; recent || !s.Due(key, v, now) {
-			continue
+			return true
 		}
+		// Keyed like the entry, the command reaches the partition it lives on.
 		s.Producer.Produce(ctx, &kgo.Record{Topic: string(s.Topic), Key: []byte(key), Value: []byte{}}, nil)
 		s.sent[key] = now
 		n++
+		return ctx.Err() == nil
+	})
+	if err != nil {
+		return n, err
 	}
 	return n, s.Producer.Flush(ctx)
 }
 
 // DedupSweeper expires dedup entries past the window.
-func DedupSweeper(view *goka.View, producer *kgo.Client, window, every time.Duration, now func() time.Time, log *slog.Logger) *Sweeper {
-	return &Sweeper{Name: "dedup", View: view, Producer: producer, Topic: DedupExpire, Every: every, Now: now, Log: log,
-		Due: func(_ string, v any, now time.Time) bool {
-			entry, _ := v.(*schemas.DedupEntry)
-			return entry != nil && processors.DedupExpired(entry, now, window)
+func DedupSweeper(tables *Tables, producer *kgo.Client, window, every time.Duration, now func() time.Time, log *slog.Logger) *Sweeper {
+	return &Sweeper{Name: "dedup", Tables: tables, Group: DedupGroup, Producer: producer, Topic: DedupExpire,
+		Every: every, Now: now, Log: log,
+		Due: func(_ string, v []byte, now time.Time) bool {
+			entry, err := schemas.DedupEntryCodec.Decode(v)
+			return err == nil && processors.DedupExpired(entry, now, window)
 		}}
 }
 
-// SchedulerSweeper releases scheduled notifications whose time has come; the
-// table's keys start with the due time, so only the due range is read.
-func SchedulerSweeper(view *goka.View, producer *kgo.Client, every time.Duration, now func() time.Time, log *slog.Logger) *Sweeper {
-	return &Sweeper{Name: "scheduler", View: view, Producer: producer, Topic: SchedulerDue, Every: every, Now: now, Log: log,
+// SchedulerSweeper releases scheduled notifications whose time has come and,
+// a grace period after their release, has the group delete them; the table's
+// keys start with the due time, so only the due range is read.
+func SchedulerSweeper(tables *Tables, producer *kgo.Client, every, grace time.Duration, now func() time.Time, log *slog.Logger) *Sweeper {
+	return &Sweeper{Name: "scheduler", Tables: tables, Group: SchedulerGroup, Producer: producer, Topic: SchedulerDue,
+		Every: every, Now: now, Log: log,
 		Range: func(now time.Time) (string, string) { return "", processors.ScheduleKey(now.UnixMilli()+1, "") },
-		Due:   func(string, any, time.Time) bool { return true }}
+		Due: func(_ string, v []byte, now time.Time) bool {
+			e, err := decodeScheduled(v)
+			if err != nil {
+				return false
+			}
+			return e.ReleasedBy == "" || now.Sub(time.UnixMilli(e.ReleasedAt)) >= grace
+		}}
 }
-
-// DedupTableCodec is the codec of the dedup group table, for views of it.
-func DedupTableCodec() goka.Codec { return dedupCodec }
-
-// ScheduleTableCodec is the codec of the scheduler group table, for views of it.
-func ScheduleTableCodec() goka.Codec { return notifCodec }
-
-// LifecycleTableCodec is the codec of the status group table, for views of it.
-func LifecycleTableCodec() goka.Codec { return lifecycleCodec }
-
-// ProfileTableCodec and TemplateTableCodec read the compacted input tables leniently.
-func ProfileTableCodec() goka.Codec  { return profileTable }
-func TemplateTableCodec() goka.Codec { return templateTable }

@@ -23,14 +23,14 @@ import (
 
 // Streams and tables.
 const (
-	Ingest       goka.Stream = "notify.ingest"        // SendRequest, key eventId
-	DedupExpire  goka.Stream = "notify.dedup.expire"  // DedupEntry, key eventId
-	Accepted     goka.Stream = "notify.accepted"      // Notification, key userId
-	Events       goka.Stream = "notify.events"        // StatusEvent, key notificationId
-	DLQ          goka.Stream = "notify.dlq"           // DeadLetter, key: the bad record's key
-	Ledger       goka.Stream = "notify.ledger"        // LedgerEntry, key notificationId/channel (compacted)
-	Scheduled    goka.Stream = "notify.scheduled"     // Notification, key <dueMillis>/<notificationId>
-	SchedulerDue goka.Stream = "notify.scheduler.due" // release command (empty), same key
+	Ingest       goka.Stream = "notify.ingest"           // SendRequest, key eventId
+	DedupExpire  goka.Stream = "notify.dedup.expire"     // DedupEntry, key eventId
+	Accepted     goka.Stream = "notify.accepted"         // Notification, key userId
+	Events       goka.Stream = "notify.events"           // StatusEvent, key notificationId
+	DLQ          goka.Stream = "notify.dlq"              // DeadLetter, key: the bad record's key
+	Ledger       goka.Stream = "notify.ledger"           // LedgerEntry, key notificationId/channel (compacted)
+	Scheduled    goka.Stream = "notify.scheduled"        // Notification, key <dueMillis>/<notificationId>
+	SchedulerDue goka.Stream = "notify.scheduler.due"    // release command (empty), same key
 	Feedback     goka.Stream = "notify.deliver.feedback" // DeliveryFeedback, key userId
 	// DLQReplays remembers which dead letters `notifyd dlq replay` re-injected
 	// (key <partition>/<offset> of the dead letter, compacted), so each is replayed once.

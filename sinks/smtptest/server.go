@@ -36,7 +36,12 @@ type Server struct {
 	Host string
 	Port int
 
-	srv  *smtp.Server
+	opts   Options
+	tlsCfg *tls.Config
+	lmu    sync.Mutex // guards srv and ln across Restart
+	srv    *smtp.Server
+	ln     net.Listener
+
 	mu   sync.Mutex
 	msgs []Message
 	cond *sync.Cond
@@ -50,46 +55,91 @@ type Options struct {
 	User, Pass string // require AUTH PLAIN with these
 	STARTTLS   bool   // offer STARTTLS with a self-signed certificate
 	TLS        bool   // implicit TLS (as on port 465) with a self-signed certificate
+	// IdleTimeout closes a connection idle that long, after a "421 4.4.2 Idle
+	// timeout" as go-smtp says it (default 30s).
+	IdleTimeout time.Duration
+	// OnData, when set, sees every complete message before the server accepts
+	// it. An error refuses the message (an *smtp.SMTPError keeps its code,
+	// anything else becomes a 554); ErrHangUp and ErrHangUpAfterReply accept
+	// it and then drop the connection.
+	OnData func(Message) error
 }
+
+var (
+	// ErrHangUp, returned by Options.OnData, keeps the message and closes the
+	// connection instead of replying, as a server that crashed right after
+	// accepting it would: the client cannot know the message was accepted.
+	ErrHangUp = errors.New("smtptest: hang up before replying")
+	// ErrHangUpAfterReply keeps the message, replies 250, then closes the
+	// connection: the client's next command (its RSET) fails.
+	ErrHangUpAfterReply = errors.New("smtptest: hang up after replying")
+)
 
 // Start runs a server on 127.0.0.1 with a free port.
 func Start(o Options) (*Server, error) {
-	s := &Server{user: o.User, pass: o.Pass}
+	s := &Server{user: o.User, pass: o.Pass, opts: o}
 	s.cond = sync.NewCond(&s.mu)
-	srv := smtp.NewServer(&backend{s: s})
-	srv.Domain = "localhost"
-	srv.ReadTimeout = 30 * time.Second
-	srv.WriteTimeout = 30 * time.Second
-	srv.MaxMessageBytes = 10 << 20
-	srv.AllowInsecureAuth = !o.STARTTLS && !o.TLS
-	var tlsCfg *tls.Config
 	if o.STARTTLS || o.TLS {
 		cert, err := selfSigned()
 		if err != nil {
 			return nil, err
 		}
-		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	if o.STARTTLS {
-		srv.TLSConfig = tlsCfg
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if err := s.listen("127.0.0.1:0"); err != nil {
 		return nil, err
 	}
-	if o.TLS {
-		ln = tls.NewListener(ln, tlsCfg)
-	}
-	s.srv = srv
-	s.Addr = ln.Addr().String()
+	s.Addr = s.ln.Addr().String()
 	s.Host = "127.0.0.1"
-	s.Port = ln.Addr().(*net.TCPAddr).Port
-	go func() { _ = srv.Serve(ln) }()
+	s.Port = s.ln.Addr().(*net.TCPAddr).Port
 	return s, nil
 }
 
+// listen serves a new go-smtp server on addr; the caller holds lmu or owns s.
+func (s *Server) listen(addr string) error {
+	o := s.opts
+	srv := smtp.NewServer(&backend{s: s})
+	srv.Domain = "localhost"
+	srv.ReadTimeout = 30 * time.Second
+	if o.IdleTimeout > 0 {
+		srv.ReadTimeout = o.IdleTimeout
+	}
+	srv.WriteTimeout = 30 * time.Second
+	srv.MaxMessageBytes = 10 << 20
+	srv.AllowInsecureAuth = !o.STARTTLS && !o.TLS
+	if o.STARTTLS {
+		srv.TLSConfig = s.tlsCfg
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	if o.TLS {
+		ln = tls.NewListener(ln, s.tlsCfg)
+	}
+	s.srv, s.ln = srv, ln
+	go func() { _ = srv.Serve(ln) }()
+	return nil
+}
+
 // Close stops the server.
-func (s *Server) Close() { _ = s.srv.Close() }
+func (s *Server) Close() {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	_ = s.srv.Close()
+	_ = s.ln.Close() // Serve may not have registered it yet
+}
+
+// Restart stops the server, dropping every open connection without a word
+// (as a crash or a restart does), and starts it again on the same address.
+// Accepted messages are kept.
+func (s *Server) Restart() error {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	_ = s.srv.Close()
+	_ = s.ln.Close()
+	return s.listen(s.Addr)
+}
 
 // Messages returns a copy of what was accepted so far.
 func (s *Server) Messages() []Message {
@@ -113,11 +163,16 @@ func (s *Server) WaitFor(n int, d time.Duration) []Message {
 
 type backend struct{ s *Server }
 
-func (b *backend) NewSession(*smtp.Conn) (smtp.Session, error) { return &session{s: b.s}, nil }
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{s: b.s, conn: c}, nil
+}
 
 type session struct {
 	s      *Server
+	conn   *smtp.Conn
 	authed bool
+	// hangUp closes the connection at the reset go-smtp does after replying to DATA.
+	hangUp bool
 	from   string
 	to     []string
 }
@@ -162,14 +217,41 @@ func (ss *session) Data(r io.Reader) error {
 	if _, err := io.Copy(&buf, r); err != nil {
 		return err
 	}
+	m := Message{From: ss.from, To: ss.to, Data: buf.Bytes(), At: time.Now()}
+	hangUp := false
+	if ss.s.opts.OnData != nil {
+		err := ss.s.opts.OnData(m)
+		var se *smtp.SMTPError
+		switch {
+		case errors.Is(err, ErrHangUp):
+			hangUp = true
+		case errors.Is(err, ErrHangUpAfterReply):
+			ss.hangUp = true
+		case errors.As(err, &se):
+			return se
+		case err != nil:
+			return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: err.Error()}
+		}
+	}
 	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, Message{From: ss.from, To: ss.to, Data: buf.Bytes(), At: time.Now()})
+	ss.s.msgs = append(ss.s.msgs, m)
 	ss.s.cond.Broadcast()
 	ss.s.mu.Unlock()
+	if hangUp {
+		// Closed before go-smtp writes the 250: the client never learns.
+		_ = ss.conn.Conn().Close()
+	}
 	return nil
 }
 
-func (ss *session) Reset()        { ss.from, ss.to = "", nil }
+func (ss *session) Reset() {
+	ss.from, ss.to = "", nil
+	if ss.hangUp {
+		ss.hangUp = false
+		_ = ss.conn.Conn().Close()
+	}
+}
+
 func (ss *session) Logout() error { return nil }
 
 func selfSigned() (tls.Certificate, error) {
