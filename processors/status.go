@@ -15,6 +15,7 @@ const (
 	StatusRejected     = "rejected"
 	StatusScheduled    = "scheduled"
 	StatusQueued       = "queued"
+	StatusRetrying     = "retrying" // a provider failed transiently; due again on a retry topic
 	StatusSent         = "sent"
 	StatusDelivered    = "delivered"
 	StatusOpened       = "opened"
@@ -27,7 +28,7 @@ const (
 // rank orders states so that events arriving out of order cannot move a
 // notification backwards (a late "accepted" after "sent" keeps "sent").
 var rank = map[string]int{
-	StatusAccepted: 1, StatusScheduled: 2, StatusQueued: 3, StatusFailed: 4, StatusSent: 5,
+	StatusAccepted: 1, StatusScheduled: 2, StatusQueued: 3, StatusRetrying: 3, StatusFailed: 4, StatusSent: 5,
 	StatusDelivered: 6, StatusOpened: 7, StatusClicked: 8, StatusUnsubscribed: 9,
 	StatusSuppressed: 10, StatusRateLimited: 10, StatusRejected: 10, StatusExpired: 10,
 }

@@ -59,6 +59,7 @@ type Notification struct {
 	RoutedAt   int64     `avro:"routedAt"`
 	// Retry state (since notification.v2), carried through notify.retry.*.
 	Attempts      int32  `avro:"attempts"`
+	Retries       int32  `avro:"retries"`
 	FirstFailedAt int64  `avro:"firstFailedAt"`
 	RetryAt       int64  `avro:"retryAt"`
 	LastError     string `avro:"lastError"`

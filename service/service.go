@@ -68,6 +68,7 @@ type Service struct {
 	// statusProc is the status group's processor when this process runs it.
 	statusProc *goka.Processor
 	sinks      []*sinks.Sink
+	retrier    *sinks.Retrier
 	chAddr     string
 	chConn     driver.Conn
 	// watch knows what every group and sink of this process has in work (readiness).
@@ -229,6 +230,16 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	if err := s.startSinks(gctx, g, brokers, producer, reg); err != nil {
 		return fail(err)
+	}
+	if s.retrier != nil {
+		waits = append(waits, func(ctx context.Context) error {
+			select {
+			case <-s.retrier.Ready():
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
 	}
 	for _, sk := range s.sinks {
 		sk := sk
@@ -509,7 +520,22 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 	}
 	metrics := sinks.NewMetrics(reg)
 	o := s.Cfg.Sink
+	var alerter sinks.Alerter
+	if s.Cfg.Alerts.WebhookURL != "" {
+		w := sinks.NewWebhookAlerter(s.Cfg.Alerts.WebhookURL, s.Cfg.Alerts.Timeout, s.Log)
+		g.Go(func() error { return w.Run(ctx) })
+		alerter = w
+	}
+	// The retry group: any sink instance moves due retries of any channel back
+	// to their queue.
+	retrier := &sinks.Retrier{Brokers: brokers, Producer: producer, Log: s.Log, Metrics: metrics, Now: s.Now}
+	s.retrier = retrier
+	g.Go(func() error { return retrier.Run(ctx) })
 	for _, ch := range channels {
+		limits := map[string]sinks.ProviderLimits{}
+		for _, pc := range s.Cfg.Channels[ch] {
+			limits[pc.Name] = sinks.ProviderLimits{RateLimit: pc.RateLimit, Burst: pc.Burst, Concurrency: pc.Concurrency, Priorities: pc.Priorities}
+		}
 		providers, ok := s.Providers[ch]
 		if !ok {
 			var err error
@@ -521,9 +547,11 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 		if len(providers) == 0 {
 			return fmt.Errorf("sink %s: no provider configured for the channel", ch)
 		}
-		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Producer: producer, Log: s.Log,
-			Metrics: metrics, Now: s.Now, Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
-				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback}}
+		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Limits: limits, Producer: producer, Log: s.Log,
+			Metrics: metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
+			Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
+				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback, DrainTimeout: o.DrainTimeout,
+				Retry: o.Retry, Breaker: o.Breaker, Partitions: s.Cfg.Kafka.Partitions}}
 		s.sinks = append(s.sinks, sk)
 		g.Go(func() error { return sk.Run(ctx) })
 	}

@@ -1,9 +1,18 @@
 package sinks
 
 import (
+	"context"
 	"crypto/sha256"
+	"fmt"
+	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
 )
 
 // Ledger remembers which (notificationId, channel) were handed to a provider in
@@ -95,4 +104,149 @@ func (l *Ledger) Len() int {
 		n += len(b)
 	}
 	return n
+}
+
+// ledgerLoader reads the ledger of partitions a sink is assigned. Ledger
+// entries are written to the ledger partition numbered like the partition of
+// the record they acknowledge (a notification's records always hash to one
+// partition), so the owner of a partition finds every entry of its
+// notifications there. Each assignment reads it afresh: the previous owner may
+// have sent (and not committed) until the moment the partition moved.
+type ledgerLoader struct {
+	brokers  []string
+	channel  string
+	lookback time.Duration
+	ledger   *Ledger
+	now      func() time.Time
+
+	mu     sync.Mutex
+	loaded map[tp]bool
+}
+
+func (l *ledgerLoader) ready(k tp) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.loaded[k]
+}
+
+// forget marks partitions not loaded.
+func (l *ledgerLoader) forget(m map[string][]int32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for t, ps := range m {
+		for _, p := range ps {
+			delete(l.loaded, tp{t, p})
+		}
+	}
+}
+
+// load reads the ledger partitions of the newly assigned partitions up to
+// their current end, retrying until done or ctx ends, then marks them loaded
+// and calls done.
+func (l *ledgerLoader) load(ctx context.Context, assigned []tp, log *slog.Logger, done func()) {
+	if len(assigned) == 0 {
+		return
+	}
+	seen := map[int32]bool{}
+	var parts []int32
+	for _, k := range assigned {
+		if !seen[k.partition] {
+			seen[k.partition] = true
+			parts = append(parts, k.partition)
+		}
+	}
+	go func() {
+		backoff := 100 * time.Millisecond
+		for {
+			n, err := l.read(ctx, parts)
+			if err == nil {
+				log.Debug("ledger loaded", "partitions", parts, "entries", n)
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("ledger load failed; retrying", "partitions", parts, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+		l.mu.Lock()
+		for _, k := range assigned {
+			l.loaded[k] = true
+		}
+		l.mu.Unlock()
+		done()
+	}()
+}
+
+func (l *ledgerLoader) read(ctx context.Context, parts []int32) (int, error) {
+	since := l.now().Add(-l.lookback).UnixMilli()
+	topic := string(topology.Ledger)
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	meta, err := kgo.NewClient(kgo.SeedBrokers(l.brokers...))
+	if err != nil {
+		return 0, err
+	}
+	adm := kadm.NewClient(meta)
+	starts, err := adm.ListOffsetsAfterMilli(lctx, since, topic)
+	if err != nil {
+		meta.Close()
+		return 0, err
+	}
+	ends, err := adm.ListEndOffsets(lctx, topic)
+	meta.Close()
+	if err != nil {
+		return 0, err
+	}
+	offsets := map[int32]kgo.Offset{}
+	pending := map[int32]int64{}
+	for _, p := range parts {
+		s, ok1 := starts.Lookup(topic, p)
+		e, ok2 := ends.Lookup(topic, p)
+		if !ok1 || !ok2 || s.Err != nil || e.Err != nil {
+			return 0, fmt.Errorf("offsets of %s/%d: %v %v", topic, p, s.Err, e.Err)
+		}
+		if s.Offset < e.Offset {
+			offsets[p] = kgo.NewOffset().At(s.Offset)
+			pending[p] = e.Offset
+		}
+	}
+	if len(pending) == 0 {
+		return 0, nil
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(l.brokers...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	n := 0
+	for len(pending) > 0 {
+		fs := cl.PollFetches(lctx)
+		if err := lctx.Err(); err != nil {
+			return n, fmt.Errorf("ledger not loaded: %w", err)
+		}
+		var fetchErr error
+		fs.EachError(func(_ string, _ int32, err error) { fetchErr = err })
+		if fetchErr != nil {
+			return n, fetchErr
+		}
+		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
+			for _, r := range fp.Records {
+				if e, err := schemas.LedgerEntryCodec.Decode(r.Value); err == nil && e.Channel == l.channel {
+					l.ledger.Record(e.NotificationID, e.Channel, time.UnixMilli(e.At))
+					n++
+				}
+				if end, ok := pending[fp.Partition]; ok && r.Offset+1 >= end {
+					delete(pending, fp.Partition)
+				}
+			}
+		})
+	}
+	return n, nil
 }

@@ -1,25 +1,30 @@
 package sinks
 
 import (
+	"sort"
 	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// queues hold polled records per priority (one topic each, highest first) so
-// that a chunk is always taken from the highest priority that has records.
+// queues hold polled records per priority (one topic each, highest first) and
+// per partition, in offset order, until the dispatcher takes them.
 type queues struct {
 	mu     sync.Mutex
 	topics []string
 	byTop  map[string]int
-	q      [][]*kgo.Record
+	parts  []map[int32][]*kgo.Record // per priority: partition → records
+	count  []int                     // per priority: records queued
+	rr     []int                     // per priority: round-robin cursor over partitions
 	paused map[string]bool
 }
 
 func newQueues(topics []string) *queues {
-	q := &queues{topics: topics, byTop: map[string]int{}, q: make([][]*kgo.Record, len(topics)), paused: map[string]bool{}}
+	q := &queues{topics: topics, byTop: map[string]int{}, parts: make([]map[int32][]*kgo.Record, len(topics)),
+		count: make([]int, len(topics)), rr: make([]int, len(topics)), paused: map[string]bool{}}
 	for i, t := range topics {
 		q.byTop[t] = i
+		q.parts[i] = map[int32][]*kgo.Record{}
 	}
 	return q
 }
@@ -27,40 +32,50 @@ func newQueues(topics []string) *queues {
 func (q *queues) push(r *kgo.Record) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	i := q.byTop[r.Topic]
-	q.q[i] = append(q.q[i], r)
-}
-
-func (q *queues) empty() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for _, l := range q.q {
-		if len(l) > 0 {
-			return false
-		}
+	i, ok := q.byTop[r.Topic]
+	if !ok {
+		return
 	}
-	return true
+	q.parts[i][r.Partition] = append(q.parts[i][r.Partition], r)
+	q.count[i]++
 }
 
-// take removes up to n records from the highest non-empty priority.
-func (q *queues) take(n int) []*kgo.Record {
+// take removes the next record of priority i from a partition ready says may
+// go on, taking partitions in turn; nil if there is none.
+func (q *queues) take(i int, ready func(tp) bool) *kgo.Record {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for i, l := range q.q {
-		if len(l) == 0 {
+	if q.count[i] == 0 {
+		return nil
+	}
+	keys := make([]int32, 0, len(q.parts[i]))
+	for p := range q.parts[i] {
+		keys = append(keys, p)
+	}
+	sort.Slice(keys, func(a, b int) bool { return keys[a] < keys[b] })
+	for n := 0; n < len(keys); n++ {
+		p := keys[(q.rr[i]+n)%len(keys)]
+		if !ready(tp{q.topics[i], p}) {
 			continue
 		}
-		if n > len(l) {
-			n = len(l)
+		l := q.parts[i][p]
+		r := l[0]
+		if len(l) == 1 {
+			delete(q.parts[i], p)
+		} else {
+			q.parts[i][p] = l[1:]
 		}
-		out := append([]*kgo.Record(nil), l[:n]...)
-		q.q[i] = l[n:]
-		if len(q.q[i]) == 0 {
-			q.q[i] = nil
-		}
-		return out
+		q.count[i]--
+		q.rr[i] = (q.rr[i] + n + 1) % len(keys)
+		return r
 	}
 	return nil
+}
+
+func (q *queues) len(i int) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.count[i]
 }
 
 // throttle pauses fetching a topic whose queue is full and resumes it when it
@@ -69,7 +84,7 @@ func (q *queues) throttle(cl *kgo.Client, max int) {
 	q.mu.Lock()
 	var pause, resume []string
 	for i, t := range q.topics {
-		full := len(q.q[i]) >= max
+		full := q.count[i] >= max
 		if full && !q.paused[t] {
 			pause = append(pause, t)
 			q.paused[t] = true
@@ -97,16 +112,19 @@ func (q *queues) drop(lost map[string][]int32) {
 		if !ok {
 			continue
 		}
-		gone := map[int32]bool{}
 		for _, p := range parts {
-			gone[p] = true
+			q.count[i] -= len(q.parts[i][p])
+			delete(q.parts[i], p)
 		}
-		kept := q.q[i][:0]
-		for _, r := range q.q[i] {
-			if !gone[r.Partition] {
-				kept = append(kept, r)
-			}
-		}
-		q.q[i] = kept
+	}
+}
+
+// clear forgets every queued record (the sink is stopping).
+func (q *queues) clear() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i := range q.parts {
+		q.parts[i] = map[int32][]*kgo.Record{}
+		q.count[i] = 0
 	}
 }

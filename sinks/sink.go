@@ -6,10 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/sony/gobreaker/v2"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/topology"
@@ -17,14 +22,24 @@ import (
 
 // Options tune a sink.
 type Options struct {
-	Chunk       int           // records delivered between two commits
-	Concurrency int           // provider calls in flight
-	Attempts    int           // tries per provider for transient errors
-	Backoff     time.Duration // first retry delay, doubled each try
+	// Chunk bounds the records of one priority taken and not yet finished
+	// (four times as many wait polled); a full priority never holds up another.
+	Chunk       int
+	Concurrency int           // provider calls in flight per provider with no concurrency limit of its own
+	Attempts    int           // quick tries per provider for transient errors before the next provider
+	Backoff     time.Duration // between quick tries, doubled each try
 	SendTimeout time.Duration
-	// LedgerLookback is how far back the ledger is reloaded at start and how
-	// long entries are kept.
+	// LedgerLookback is how far back the ledger is read when a partition is
+	// assigned, and how long entries are kept.
 	LedgerLookback time.Duration
+	// DrainTimeout is how long a stopping sink, or one losing partitions, lets
+	// sends in flight finish before it cancels them.
+	DrainTimeout time.Duration
+	Retry        config.Retry
+	Breaker      config.Breaker
+	// Partitions of each notify.out topic: an instance's share of the cluster's
+	// provider limits is the share of partitions it owns.
+	Partitions int
 }
 
 // Sink is the consumer group of one channel.
@@ -32,15 +47,46 @@ type Sink struct {
 	Channel   string
 	Brokers   []string
 	Providers []Provider // failover order
-	Producer  *kgo.Client
-	Opts      Options
-	Log       *slog.Logger
-	Metrics   *Metrics
-	Now       func() time.Time
+	// Limits of providers by name (none = unlimited, every priority).
+	Limits   map[string]ProviderLimits
+	Producer *kgo.Client // goka-compatible partitioning (topology.NewProducer)
+	Opts     Options
+	Log      *slog.Logger
+	Metrics  *Metrics
+	Alerter  Alerter // told about exhausted notifications; nil = none
+	Watch    *topology.Watchdog
+	Now      func() time.Time
 
-	ledger *Ledger
-	ready  chan struct{}
-	once   sync.Once
+	ledger       *Ledger
+	loader       *ledgerLoader
+	ledgerWriter *kgo.Client // writes ledger entries to the partition of their record
+	tracker      *tracker
+	queues       *queues
+	lanes        []*lane
+	chanBreaker  *gobreaker.TwoStepCircuitBreaker[string]
+	cl           *kgo.Client
+
+	mu       sync.Mutex
+	inFlight [3]int
+	owned    map[tp]bool
+	parts    map[tp]*partition
+	wake     chan struct{}
+	stopping atomic.Bool
+	hard     context.Context // sends run under it; cancelled when the drain ends
+	// idle is signalled whenever a job finishes (drains wait on it).
+	idle *sync.Cond
+
+	ready chan struct{}
+	once  sync.Once
+	// skipCommit makes the sink commit nothing (tests: a crash before commit).
+	skipCommit atomic.Bool
+}
+
+// partition is the context of an owned partition's sends: revoking the
+// partition cancels the sends it did not let finish.
+type partition struct {
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func (s *Sink) now() time.Time {
@@ -50,7 +96,7 @@ func (s *Sink) now() time.Time {
 	return time.Now()
 }
 
-// Ready is closed when the sink has loaded its ledger and joined its group.
+// Ready is closed when the sink has joined its group.
 func (s *Sink) Ready() <-chan struct{} {
 	s.once.Do(func() { s.ready = make(chan struct{}) })
 	return s.ready
@@ -64,272 +110,755 @@ func (s *Sink) topics() []string {
 	return out
 }
 
-// Run consumes until ctx ends.
-func (s *Sink) Run(ctx context.Context) error {
+func priorityIndex(p string) int {
+	for i, q := range processors.Priorities {
+		if q == p {
+			return i
+		}
+	}
+	return 1
+}
+
+func (s *Sink) init() error {
 	s.Ready()
 	if s.Log == nil {
 		s.Log = slog.Default()
 	}
 	s.Log = s.Log.With("sink", s.Channel)
-	s.ledger = NewLedger(s.Opts.LedgerLookback)
-	if err := s.loadLedger(ctx); err != nil {
-		return fmt.Errorf("sink %s: load ledger: %w", s.Channel, err)
+	if s.Opts.Chunk < 1 {
+		s.Opts.Chunk = 256
 	}
-	topics := s.topics()
-	q := newQueues(topics)
+	if s.Opts.Concurrency < 1 {
+		s.Opts.Concurrency = 16
+	}
+	if s.Opts.Attempts < 1 {
+		s.Opts.Attempts = 1
+	}
+	if s.Opts.DrainTimeout <= 0 {
+		s.Opts.DrainTimeout = 10 * time.Second
+	}
+	if len(s.Opts.Retry.Tiers) == 0 {
+		s.Opts.Retry = config.Default().Sink.Retry
+	}
+	if s.Opts.Breaker.Failures < 1 {
+		s.Opts.Breaker = config.Default().Sink.Breaker
+	}
+	s.ledger = NewLedger(s.Opts.LedgerLookback)
+	s.loader = &ledgerLoader{brokers: s.Brokers, channel: s.Channel, lookback: s.Opts.LedgerLookback, ledger: s.ledger,
+		now: s.now, loaded: map[tp]bool{}}
+	s.tracker = newTracker()
+	s.queues = newQueues(s.topics())
+	s.mu.Lock()
+	s.owned, s.parts = map[tp]bool{}, map[tp]*partition{}
+	s.mu.Unlock()
+	s.wake = make(chan struct{}, 1)
+	s.idle = sync.NewCond(&s.mu)
+	for _, p := range s.Providers {
+		br := newBreaker(s.Channel, p.Name(), s.Opts.Breaker, s.Metrics)
+		l := newLane(p, s.Limits[p.Name()], br, s.Opts.Concurrency, s.serve)
+		l.setShare(0) // sized again on assignment
+		s.lanes = append(s.lanes, l)
+	}
+	chanName := "channel:" + s.Channel
+	s.Metrics.breakerState(s.Channel, chanName, breakerClosed)
+	s.chanBreaker = gobreaker.NewTwoStepCircuitBreaker[string](gobreaker.Settings{
+		Name: chanName, MaxRequests: uint32(s.Opts.Breaker.Probes), Timeout: s.Opts.Breaker.OpenFor,
+		ReadyToTrip:  func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(s.Opts.Breaker.Failures) },
+		IsSuccessful: func(err error) bool { return err == nil || IsPermanent(err) },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			state := map[gobreaker.State]int{gobreaker.StateClosed: breakerClosed, gobreaker.StateHalfOpen: breakerHalfOpen,
+				gobreaker.StateOpen: breakerOpen}[to]
+			s.Metrics.breakerState(s.Channel, chanName, state)
+			s.Metrics.breakerTransition(s.Channel, chanName, to.String())
+		},
+	})
+	w, err := topology.NewProducer(s.Brokers, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		return err
+	}
+	s.ledgerWriter = w
+	return nil
+}
+
+// Run consumes until ctx ends, then drains: sends in flight may finish for
+// Opts.DrainTimeout, what finished is committed, the rest is redelivered.
+func (s *Sink) Run(ctx context.Context) error {
+	if err := s.init(); err != nil {
+		return fmt.Errorf("sink %s: %w", s.Channel, err)
+	}
+	defer s.ledgerWriter.Close()
+	hard, hardCancel := context.WithCancel(context.Background())
+	defer hardCancel()
+	s.hard = hard
 	cl, err := kgo.NewClient(
 		kgo.SeedBrokers(s.Brokers...),
 		kgo.ConsumerGroup(topology.SinkGroup(s.Channel)),
-		kgo.ConsumeTopics(topics...),
+		kgo.ConsumeTopics(s.topics()...),
 		kgo.DisableAutoCommit(),
-		kgo.BlockRebalanceOnPoll(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(100*time.Millisecond),
 		// A crashed member holds its partitions until its session expires: keep
 		// that short so a restarted or surviving sink takes over quickly.
 		kgo.SessionTimeout(10*time.Second),
 		kgo.HeartbeatInterval(time.Second),
-		kgo.RebalanceTimeout(10*time.Second),
-		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, lost map[string][]int32) { q.drop(lost) }),
-		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, lost map[string][]int32) { q.drop(lost) }),
+		// Revoking partitions drains their sends first (see revoked).
+		kgo.RebalanceTimeout(s.revokeDrain()+10*time.Second),
+		kgo.OnPartitionsAssigned(s.assigned),
+		kgo.OnPartitionsRevoked(s.revoked),
+		kgo.OnPartitionsLost(s.lost),
 	)
 	if err != nil {
 		return fmt.Errorf("sink %s: %w", s.Channel, err)
 	}
+	s.cl = cl
 	defer func() {
-		cl.CloseAllowingRebalance()
-		for _, p := range s.Providers {
-			if c, ok := p.(Closer); ok {
+		for _, l := range s.lanes {
+			l.close()
+			if c, ok := l.p.(Closer); ok {
 				_ = c.Close()
 			}
 		}
 	}()
 	close(s.ready)
+
+	var bg sync.WaitGroup
+	dctx, stopDispatch := context.WithCancel(context.Background())
+	bg.Add(2)
+	go func() { defer bg.Done(); s.dispatch(dctx) }()
+	go func() { defer bg.Done(); s.commitLoop(dctx) }()
+	go s.expireLedger(dctx)
+
 	maxQueued := 4 * s.Opts.Chunk
-	lastExpire := s.now()
 	for {
-		// Block for records only when nothing is queued; otherwise take what is
-		// buffered (nil context) so a high-priority record queued meanwhile is seen
-		// before the next lower-priority chunk.
-		var fetches kgo.Fetches
-		if q.empty() {
-			fetches = cl.PollRecords(ctx, maxQueued)
-		} else {
-			fetches = cl.PollRecords(nil, maxQueued) //nolint:staticcheck // nil = do not wait
-		}
+		fetches := cl.PollRecords(ctx, maxQueued)
 		if fetches.IsClientClosed() || ctx.Err() != nil {
-			return nil
+			break
 		}
 		fetches.EachError(func(t string, p int32, err error) {
 			if !errors.Is(err, context.Canceled) {
 				s.Log.Warn("fetch", "topic", t, "partition", p, "err", err)
 			}
 		})
-		fetches.EachRecord(q.push)
-		q.throttle(cl, maxQueued)
-		if chunk := q.take(s.Opts.Chunk); len(chunk) > 0 {
-			if err := s.deliverChunk(ctx, chunk); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
+		fetches.EachRecord(func(r *kgo.Record) {
+			if s.isOwned(r) {
+				s.queues.push(r)
 			}
-			if err := cl.CommitRecords(ctx, chunk...); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				s.Log.Warn("commit", "err", err)
-			}
-		}
-		if now := s.now(); now.Sub(lastExpire) > time.Minute {
-			s.ledger.Expire(now)
-			lastExpire = now
-		}
-		cl.AllowRebalance()
+		})
+		s.queues.throttle(cl, maxQueued)
+		s.poke()
 	}
-}
 
-// deliverChunk delivers every record of a chunk (concurrently), produces their
-// status events and ledger entries, and returns once all are flushed: only then
-// may the chunk be committed (DESIGN rule 4).
-func (s *Sink) deliverChunk(ctx context.Context, chunk []*kgo.Record) error {
-	sem := make(chan struct{}, s.Opts.Concurrency)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for _, r := range chunk {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func(r *kgo.Record) {
-			defer func() { <-sem; wg.Done() }()
-			if err := s.deliverRecord(ctx, r); err != nil {
-				mu.Lock()
-				if firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
-			}
-		}(r)
+	// Stopping: take nothing new, let the sends in flight finish, commit.
+	s.stopping.Store(true)
+	stopDispatch()
+	bg.Wait()
+	s.queues.clear()
+	for _, l := range s.lanes {
+		l.stop()
 	}
-	wg.Wait()
-	// Flush even when cancelled: ledger entries of sends that happened must get out.
-	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := s.Producer.Flush(fctx); err != nil {
-		return fmt.Errorf("sink %s: flush: %w", s.Channel, err)
+	if !s.waitIdle(nil, s.Opts.DrainTimeout) {
+		s.Log.Warn("drain timed out; cancelling sends in flight (they are redelivered after the restart)")
 	}
-	return firstErr
-}
-
-// deliverRecord returns an error only when the record must not be committed
-// (the process is stopping or the status could not be produced).
-func (s *Sink) deliverRecord(ctx context.Context, r *kgo.Record) error {
-	n, err := schemas.NotificationCodec.Decode(r.Value)
-	if err != nil || n.ID == "" || n.Channel != s.Channel {
-		if err == nil {
-			err = fmt.Errorf("notification %q routed to %s is for channel %q", n.ID, r.Topic, n.Channel)
-		}
-		s.deadLetter(r, "sink."+s.Channel, err)
-		s.produceEvent(&schemas.StatusEvent{ID: processors.StatusEventID(recordID(r), processors.StatusRejected, s.Channel, 0),
-			NotificationID: recordID(r), Channel: s.Channel, Status: processors.StatusRejected,
-			Reason: "sink: " + err.Error(), At: s.now().UnixMilli()})
-		s.Metrics.outcome(s.Channel, "", processors.StatusRejected)
-		return nil
-	}
-	if n.ExpiresAt > 0 && s.now().UnixMilli() >= n.ExpiresAt {
-		s.produceEvent(s.event(n, processors.StatusExpired, "", "expired at "+
-			time.UnixMilli(n.ExpiresAt).UTC().Format(time.RFC3339)+" before a provider took it", 0, ""))
-		s.Metrics.outcome(s.Channel, "", processors.StatusExpired)
-		return nil
-	}
-	if !s.ledger.Claim(n.ID, s.Channel) {
-		s.Metrics.skipped(s.Channel)
-		s.Log.Debug("already delivered", "id", n.ID)
-		return nil
-	}
-	provider, msgID, attempt, err := s.send(ctx, n)
-	if err != nil {
-		s.ledger.Release(n.ID, s.Channel)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		s.deadLetter(r, "sink."+s.Channel, err)
-		s.produceEvent(s.event(n, processors.StatusFailed, provider, err.Error(), attempt, ""))
-		s.Metrics.outcome(s.Channel, provider, processors.StatusFailed)
-		return nil
-	}
-	now := s.now()
-	s.ledger.Record(n.ID, s.Channel, now)
-	entry, _ := schemas.LedgerEntryCodec.Encode(&schemas.LedgerEntry{NotificationID: n.ID, Channel: s.Channel,
-		Provider: provider, Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, At: now.UnixMilli()})
-	s.Producer.Produce(context.Background(), &kgo.Record{Topic: string(topology.Ledger), Key: []byte(n.ID + "/" + s.Channel), Value: entry}, s.logProduceErr)
-	s.produceEvent(s.event(n, processors.StatusSent, provider, "", attempt, msgID))
-	s.Metrics.sent(s.Channel, provider, now.Sub(time.UnixMilli(n.AcceptedAt)))
+	hardCancel()
+	s.waitIdle(nil, 5*time.Second)
+	s.flush()
+	s.commit(context.Background(), nil)
+	cl.Close()
 	return nil
 }
 
-// send walks the failover chain, retrying transient errors with backoff.
-func (s *Sink) send(ctx context.Context, n *schemas.Notification) (provider, msgID string, attempt int32, err error) {
-	for _, p := range s.Providers {
-		backoff := s.Opts.Backoff
-		for try := 1; try <= s.Opts.Attempts; try++ {
-			attempt++
-			sctx, cancel := context.WithTimeout(ctx, s.Opts.SendTimeout)
-			msgID, err = p.Send(sctx, n)
-			cancel()
-			if err == nil {
-				return p.Name(), msgID, attempt, nil
-			}
-			provider = p.Name()
-			s.Log.Warn("send failed", "id", n.ID, "provider", p.Name(), "try", try, "err", err)
-			if ctx.Err() != nil {
-				return provider, "", attempt, ctx.Err()
-			}
-			if IsPermanent(err) || try == s.Opts.Attempts {
-				break
-			}
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return provider, "", attempt, ctx.Err()
-			}
-			backoff *= 2
-		}
-	}
-	if err == nil {
-		err = fmt.Errorf("no provider configured for channel %s", s.Channel)
-	}
-	return provider, "", attempt, fmt.Errorf("all providers failed, last: %w", err)
+// revokeDrain is how long a revocation lets sends finish: under the
+// rebalance timeout, so the member is not thrown out of the group meanwhile.
+func (s *Sink) revokeDrain() time.Duration { return s.Opts.DrainTimeout }
+
+func (s *Sink) ownedCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.owned)
 }
 
-func (s *Sink) event(n *schemas.Notification, status, provider, reason string, attempt int32, msgID string) *schemas.StatusEvent {
+func (s *Sink) isOwned(r *kgo.Record) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.owned[tp{r.Topic, r.Partition}]
+}
+
+func (s *Sink) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// assigned starts reading the ledger of the new partitions (their records
+// wait until it is read) and resizes the provider lanes to the new share.
+func (s *Sink) assigned(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	var parts []tp
+	s.mu.Lock()
+	for topic, ps := range m {
+		for _, p := range ps {
+			k := tp{topic, p}
+			s.owned[k] = true
+			pctx, cancel := context.WithCancel(s.hard)
+			s.parts[k] = &partition{ctx: pctx, cancel: cancel}
+			parts = append(parts, k)
+		}
+	}
+	s.mu.Unlock()
+	s.resize()
+	s.loader.load(s.hard, parts, s.Log, s.poke)
+}
+
+// revoked lets the sends of the revoked partitions finish (bounded), cancels
+// the rest, and commits what finished before the partitions move.
+func (s *Sink) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+	s.release(m)
+	if !s.waitIdle(m, s.revokeDrain()) {
+		s.Log.Warn("revoked partitions still had sends in flight; cancelled", "partitions", m)
+	}
+	s.cancelParts(m)
+	s.waitIdle(m, 2*time.Second)
+	s.flush()
+	s.commit(ctx, m)
+	s.forget(m)
+}
+
+// lost partitions were taken away without a chance to commit (the session
+// expired): their sends are cancelled and nothing of them is committed.
+func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	s.release(m)
+	s.cancelParts(m)
+	s.forget(m)
+}
+
+func (s *Sink) release(m map[string][]int32) {
+	s.mu.Lock()
+	for topic, ps := range m {
+		for _, p := range ps {
+			delete(s.owned, tp{topic, p})
+		}
+	}
+	s.mu.Unlock()
+	s.queues.drop(m)
+}
+
+func (s *Sink) cancelParts(m map[string][]int32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for topic, ps := range m {
+		for _, p := range ps {
+			if pc := s.parts[tp{topic, p}]; pc != nil {
+				pc.cancel()
+			}
+		}
+	}
+}
+
+func (s *Sink) forget(m map[string][]int32) {
+	s.tracker.forget(m)
+	s.mu.Lock()
+	for topic, ps := range m {
+		for _, p := range ps {
+			delete(s.parts, tp{topic, p})
+		}
+	}
+	s.mu.Unlock()
+	s.loader.forget(m)
+	s.resize()
+}
+
+// resize gives every lane the share of its provider's limits that this
+// instance's partitions are of the channel's.
+func (s *Sink) resize() {
+	s.mu.Lock()
+	owned := len(s.owned)
+	s.mu.Unlock()
+	total := s.Opts.Partitions * len(processors.Priorities)
+	share := 1.0
+	if total > 0 {
+		share = float64(owned) / float64(total)
+	}
+	for _, l := range s.lanes {
+		l.setShare(share)
+	}
+}
+
+// waitIdle waits until the partitions m (nil = all) have no job in flight, up
+// to d; it tells whether they got there.
+func (s *Sink) waitIdle(m map[string][]int32, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	timer := time.AfterFunc(d, func() {
+		s.mu.Lock()
+		s.idle.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timer.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		var busy int
+		if m == nil {
+			busy = s.inFlight[0] + s.inFlight[1] + s.inFlight[2]
+		} else {
+			busy = s.tracker.inFlight(m)
+		}
+		if busy == 0 {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		s.idle.Wait()
+	}
+}
+
+func (s *Sink) flush() {
+	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Producer.Flush(fctx); err != nil {
+		s.Log.Warn("flush", "err", err)
+	}
+	if err := s.ledgerWriter.Flush(fctx); err != nil {
+		s.Log.Warn("flush ledger", "err", err)
+	}
+}
+
+// commit commits every partition (of m; nil = all) up to its first unfinished record.
+func (s *Sink) commit(ctx context.Context, m map[string][]int32) {
+	if s.skipCommit.Load() {
+		return
+	}
+	recs := s.tracker.committable(m)
+	if len(recs) == 0 {
+		return
+	}
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	for _, r := range recs {
+		if offsets[r.Topic] == nil {
+			offsets[r.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[r.Topic][r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset + 1}
+	}
+	var failed error
+	s.cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		failed = commitError(resp, err)
+	})
+	if failed != nil {
+		if ctx.Err() == nil && !s.stopping.Load() {
+			s.Log.Warn("commit", "err", failed)
+		}
+		s.tracker.recommit(recs)
+	}
+}
+
+// commitError is the first error of a commit, from the request or a partition.
+func commitError(resp *kmsg.OffsetCommitResponse, err error) error {
+	if err != nil {
+		return err
+	}
+	for _, t := range resp.Topics {
+		for _, p := range t.Partitions {
+			if e := kerr.ErrorForCode(p.ErrorCode); e != nil {
+				return fmt.Errorf("%s/%d: %w", t.Topic, p.Partition, e)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Sink) commitLoop(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.commit(ctx, nil)
+		}
+	}
+}
+
+func (s *Sink) expireLedger(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.ledger.Expire(s.now())
+		}
+	}
+}
+
+// dispatch takes polled records, highest priority first, within each
+// priority's bound of records in flight, and hands them to their provider's lane.
+func (s *Sink) dispatch(ctx context.Context) {
+	for {
+		took := false
+		for i := range processors.Priorities {
+			s.mu.Lock()
+			full := s.inFlight[i] >= s.Opts.Chunk
+			s.mu.Unlock()
+			if full {
+				continue
+			}
+			r := s.queues.take(i, s.loader.ready)
+			if r == nil {
+				continue
+			}
+			s.start(r, i)
+			took = true
+			break // look at the highest priority again
+		}
+		if took {
+			s.queues.throttle(s.cl, 4*s.Opts.Chunk)
+			if ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		case <-time.After(50 * time.Millisecond):
+		}
+		s.queues.throttle(s.cl, 4*s.Opts.Chunk)
+	}
+}
+
+// job is one record on its way through the providers.
+type job struct {
+	s     *Sink
+	rec   *kgo.Record
+	n     *schemas.Notification
+	pri   int
+	ctx   context.Context
+	chain []*lane
+	next  int
+	// calls counts provider calls in this round; transient says one failed
+	// in a way a retry may fix (or a breaker refused it).
+	calls     int32
+	transient bool
+	lastErr   error
+	lastProv  string
+	chanDone  func(error)
+	abandon   bool
+	pending   atomic.Int32 // 1 while in work + produces not yet acknowledged
+	watchDone func()
+	finished  atomic.Bool
+}
+
+func (s *Sink) start(r *kgo.Record, pri int) {
+	s.tracker.take(r)
+	s.mu.Lock()
+	s.inFlight[pri]++
+	pc := s.parts[tp{r.Topic, r.Partition}]
+	s.mu.Unlock()
+	s.Metrics.inFlightAdd(s.Channel, processors.Priorities[pri], 1)
+	ctx := s.hard
+	if pc != nil {
+		ctx = pc.ctx
+	}
+	j := &job{s: s, rec: r, pri: pri, ctx: ctx, watchDone: s.Watch.Begin(topology.SinkGroup(s.Channel), r.Partition)}
+	j.pending.Store(1)
+
+	n, err := schemas.NotificationCodec.Decode(r.Value)
+	if err == nil {
+		switch {
+		case r.Value == nil:
+			err = errors.New("null value: a Notification record is required")
+		case !processors.ValidID(n.ID):
+			err = errors.New("id: must be 1-200 characters of letters, digits and ._:@/+=-")
+		case n.Channel != s.Channel:
+			err = fmt.Errorf("notification %q routed to %s is for channel %q", n.ID, r.Topic, processors.Clip(n.Channel, 64))
+		}
+	} else if r.Value == nil {
+		err = errors.New("null value: a Notification record is required")
+	}
+	if err != nil {
+		id := processors.RecordID(r.Topic, r.Partition, r.Offset)
+		s.deadLetter(j, "", err)
+		s.event(j, &schemas.StatusEvent{ID: processors.StatusEventID(id, processors.StatusRejected, s.Channel, 0),
+			NotificationID: id, Channel: s.Channel, Status: processors.StatusRejected,
+			Reason: processors.Clip("sink: "+err.Error(), processors.MaxReason), At: s.now().UnixMilli()})
+		s.Metrics.outcome(s.Channel, "", processors.StatusRejected)
+		j.done()
+		return
+	}
+	j.n = n
+	if n.ExpiresAt > 0 && s.now().UnixMilli() >= n.ExpiresAt {
+		s.expire(j, "expired at "+time.UnixMilli(n.ExpiresAt).UTC().Format(time.RFC3339)+" before a provider took it")
+		return
+	}
+	if !s.ledger.Claim(n.ID, s.Channel) {
+		s.Metrics.skipped(s.Channel)
+		j.done()
+		return
+	}
+	for _, l := range s.lanes {
+		if l.limits.serves(n.Priority) {
+			j.chain = append(j.chain, l)
+		}
+	}
+	if len(j.chain) == 0 {
+		j.lastErr = Permanent(fmt.Errorf("no provider of channel %s serves priority %q", s.Channel, n.Priority))
+		s.fail(j, false)
+		return
+	}
+	done, err := s.chanBreaker.Allow()
+	if err != nil {
+		// Every provider of the channel has been failing: do not even try.
+		j.transient, j.lastErr = true, fmt.Errorf("channel %s: circuit open: %w", s.Channel, err)
+		s.exhausted(j)
+		return
+	}
+	j.chanDone = done
+	j.chain[0].push(j)
+}
+
+// serve runs on a lane's worker: quick tries on this provider, then the next
+// provider of the chain, then a delayed retry or a failure.
+func (s *Sink) serve(l *lane, j *job) {
+	if j.abandon || j.ctx.Err() != nil {
+		j.drop()
+		return
+	}
+	name := l.p.Name()
+	if l.breaker.State() == gobreaker.StateOpen {
+		j.transient, j.lastErr, j.lastProv = true, fmt.Errorf("%s: circuit open", name), name
+		s.advance(j)
+		return
+	}
+	if l.limiter != nil {
+		if err := l.limiter.Wait(j.ctx); err != nil {
+			j.drop()
+			return
+		}
+	}
+	backoff := s.Opts.Backoff
+	for try := 1; try <= s.Opts.Attempts; try++ {
+		msgID, err := l.breaker.Execute(func() (string, error) {
+			sctx, cancel := context.WithTimeout(j.ctx, s.Opts.SendTimeout)
+			defer cancel()
+			return l.p.Send(sctx, j.n)
+		})
+		if !breakerRefused(err) {
+			j.calls++
+		}
+		if err == nil {
+			s.succeed(j, name, msgID)
+			return
+		}
+		if j.ctx.Err() != nil {
+			j.drop()
+			return
+		}
+		j.lastErr, j.lastProv = err, name
+		if breakerRefused(err) {
+			j.transient = true
+			break
+		}
+		s.Log.Warn("send failed", "id", j.n.ID, "provider", name, "try", try, "err", err)
+		if IsPermanent(err) {
+			break
+		}
+		j.transient = true
+		if try == s.Opts.Attempts {
+			break
+		}
+		select {
+		case <-time.After(backoff):
+		case <-j.ctx.Done():
+			j.drop()
+			return
+		}
+		backoff *= 2
+	}
+	s.advance(j)
+}
+
+func (s *Sink) advance(j *job) {
+	j.next++
+	if j.next < len(j.chain) {
+		j.chain[j.next].push(j)
+		return
+	}
+	s.exhausted(j)
+}
+
+// exhausted: every provider of the chain failed or refused. A transient
+// failure is retried later through a retry topic; a permanent one fails.
+func (s *Sink) exhausted(j *job) {
+	if j.chanDone != nil {
+		if j.transient {
+			j.chanDone(j.lastErr)
+		} else {
+			j.chanDone(nil) // the providers answered; the request was bad
+		}
+		j.chanDone = nil
+	}
+	if j.transient {
+		s.retry(j)
+		return
+	}
+	s.fail(j, false)
+}
+
+func (s *Sink) succeed(j *job, provider, msgID string) {
+	if j.chanDone != nil {
+		j.chanDone(nil)
+		j.chanDone = nil
+	}
+	n := j.n
+	now := s.now()
+	s.ledger.Record(n.ID, s.Channel, now)
+	entry, _ := schemas.LedgerEntryCodec.Encode(&schemas.LedgerEntry{NotificationID: n.ID, Channel: s.Channel,
+		Provider: provider, Topic: j.rec.Topic, Partition: j.rec.Partition, Offset: j.rec.Offset, At: now.UnixMilli()})
+	s.produce(j, s.ledgerWriter, &kgo.Record{Topic: string(topology.Ledger), Partition: j.rec.Partition,
+		Key: []byte(n.ID + "/" + s.Channel), Value: entry})
+	s.event(j, s.notificationEvent(n, processors.StatusSent, provider, "", n.Attempts+j.calls, msgID))
+	s.Metrics.sent(s.Channel, provider, now.Sub(time.UnixMilli(n.AcceptedAt)))
+	j.done()
+}
+
+// fail ends a notification as failed: dead letter, failed event, and the
+// deliver group forgets its content (nothing was sent).
+func (s *Sink) fail(j *job, exhausted bool) {
+	n := j.n
+	s.ledger.Release(n.ID, s.Channel)
+	reason := "all providers failed, last: " + errString(j.lastErr)
+	if exhausted {
+		reason = "retries exhausted after " + fmt.Sprint(n.Retries) + " retries, last: " + errString(j.lastErr)
+	}
+	s.deadLetter(j, n.ID, errors.New(reason))
+	s.event(j, s.notificationEvent(n, processors.StatusFailed, j.lastProv, reason, n.Attempts+j.calls, ""))
+	s.feedback(j, processors.StatusFailed)
+	s.Metrics.outcome(s.Channel, j.lastProv, processors.StatusFailed)
+	if exhausted {
+		s.Metrics.exhaust(s.Channel)
+		if s.Alerter != nil {
+			s.Alerter.Alert(Alert{NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID, Template: n.Template,
+				Channel: s.Channel, Priority: n.Priority, Provider: j.lastProv, Attempts: n.Attempts + j.calls,
+				Reason: reason, At: s.now()})
+		}
+	}
+	j.done()
+}
+
+// expire ends a notification that may no longer be sent.
+func (s *Sink) expire(j *job, reason string) {
+	s.ledger.Release(j.n.ID, s.Channel)
+	s.event(j, s.notificationEvent(j.n, processors.StatusExpired, j.lastProv, reason, j.n.Attempts+j.calls, ""))
+	s.feedback(j, processors.StatusExpired)
+	s.Metrics.outcome(s.Channel, "", processors.StatusExpired)
+	j.done()
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "unknown error"
+	}
+	return err.Error()
+}
+
+func (s *Sink) notificationEvent(n *schemas.Notification, status, provider, reason string, attempt int32, msgID string) *schemas.StatusEvent {
 	ev := processors.NotificationEvent(n, status, s.Channel, reason, s.now())
 	ev.ID = processors.StatusEventID(n.ID, status, s.Channel, attempt)
 	ev.Provider, ev.Attempt, ev.ProviderMessageID = provider, attempt, msgID
 	return ev
 }
 
-func (s *Sink) produceEvent(ev *schemas.StatusEvent) {
+func (s *Sink) event(j *job, ev *schemas.StatusEvent) {
 	b, err := schemas.StatusEventCodec.Encode(ev)
 	if err != nil {
 		s.Log.Error("encode status event", "err", err)
 		return
 	}
-	s.Producer.Produce(context.Background(), &kgo.Record{Topic: string(topology.Events), Key: []byte(ev.NotificationID), Value: b}, s.logProduceErr)
+	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.Events), Key: []byte(ev.NotificationID), Value: b})
 }
 
-func (s *Sink) deadLetter(r *kgo.Record, stage string, cause error) {
-	b, _ := schemas.DeadLetterCodec.Encode(&schemas.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset,
-		Key: r.Key, Value: r.Value, Reason: cause.Error(), Stage: stage, At: s.now().UnixMilli()})
-	s.Producer.Produce(context.Background(), &kgo.Record{Topic: string(topology.DLQ), Key: r.Key, Value: b}, s.logProduceErr)
+func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
+	r := j.rec
+	key, value := topology.EncodeDeadLetter(&schemas.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset,
+		Key: r.Key, Value: r.Value, Reason: cause.Error(), Stage: "sink." + s.Channel, At: s.now().UnixMilli(),
+		NotificationID: notificationID})
+	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.DLQ), Key: []byte(key), Value: value})
+	s.Metrics.deadLetter(s.Channel)
 }
 
-func (s *Sink) logProduceErr(r *kgo.Record, err error) {
-	if err != nil {
-		s.Log.Error("produce", "topic", r.Topic, "err", err)
+// feedback tells the deliver group that nothing was sent, so a resend of
+// the same content is not suppressed as a duplicate of it.
+func (s *Sink) feedback(j *job, status string) {
+	b, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
+		Status: status, At: s.now().UnixMilli()})
+	if err != nil || !processors.ValidID(j.n.UserID) {
+		return
 	}
+	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(j.n.UserID), Value: b})
 }
 
-func recordID(r *kgo.Record) string { return processors.RecordID(r.Topic, r.Partition, r.Offset) }
-
-// loadLedger reads the ledger topic from LedgerLookback ago to its end.
-func (s *Sink) loadLedger(ctx context.Context) error {
-	since := s.now().Add(-s.Opts.LedgerLookback).UnixMilli()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(s.Brokers...),
-		kgo.ConsumeTopics(string(topology.Ledger)),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AfterMilli(since)))
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	starts, ends, err := offsetRange(ctx, cl, string(topology.Ledger), since)
-	if err != nil {
-		return err
-	}
-	done := map[int32]bool{}
-	for p, e := range ends {
-		if starts[p] >= e {
-			done[p] = true
-		}
-	}
-	lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	for len(done) < len(ends) {
-		fs := cl.PollFetches(lctx)
-		if err := lctx.Err(); err != nil {
-			return fmt.Errorf("ledger not loaded: %w", err)
-		}
-		fs.EachPartition(func(p kgo.FetchTopicPartition) {
-			for _, r := range p.Records {
-				if e, err := schemas.LedgerEntryCodec.Decode(r.Value); err == nil && e.Channel == s.Channel {
-					s.ledger.Record(e.NotificationID, e.Channel, time.UnixMilli(e.At))
-				}
+// produce produces a side effect of a job; the job finishes (and its offset
+// may be committed) only once every side effect is acknowledged. A failed
+// produce is retried; one that keeps failing leaves the job unfinished, so
+// its offset is never committed and the watchdog reports the partition stuck.
+func (s *Sink) produce(j *job, cl *kgo.Client, r *kgo.Record) {
+	j.pending.Add(1)
+	var try func(attempt int)
+	try = func(attempt int) {
+		cl.Produce(context.Background(), r, func(r *kgo.Record, err error) {
+			if err == nil {
+				j.release()
+				return
 			}
-			if len(p.Records) > 0 && p.Records[len(p.Records)-1].Offset+1 >= ends[p.Partition] {
-				done[p.Partition] = true
+			s.Metrics.produceError(s.Channel)
+			s.Log.Error("produce failed; the record's offset is held", "topic", r.Topic, "attempt", attempt, "err", err)
+			if attempt >= 5 || errors.Is(err, kgo.ErrClientClosed) {
+				return
 			}
+			time.AfterFunc(time.Duration(attempt)*200*time.Millisecond, func() { try(attempt + 1) })
 		})
 	}
-	s.Log.Info("ledger loaded", "entries", s.ledger.Len())
-	return nil
+	try(1)
+}
+
+// done ends the job's work; it finishes once its produces are acknowledged.
+func (j *job) done() { j.release() }
+
+func (j *job) release() {
+	if j.pending.Add(-1) == 0 {
+		j.finish(true)
+	}
+}
+
+// drop abandons a job whose partition was revoked or whose sink is stopping:
+// it is not finished, so its record is redelivered to whoever owns it next.
+func (j *job) drop() {
+	if j.n != nil {
+		j.s.ledger.Release(j.n.ID, j.s.Channel)
+	}
+	if j.chanDone != nil {
+		j.chanDone(context.Canceled)
+		j.chanDone = nil
+	}
+	j.finish(false)
+}
+
+func (j *job) finish(committable bool) {
+	if !j.finished.CompareAndSwap(false, true) {
+		return
+	}
+	s := j.s
+	if committable {
+		s.tracker.finish(j.rec)
+	}
+	j.watchDone()
+	s.Metrics.inFlightAdd(s.Channel, processors.Priorities[j.pri], -1)
+	s.mu.Lock()
+	s.inFlight[j.pri]--
+	s.idle.Broadcast()
+	s.mu.Unlock()
+	s.poke()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks/webhooktest"
 	"github.com/notifyd/notifyd/topology"
@@ -32,7 +33,8 @@ func newSinkEnv(t testing.TB) *sinkEnv {
 	t.Cleanup(c.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
-	if err := topology.CreateTopics(ctx, c.ListenAddrs(), 2, 1); err != nil {
+	tiers := append([]time.Duration{time.Second, 2 * time.Second}, config.Default().Sink.Retry.Tiers...)
+	if err := topology.CreateTopics(ctx, c.ListenAddrs(), 2, 1, topology.RetryTopics(tiers)...); err != nil {
 		t.Fatal(err)
 	}
 	p, err := topology.NewProducer(c.ListenAddrs())

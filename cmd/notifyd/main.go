@@ -27,9 +27,11 @@ commands:
   process             the goka groups (dedup, deliver, status)
   sink --channel=C    the sink of channel C (repeat the flag or comma-separate for several)
   analytics           the ClickHouse sink (needs analytics.addr)
+  broker              the embedded Kafka broker alone, every topic created (--port, --partitions), for the roles to use
   migrate             create or upgrade the ClickHouse schema at analytics.addr, load prices, and exit
   report KIND         print an analytics report (summary, latency, reconciliation) as a table or CSV
   bench               drive notifications through an in-process all-in-one instance and report figures
+  dlq list|replay     show the dead letters of notify.dlq; re-inject them into their topics, each once
 
 common flags: --config FILE, --data-dir DIR, --brokers host:port[,…], --http ADDR
 `
@@ -52,6 +54,13 @@ func main() {
 		err = runReport(ctx, args, os.Stdout)
 	case "bench":
 		err = runBench(ctx, args)
+	case "broker":
+		err = runBroker(ctx, args, os.Stdout)
+	case "dlq":
+		if err = runDLQ(ctx, args, os.Stdout); errors.As(err, new(usageError)) {
+			fmt.Fprint(os.Stderr, err)
+			os.Exit(2)
+		}
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -1,0 +1,57 @@
+package sinks
+
+import (
+	"context"
+	"errors"
+
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/notifyd/notifyd/config"
+)
+
+// BreakerState is a breaker's state as the metric reports it.
+const (
+	breakerClosed   = 0
+	breakerHalfOpen = 1
+	breakerOpen     = 2
+)
+
+// newBreaker builds the circuit breaker of one provider (or of a whole
+// channel's failover chain, name "channel:<channel>"). It opens after
+// cfg.Failures failures in a row, refuses calls for cfg.OpenFor, then lets
+// cfg.Probes calls through; they close it or open it again. Failures that say
+// nothing about the provider's health do not count: a permanent error is the
+// request's fault (the provider answered), and a cancelled call is ours.
+func newBreaker(channel, name string, cfg config.Breaker, m *Metrics) *gobreaker.CircuitBreaker[string] {
+	failures := uint32(cfg.Failures)
+	m.breakerState(channel, name, breakerClosed)
+	return gobreaker.NewCircuitBreaker[string](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: uint32(cfg.Probes),
+		Timeout:     cfg.OpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		IsSuccessful: func(err error) bool {
+			return err == nil || IsPermanent(err)
+		},
+		IsExcluded: func(err error) bool {
+			return errors.Is(err, context.Canceled)
+		},
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			state := breakerClosed
+			switch to {
+			case gobreaker.StateHalfOpen:
+				state = breakerHalfOpen
+			case gobreaker.StateOpen:
+				state = breakerOpen
+			}
+			m.breakerState(channel, name, state)
+			m.breakerTransition(channel, name, to.String())
+		},
+	})
+}
+
+// breakerRefused tells whether a call was refused by an open (or saturated
+// half-open) breaker rather than attempted.
+func breakerRefused(err error) bool {
+	return errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
+}
