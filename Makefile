@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeSendRequest -fuzztime $(FUZZTIME)
 	$(GO) test ./api -run '^$$' -fuzz FuzzSendBody -fuzztime $(FUZZTIME)
 	$(GO) test ./processors -run '^$$' -fuzz FuzzParseData -fuzztime $(FUZZTIME)
+	$(GO) test ./processors -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
 
 # End-to-end throughput and latency on this machine (docs/PERFORMANCE.md).

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -90,8 +91,14 @@ func millis(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-0
 func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	v, err := s.Status.Get(id)
+	if err != nil {
+		// The table could not be read here (another instance's partition
+		// whose view is still catching up): not an answer about the id.
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: err.Error()})
+		return
+	}
 	lc, _ := v.(*schemas.Lifecycle)
-	if err != nil || lc == nil {
+	if lc == nil {
 		writeError(w, notFound("notification", id))
 		return
 	}
@@ -271,6 +278,7 @@ func (s *Server) putProfile(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getProfile(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("userId")
+	s.sync(r.Context(), s.Profiles, id)
 	p := s.lookupProfile(id)
 	if p == nil {
 		writeError(w, notFound("profile", id))
@@ -328,7 +336,7 @@ func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
 	}
 	t := &schemas.Template{ID: id, Category: b.Category, Priority: b.Priority, Channels: b.Channels, Locales: b.Locales,
 		UpdatedAt: s.now().UnixMilli()}
-	if err := processors.ValidateTemplate(t); err != nil {
+	if err := processors.ValidateTemplateLimits(t, s.Render); err != nil {
 		field, msg, _ := strings.Cut(err.Error(), ": ")
 		writeError(w, invalid(field, "%s", msg))
 		return
@@ -350,6 +358,7 @@ func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	s.sync(r.Context(), s.Templates, id)
 	t := s.lookupTemplate(id)
 	if t == nil {
 		writeError(w, notFound("template", id))
@@ -398,6 +407,26 @@ type previewBody struct {
 	Channel string          `json:"channel"`
 }
 
+// renderError is the answer to a preview that did not render. A render over
+// budget is 422 render_budget naming "data": the template passed its checks
+// at PUT, so it is this data (a long value, a long list) that takes it over.
+func renderError(ctx context.Context, err error) *Error {
+	var be *processors.BudgetError
+	switch {
+	case errors.As(err, &be):
+		return &Error{Status: http.StatusUnprocessableEntity, Code: "render_budget", Field: "data",
+			Message: fmt.Sprintf("%v (the %s budget of a render; a send with this data is rejected alike)", err, be.Budget)}
+	case ctx.Err() != nil:
+		// Nobody reads this; the status is for the request metrics.
+		return &Error{Status: statusClientClosedRequest, Code: "canceled", Message: "the request was cancelled before the preview rendered"}
+	}
+	return invalid("data", "%v", err)
+}
+
+// statusClientClosedRequest is nginx's status for a request its client
+// abandoned.
+const statusClientClosedRequest = 499
+
 func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	t := s.lookupTemplate(id)
@@ -426,9 +455,10 @@ func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("data", "data must be a JSON object"))
 		return
 	}
-	content, err := processors.Render(t, b.Channel, cc, data)
+	// The request's context stops the render when the client goes away.
+	content, err := processors.RenderContext(r.Context(), t, b.Channel, cc, data, s.Render)
 	if err != nil {
-		writeError(w, invalid("data", "%v", err))
+		writeError(w, renderError(r.Context(), err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"channel": b.Channel, "locale": locale, "content": content})

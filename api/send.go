@@ -69,7 +69,7 @@ func validID(field, v string) *Error {
 
 // toRequest validates a send body and turns it into a SendRequest. prefix is
 // the JSON path of the body ("" or "requests[3]").
-func (s *Server) toRequest(b *sendBody, idemKey, prefix string) (*schemas.SendRequest, *Error) {
+func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix string, synced map[string]bool) (*schemas.SendRequest, *Error) {
 	p := func(f string) string {
 		if prefix == "" {
 			return f
@@ -92,7 +92,7 @@ func (s *Server) toRequest(b *sendBody, idemKey, prefix string) (*schemas.SendRe
 	if err := validID(p("template"), b.Template); err != nil {
 		return nil, err
 	}
-	if s.lookupTemplate(b.Template) == nil {
+	if !s.templateKnown(ctx, b.Template, synced) {
 		return nil, &Error{Status: http.StatusBadRequest, Code: "unknown_template", Field: p("template"),
 			Message: fmt.Sprintf("unknown template %q", b.Template)}
 	}
@@ -170,7 +170,51 @@ func (s *Server) toRequest(b *sendBody, idemKey, prefix string) (*schemas.SendRe
 			return nil, invalid(p("sendAt"), "sendAt %s is not before expiresAt %s", b.SendAt, b.ExpiresAt)
 		}
 	}
+	if err := recordSize(req, p); err != nil {
+		return nil, err
+	}
 	return req, nil
+}
+
+// recordSize refuses a request whose records could not be produced: the
+// request itself, and each notification it fans out to (each carries the
+// data), must fit in a record, and the fan-out as a whole is bounded too (one
+// request must not turn into gigabytes). The error names the field to shrink.
+func recordSize(req *schemas.SendRequest, p func(string) string) *Error {
+	tooLarge := func(field, format string, args ...any) *Error {
+		return &Error{Status: http.StatusRequestEntityTooLarge, Code: "payload_too_large", Field: p(field),
+			Message: fmt.Sprintf(format, args...)}
+	}
+	if err := processors.CheckFanout(req); err != nil {
+		return tooLarge("data", "%v; send fewer recipients per request", err)
+	}
+	v, err := schemas.SendRequestCodec.Encode(req)
+	if err != nil {
+		return invalid("", "%v", err)
+	}
+	if limit := topology.MaxRecordBytes - processors.NotificationOverhead; len(v)+len(req.EventID) > limit {
+		field := "data"
+		if len(req.Data) < len(v)/2 {
+			field = "recipients"
+		}
+		return tooLarge(field, "the request's record would be %d bytes, over the %d-byte limit of a record; %s is the largest part",
+			len(v), limit, field)
+	}
+	return nil
+}
+
+// templateKnown looks a template up; on a miss it lets the table catch up
+// once (per synced set), in case another instance wrote it a moment ago.
+func (s *Server) templateKnown(ctx context.Context, id string, synced map[string]bool) bool {
+	if s.lookupTemplate(id) != nil {
+		return true
+	}
+	if synced[id] {
+		return false
+	}
+	synced[id] = true
+	s.sync(ctx, s.Templates, id)
+	return s.lookupTemplate(id) != nil
 }
 
 func respond(req *schemas.SendRequest) sendResponse {
@@ -187,7 +231,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	req, apiErr := s.toRequest(&b, r.Header.Get("Idempotency-Key"), "")
+	req, apiErr := s.toRequest(r.Context(), &b, r.Header.Get("Idempotency-Key"), "", map[string]bool{})
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return
@@ -223,6 +267,7 @@ func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	items := make([]batchItem, len(b.Requests))
+	synced := map[string]bool{} // each unknown template waits for the table once per batch
 	var reqs []*schemas.SendRequest
 	var idx []int
 	for i, raw := range b.Requests {
@@ -236,7 +281,7 @@ func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
 			items[i].Error = e
 			continue
 		}
-		req, apiErr := s.toRequest(&sb, "", prefix)
+		req, apiErr := s.toRequest(r.Context(), &sb, "", prefix, synced)
 		if apiErr != nil {
 			items[i].Error = apiErr
 			continue

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/processors"
 )
 
 // Table is a readable goka table (a *goka.View).
@@ -41,6 +43,9 @@ type Server struct {
 	Now       func() time.Time
 	// Reports is the ClickHouse behind /v1/analytics/*.
 	Reports Analytics
+	// Render bounds a preview's render as the deliver group bounds a send's,
+	// and a template PUT is refused if it exceeds them whatever the data.
+	Render processors.RenderLimits
 
 	requests *prometheus.HistogramVec
 }

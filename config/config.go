@@ -59,6 +59,9 @@ func (r Render) Budget(channel string) int {
 
 // Health tunes readiness.
 type Health struct {
+	// Addr is where roles without the API (process, sink, analytics) serve
+	// /healthz, /readyz and /metrics; "" = nowhere. The API serves them itself.
+	Addr string `yaml:"addr"`
 	// StuckAfter: a partition whose record has been in work longer than this
 	// makes /readyz answer 503.
 	StuckAfter time.Duration `yaml:"stuckAfter"`
@@ -86,6 +89,9 @@ type Kafka struct {
 	Partitions   int           `yaml:"partitions"`
 	Replication  int           `yaml:"replication"`
 	FlushEvery   time.Duration `yaml:"flushEvery"`
+	// SessionTimeout is how long a consumer group waits for a member that
+	// stopped answering (crashed) before it gives its partitions to the others.
+	SessionTimeout time.Duration `yaml:"sessionTimeout"`
 }
 
 // APIKey is one key allowed to call the API. Key is cleared once hashed.
@@ -229,7 +235,7 @@ func Default() Config {
 	return Config{
 		DataDir:   "./data",
 		HTTP:      HTTP{Addr: ":8080", MaxBodyBytes: 1 << 20, MaxBatch: 1000},
-		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond},
+		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond, SessionTimeout: 10 * time.Second},
 		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
 		Scheduler: Scheduler{Interval: time.Second},
 		Analytics: Analytics{Database: "notifyd", User: "default", BatchSize: 10000,
@@ -316,6 +322,9 @@ func (c *Config) merge(f Config) {
 	if f.Kafka.FlushEvery != 0 {
 		c.Kafka.FlushEvery = f.Kafka.FlushEvery
 	}
+	if f.Kafka.SessionTimeout != 0 {
+		c.Kafka.SessionTimeout = f.Kafka.SessionTimeout
+	}
 	if len(f.APIKeys) > 0 {
 		c.APIKeys = f.APIKeys
 	}
@@ -384,6 +393,9 @@ func (c *Config) merge(f Config) {
 	}
 	for ch, n := range f.Render.MaxBytes {
 		c.Render.MaxBytes[ch] = n
+	}
+	if f.Health.Addr != "" {
+		c.Health.Addr = f.Health.Addr
 	}
 	if f.Health.StuckAfter != 0 {
 		c.Health.StuckAfter = f.Health.StuckAfter
@@ -468,6 +480,7 @@ func (c *Config) applyEnv(env func(string) string) error {
 			return err
 		}),
 		set("NOTIFYD_ANALYTICS_ADDR", str(&c.Analytics.Addr)),
+		set("NOTIFYD_HEALTH_ADDR", str(&c.Health.Addr)),
 		set("NOTIFYD_ANALYTICS_PASSWORD", str(&c.Analytics.Password)),
 		set("NOTIFYD_DEDUP_WINDOW", func(v string) error {
 			d, err := time.ParseDuration(v)
@@ -538,6 +551,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Partitions < 1 {
 		return fmt.Errorf("config: kafka.partitions must be >= 1")
+	}
+	if c.Kafka.SessionTimeout < 6*time.Second || c.Kafka.SessionTimeout > 5*time.Minute {
+		return fmt.Errorf("config: kafka.sessionTimeout must be between 6s (the brokers' group.min.session.timeout.ms) and 5m")
 	}
 	if c.Dedup.Window <= 0 || c.Dedup.SweepInterval <= 0 {
 		return fmt.Errorf("config: dedup.window and dedup.sweepInterval must be positive")

@@ -61,6 +61,25 @@ func ValidateRequest(r *schemas.SendRequest) error {
 			return fmt.Errorf("data: must be a JSON object: %v", err)
 		}
 	}
+	return CheckFanout(r)
+}
+
+// MaxFanoutBytes bounds the data a request fans out to: every notification
+// carries the request's data, so a large data object times many recipients
+// would multiply into gigabytes of records.
+const MaxFanoutBytes = 64 << 20
+
+// NotificationOverhead is what a notification record may add to its request's
+// data and recipient (ids, template, timestamps), so a request that fits a
+// record with this margin fans out to notifications that fit too.
+const NotificationOverhead = 8 << 10
+
+// CheckFanout refuses a request whose data times its recipients exceeds MaxFanoutBytes.
+func CheckFanout(r *schemas.SendRequest) error {
+	if n := len(r.Data) * len(r.Recipients); n > MaxFanoutBytes {
+		return fmt.Errorf("data of %d bytes for %d recipients makes %d bytes of notifications, over the limit of %d",
+			len(r.Data), len(r.Recipients), n, MaxFanoutBytes)
+	}
 	return nil
 }
 

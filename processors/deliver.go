@@ -21,6 +21,7 @@ type Outcome struct {
 type Deliverer struct {
 	Limiter Limiter
 	Enabled func(channel string) bool // a provider is configured for the channel
+	Render  RenderLimits              // a render over budget rejects the channel
 }
 
 // Deliver decides every channel of n. It updates st (the user's state) in place.
@@ -76,7 +77,7 @@ func (d Deliverer) channel(n *schemas.Notification, t *schemas.Template, c *Cont
 	if n.ExpiresAt > 0 && now.UnixMilli() >= n.ExpiresAt {
 		return Outcome{Status: StatusExpired, Reason: "expired at " + time.UnixMilli(n.ExpiresAt).UTC().Format(time.RFC3339) + " before it could be routed"}
 	}
-	content, err := Render(t, ch, cc, data)
+	content, err := Render(t, ch, cc, data, d.Render)
 	if err != nil {
 		return Outcome{Status: StatusRejected, Reason: err.Error()}
 	}
@@ -87,5 +88,10 @@ func (d Deliverer) channel(n *schemas.Notification, t *schemas.Template, c *Cont
 	routed.Channel, routed.Address, routed.Content = ch, addr, content
 	routed.Priority, routed.Category, routed.RoutedAt = priority, category, now.UnixMilli()
 	routed.Locale = first(locale, c.Locale)
+	if ch != "webhook" {
+		// Rendered: the data is in the content now. Only a webhook's payload
+		// carries it, and a routed record stays small.
+		routed.Data = ""
+	}
 	return Outcome{Status: StatusQueued, Out: &routed}
 }

@@ -80,7 +80,7 @@ func TestRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Render(tmpl, "email", cc, data)
+	c, err := Render(tmpl, "email", cc, data, RenderLimits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestRender(t *testing.T) {
 	if c.HTML != `<a href="#ZgotmplZ">&lt;Ann&gt;</a>` {
 		t.Errorf("html not escaped in context: %s", c.HTML)
 	}
-	_, err = Render(tmpl, "email", schemas.ChannelContent{Subject: "Order {{.orderId}}"}, map[string]any{})
+	_, err = Render(tmpl, "email", schemas.ChannelContent{Subject: "Order {{.orderId}}"}, map[string]any{}, RenderLimits{})
 	var re *RenderError
 	if !errors.As(err, &re) || re.Field != "subject" || !strings.Contains(err.Error(), "orderId") {
 		t.Fatalf("missing variable: %v", err)
@@ -99,7 +99,7 @@ func TestRender(t *testing.T) {
 		t.Error("non-object data accepted")
 	}
 	n, _ := ParseData(`{"n": 12345678901234567}`)
-	c, _ = Render(tmpl, "sms", schemas.ChannelContent{Text: "{{.n}}"}, n)
+	c, _ = Render(tmpl, "sms", schemas.ChannelContent{Text: "{{.n}}"}, n, RenderLimits{})
 	if c.Text != "12345678901234567" {
 		t.Errorf("large numbers must render exactly: %s", c.Text)
 	}
@@ -250,7 +250,7 @@ func FuzzParseData(f *testing.F) {
 		}
 		if err == nil {
 			// Whatever parses renders without panicking.
-			_, _ = Render(&schemas.Template{ID: "f"}, "sms", schemas.ChannelContent{Text: "{{.a}}"}, m)
+			_, _ = Render(&schemas.Template{ID: "f"}, "sms", schemas.ChannelContent{Text: "{{.a}}"}, m, RenderLimits{})
 		}
 	})
 }

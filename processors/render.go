@@ -1,14 +1,17 @@
 package processors
 
 import (
-	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	htmltemplate "html/template"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
 	texttemplate "text/template"
+	textparse "text/template/parse"
 
 	"github.com/notifyd/notifyd/schemas"
 )
@@ -38,6 +41,10 @@ type RenderError struct {
 }
 
 func (e *RenderError) Error() string {
+	var be *BudgetError
+	if errors.As(e.Err, &be) { // the budget is the channel's; name the field it ran out in
+		return fmt.Sprintf("render %s/%s %s: %s", e.Template, e.Channel, e.Field, be.what())
+	}
 	return fmt.Sprintf("render %s/%s %s: %v", e.Template, e.Channel, e.Field, e.Err)
 }
 
@@ -63,7 +70,15 @@ func ParseData(data string) (map[string]any, error) {
 // Render fills a channel's content with data. Email HTML is rendered with
 // html/template (contextual escaping), everything else with text/template.
 // A variable missing from data is an error, never an empty string.
-func Render(t *schemas.Template, channel string, cc schemas.ChannelContent, data map[string]any) (schemas.Content, error) {
+//
+// Templates are hostile input: the render stops, with a *BudgetError, as soon
+// as it exceeds lim (see RenderLimits).
+func Render(t *schemas.Template, channel string, cc schemas.ChannelContent, data map[string]any, lim RenderLimits) (schemas.Content, error) {
+	return RenderContext(context.Background(), t, channel, cc, data, lim)
+}
+
+// RenderContext is Render that also stops, with ctx.Err(), when ctx is done.
+func RenderContext(ctx context.Context, t *schemas.Template, channel string, cc schemas.ChannelContent, data map[string]any, lim RenderLimits) (schemas.Content, error) {
 	var out schemas.Content
 	fields := []struct {
 		name string
@@ -77,11 +92,13 @@ func Render(t *schemas.Template, channel string, cc schemas.ChannelContent, data
 		{"title", cc.Title, &out.Title, false},
 		{"body", cc.Body, &out.Body, false},
 	}
+	b, root := startBudget(ctx, t.ID, channel, lim, data)
+	defer b.finish(root)
 	for _, f := range fields {
 		if f.src == "" {
 			continue
 		}
-		s, err := renderOne(t, channel, f.name, f.src, f.html, data)
+		s, err := renderOne(t, channel, f.name, f.src, f.html, root, b)
 		if err != nil {
 			return out, &RenderError{Template: t.ID, Channel: channel, Field: f.name, Err: err}
 		}
@@ -92,19 +109,12 @@ func Render(t *schemas.Template, channel string, cc schemas.ChannelContent, data
 }
 
 type executor interface {
-	Execute(w *bytes.Buffer, data any) error
+	Execute(w io.Writer, data any) error
 }
 
-type htmlExec struct{ t *htmltemplate.Template }
-
-func (h htmlExec) Execute(w *bytes.Buffer, data any) error { return h.t.Execute(w, data) }
-
-type textExec struct{ t *texttemplate.Template }
-
-func (x textExec) Execute(w *bytes.Buffer, data any) error { return x.t.Execute(w, data) }
-
-// Parsed templates are cached by template version and source; the cache is
-// dropped whole when it grows past its bound.
+// Parsed templates are cached by template version and source, checked and
+// rewritten for budgets (render_tree.go); the cache is dropped whole when it
+// grows past its bound.
 var (
 	parsedMu sync.Mutex
 	parsed   = map[string]executor{}
@@ -112,25 +122,15 @@ var (
 
 const maxParsed = 10000
 
-func renderOne(t *schemas.Template, channel, field, src string, html bool, data map[string]any) (string, error) {
+func renderOne(t *schemas.Template, channel, field, src string, html bool, data map[string]any, b *renderBudget) (string, error) {
 	key := t.ID + "\x00" + strconv.FormatInt(t.UpdatedAt, 10) + "\x00" + strconv.FormatBool(html) + "\x00" + src
 	parsedMu.Lock()
 	ex, ok := parsed[key]
 	parsedMu.Unlock()
 	if !ok {
-		name := t.ID + "/" + channel + "/" + field
-		if html {
-			pt, err := htmltemplate.New(name).Option("missingkey=error").Parse(src)
-			if err != nil {
-				return "", err
-			}
-			ex = htmlExec{pt}
-		} else {
-			pt, err := texttemplate.New(name).Option("missingkey=error").Parse(src)
-			if err != nil {
-				return "", err
-			}
-			ex = textExec{pt}
+		var err error
+		if ex, err = compile(t.ID+"/"+channel+"/"+field, src, html); err != nil {
+			return "", err
 		}
 		parsedMu.Lock()
 		if len(parsed) >= maxParsed {
@@ -139,27 +139,79 @@ func renderOne(t *schemas.Template, channel, field, src string, html bool, data 
 		parsed[key] = ex
 		parsedMu.Unlock()
 	}
-	var buf bytes.Buffer
-	if err := ex.Execute(&buf, data); err != nil {
+	if err := b.checkClock(); err != nil {
 		return "", err
 	}
-	return buf.String(), nil
+	b.out.Reset()
+	if err := ex.Execute(b, data); err != nil {
+		if b.err != nil {
+			return "", b.err
+		}
+		return "", err
+	}
+	return b.out.String(), nil
+}
+
+// compile makes an executable template of src, rewritten so that its execution
+// is bounded. html/template escapes the tree at its first execution, after the
+// rewrite, which leaves nothing for it to escape (render_tree.go).
+func compile(name, src string, html bool) (executor, error) {
+	var tr *textparse.Tree
+	var ex executor
+	if html {
+		pt, err := htmltemplate.New(name).Option("missingkey=error").Funcs(budgetFuncs).Parse(src)
+		if err != nil {
+			return nil, err
+		}
+		tr, ex = pt.Tree, pt
+	} else {
+		pt, err := texttemplate.New(name).Option("missingkey=error").Funcs(budgetFuncs).Parse(src)
+		if err != nil {
+			return nil, err
+		}
+		tr, ex = pt.Tree, pt
+	}
+	// Validation refuses these at PUT; a template stored before it did, or
+	// written around the API, is refused here.
+	if _, err := inspectSource(name, src); err != nil {
+		return nil, err
+	}
+	budgetTree(tr, html)
+	return ex, nil
 }
 
 // ValidateTemplate parses every content field, so a broken template is refused
-// when it is written rather than when it is first used.
+// when it is written rather than when it is first used. It refuses what
+// Render refuses whatever the data ({{define}}, {{template}}, {{block}}, a
+// reassigned $); ValidateTemplateLimits also refuses what exceeds a budget.
 func ValidateTemplate(t *schemas.Template) error {
+	return ValidateTemplateLimits(t, RenderLimits{})
+}
+
+// ValidateTemplateLimits is ValidateTemplate that also proves, cheaply, what
+// would exceed lim.MaxIterations with any data: integer ranges, nested ones
+// multiplied. Data-driven ranges are bounded when rendered.
+func ValidateTemplateLimits(t *schemas.Template, lim RenderLimits) error {
 	check := func(where string, cc schemas.ChannelContent) error {
 		if !KnownChannel(where[strings.LastIndexByte(where, '.')+1:]) {
 			return fmt.Errorf("%s: unknown channel", where)
 		}
-		for field, src := range map[string]string{"subject": cc.Subject, "text": cc.Text, "title": cc.Title, "body": cc.Body} {
-			if _, err := texttemplate.New(field).Parse(src); err != nil {
-				return fmt.Errorf("%s.%s: %v", where, field, err)
+		for _, f := range []struct{ field, src string }{{"subject", cc.Subject}, {"html", cc.HTML}, {"text", cc.Text}, {"title", cc.Title}, {"body", cc.Body}} {
+			var err error
+			if f.field == "html" {
+				_, err = htmltemplate.New(f.field).Parse(f.src)
+			} else {
+				_, err = texttemplate.New(f.field).Parse(f.src)
 			}
-		}
-		if _, err := htmltemplate.New("html").Parse(cc.HTML); err != nil {
-			return fmt.Errorf("%s.html: %v", where, err)
+			if err == nil {
+				var tr *textparse.Tree
+				if tr, err = inspectSource(f.field, f.src); err == nil {
+					err = rangeProduct(tr, lim.MaxIterations)
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("%s.%s: %v", where, f.field, err)
+			}
 		}
 		return nil
 	}

@@ -4,6 +4,7 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,8 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
@@ -188,7 +191,8 @@ func (s *Service) Run(ctx context.Context) error {
 	lag := topology.NewLagCollector(brokers, lagGroups, s.Log)
 	defer lag.Close() // before the embedded broker closes
 	reg.MustRegister(lag)
-	kafka := topology.Kafka{Brokers: brokers, Replication: cfg.Kafka.Replication, FlushEvery: cfg.Kafka.FlushEvery}
+	kafka := topology.Kafka{Brokers: brokers, Replication: cfg.Kafka.Replication, FlushEvery: cfg.Kafka.FlushEvery,
+		SessionTimeout: cfg.Kafka.SessionTimeout}
 	if !s.InMemoryState {
 		kafka.StorageDir = filepath.Join(cfg.DataDir, "goka")
 	}
@@ -231,6 +235,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.startSinks(gctx, g, brokers, producer, reg); err != nil {
 		return fail(err)
 	}
+	if !s.Roles.API && cfg.Health.Addr != "" {
+		if err := s.startOps(gctx, g, producer, reg); err != nil {
+			return fail(err)
+		}
+	}
 	if s.retrier != nil {
 		waits = append(waits, func(ctx context.Context) error {
 			select {
@@ -263,6 +272,60 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// startOps serves /healthz, /readyz and /metrics for a role without the API.
+func (s *Service) startOps(ctx context.Context, g *errgroup.Group, producer *kgo.Client, reg *prometheus.Registry) error {
+	ln, err := net.Listen("tcp", s.Cfg.Health.Addr)
+	if err != nil {
+		return fmt.Errorf("health listen %s: %w", s.Cfg.Health.Addr, err)
+	}
+	s.mu.Lock()
+	s.httpAddr = ln.Addr().String()
+	s.mu.Unlock()
+	mux := http.NewServeMux()
+	reply := func(w http.ResponseWriter, code int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(code)
+		_ = json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		reply(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		err := producer.Ping(rctx)
+		if err == nil {
+			select {
+			case <-s.Ready():
+				err = s.notStuck()
+			default:
+				err = errors.New("starting")
+			}
+		}
+		if err != nil {
+			reply(w, http.StatusServiceUnavailable, map[string]any{"error": map[string]string{"code": "unavailable", "message": err.Error()}})
+			return
+		}
+		reply(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("health: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	s.Log.Info("health and metrics listening", "addr", ln.Addr().String())
+	return nil
 }
 
 // notStuck fails while a group or sink of this process has had a record in
@@ -298,6 +361,7 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		Watch:       s.watch,
 		DeadLetter:  deadLetter,
 		Deliverer: processors.Deliverer{
+			Render:  processors.LimitsFromConfig(cfg.Render),
 			Limiter: processors.Limiter{ContentWindow: cfg.Limits.ContentDedupWindow, PerDay: cfg.Limits.PerDay},
 			Enabled: func(ch string) bool { return enabled[ch] },
 		},
@@ -370,19 +434,26 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		return nil, err
 	}
 	views := []*goka.View{templates, profiles}
+	adm := kadm.NewClient(producer)
 	// In one process with the status group, read its table directly rather
-	// than keep a second copy of every lifecycle in a view.
-	var status api.Table = s.statusProc
+	// than keep a second copy of every lifecycle in a view; a view is started
+	// only when another instance turns out to own some of its partitions.
+	startStatusView := func() (*goka.View, error) {
+		return s.startView(ctx, g, kafka, "api-status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
+	}
+	status := &statusTable{proc: s.statusProc, start: startStatusView}
 	if s.statusProc == nil {
-		v, err := s.startView(ctx, g, kafka, "api-status", goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
+		v, err := status.ensureView()
 		if err != nil {
 			return nil, err
 		}
 		views = append(views, v)
-		status = v
 	}
-	srv := &api.Server{Producer: producer, Templates: templates, Profiles: profiles, Status: status,
-		Keys: api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
+	srv := &api.Server{Producer: producer, Status: status,
+		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
+		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
+		Keys:      api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
+		Render:    processors.LimitsFromConfig(cfg.Render),
 		WriteWait: 3 * time.Second, Gatherer: reg, Now: s.Now,
 		Ready: func(ctx context.Context) error {
 			if err := producer.Ping(ctx); err != nil {
@@ -528,7 +599,8 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 	}
 	// The retry group: any sink instance moves due retries of any channel back
 	// to their queue.
-	retrier := &sinks.Retrier{Brokers: brokers, Producer: producer, Log: s.Log, Metrics: metrics, Now: s.Now}
+	retrier := &sinks.Retrier{Brokers: brokers, Producer: producer, Log: s.Log, Metrics: metrics, Now: s.Now,
+		SessionTimeout: s.Cfg.Kafka.SessionTimeout}
 	s.retrier = retrier
 	g.Go(func() error { return retrier.Run(ctx) })
 	for _, ch := range channels {
@@ -551,7 +623,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 			Metrics: metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
 			Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
 				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback, DrainTimeout: o.DrainTimeout,
-				Retry: o.Retry, Breaker: o.Breaker, Partitions: s.Cfg.Kafka.Partitions}}
+				Retry: o.Retry, Breaker: o.Breaker, Partitions: s.Cfg.Kafka.Partitions, SessionTimeout: s.Cfg.Kafka.SessionTimeout}}
 		s.sinks = append(s.sinks, sk)
 		g.Go(func() error { return sk.Run(ctx) })
 	}

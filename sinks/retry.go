@@ -126,6 +126,8 @@ type Retrier struct {
 	Now      func() time.Time
 	// MaxHeld bounds the records held per partition while they wait.
 	MaxHeld int
+	// SessionTimeout of the consumer group (10s when zero).
+	SessionTimeout time.Duration
 
 	ready chan struct{}
 	once  sync.Once
@@ -180,8 +182,8 @@ func (r *Retrier) Run(ctx context.Context) error {
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(200*time.Millisecond),
 		kgo.MetadataMaxAge(30*time.Second),
-		kgo.SessionTimeout(10*time.Second),
-		kgo.HeartbeatInterval(time.Second),
+		kgo.SessionTimeout(topology.SessionTimeout(r.SessionTimeout)),
+		kgo.HeartbeatInterval(topology.SessionTimeout(r.SessionTimeout)/10),
 		kgo.RebalanceTimeout(10*time.Second),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { drop(m) }),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { drop(m) }),

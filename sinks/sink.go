@@ -40,6 +40,8 @@ type Options struct {
 	// Partitions of each notify.out topic: an instance's share of the cluster's
 	// provider limits is the share of partitions it owns.
 	Partitions int
+	// SessionTimeout of the consumer group (10s when zero).
+	SessionTimeout time.Duration
 }
 
 // Sink is the consumer group of one channel.
@@ -199,8 +201,8 @@ func (s *Sink) Run(ctx context.Context) error {
 		kgo.FetchMaxWait(100*time.Millisecond),
 		// A crashed member holds its partitions until its session expires: keep
 		// that short so a restarted or surviving sink takes over quickly.
-		kgo.SessionTimeout(10*time.Second),
-		kgo.HeartbeatInterval(time.Second),
+		kgo.SessionTimeout(topology.SessionTimeout(s.Opts.SessionTimeout)),
+		kgo.HeartbeatInterval(topology.SessionTimeout(s.Opts.SessionTimeout)/10),
 		// Revoking partitions drains their sends first (see revoked).
 		kgo.RebalanceTimeout(s.revokeDrain()+10*time.Second),
 		kgo.OnPartitionsAssigned(s.assigned),
@@ -853,6 +855,7 @@ func (j *job) finish(committable bool) {
 	s := j.s
 	if committable {
 		s.tracker.finish(j.rec)
+		topology.Fault("sink.after-finish") // crash tests: side effects produced, offset not committed
 	}
 	j.watchDone()
 	s.Metrics.inFlightAdd(s.Channel, processors.Priorities[j.pri], -1)

@@ -15,6 +15,8 @@ type Kafka struct {
 	Brokers     []string
 	Replication int
 	FlushEvery  time.Duration
+	// SessionTimeout of the consumer groups (10s when zero).
+	SessionTimeout time.Duration
 	// StorageDir holds goka's local tables (DESIGN rule 3); "" keeps them in memory.
 	StorageDir string
 	// Tables, when set, registers the processors' table partitions as goka
@@ -36,8 +38,8 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	c.Producer.Flush.Messages = 500
 	c.Metadata.RefreshFrequency = time.Minute
 	// A crashed member must not hold its partitions for sarama's default minute.
-	c.Consumer.Group.Session.Timeout = 10 * time.Second
-	c.Consumer.Group.Heartbeat.Interval = time.Second
+	c.Consumer.Group.Session.Timeout = SessionTimeout(k.SessionTimeout)
+	c.Consumer.Group.Heartbeat.Interval = c.Consumer.Group.Session.Timeout / 10
 	c.Consumer.Group.Rebalance.Timeout = 10 * time.Second
 	return c
 }
@@ -123,4 +125,12 @@ func (k Kafka) ViewOptions(name string) []goka.ViewOption {
 		goka.WithViewHasher(Hasher),
 		goka.WithViewAutoReconnect(),
 	}
+}
+
+// SessionTimeout is d, or the default 10s when d is zero.
+func SessionTimeout(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 10 * time.Second
+	}
+	return d
 }

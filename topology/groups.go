@@ -182,6 +182,7 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 		req.AcceptedAt = now.UnixMilli()
 	}
 	ctx.SetValue(&schemas.DedupEntry{FirstSeen: now.UnixMilli(), Origin: origin})
+	Fault("dedup.after-entry") // crash tests: the entry written, its notifications not
 	p.accept(ctx, processors.Fanout(req), origin, now)
 }
 
@@ -444,6 +445,7 @@ func (p *Pipeline) release(ctx goka.Context, _ any) {
 			return // a command ahead of its time
 		}
 		ctx.SetValue(&schemas.ScheduledEntry{Notification: e.Notification, ReleasedBy: origin, ReleasedAt: now.UnixMilli()})
+		Fault("scheduler.after-release") // crash tests: the release recorded, the notification not emitted
 		p.releaseEntry(ctx, e, now)
 	}
 }

@@ -1,0 +1,29 @@
+package api
+
+import (
+	"context"
+	"time"
+)
+
+// Syncer is a table that can catch up with everything written to a key's
+// partition before the call, so a write made through another API instance
+// is read back here (read-after-write across instances).
+type Syncer interface {
+	Sync(ctx context.Context, key string) error
+}
+
+// sync catches t up for key, bounded by WriteWait; a table that cannot sync,
+// or a sync that fails, leaves the read as it is.
+func (s *Server) sync(ctx context.Context, t Table, key string) {
+	sy, ok := t.(Syncer)
+	if !ok {
+		return
+	}
+	wait := s.WriteWait
+	if wait <= 0 {
+		wait = time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	_ = sy.Sync(ctx, key)
+}
