@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -248,4 +249,42 @@ func TestStartFailureStopsEverything(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("Run hung after a component failed to start")
 	}
+}
+
+// A body under http.maxBodyBytes whose record would not fit a Kafka record,
+// or whose data multiplied by its recipients would flood the topics, answers
+// 413 naming the field to shrink — not a 503 that invites a retry of the same.
+func TestRecordsTooLargeAnswer413(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	huge := strings.Repeat("x", 1_000_000) // 1 MB of data in a body under 1 MiB
+	out := h.mustCall(http.StatusRequestEntityTooLarge, "POST", "/v1/notifications", map[string]any{"template": "order-shipped",
+		"data": map[string]any{"orderId": huge}, "recipients": []any{map[string]any{"userId": "big-1"}}})
+	if e := out["error"].(map[string]any); e["field"] != "data" || e["code"] != "payload_too_large" {
+		t.Fatalf("oversized record: %v", out)
+	}
+	var rcpts []any
+	for i := 0; i < 1000; i++ {
+		rcpts = append(rcpts, map[string]any{"userId": fmt.Sprintf("fan-%d", i)})
+	}
+	out = h.mustCall(http.StatusRequestEntityTooLarge, "POST", "/v1/notifications", map[string]any{"template": "order-shipped",
+		"data": map[string]any{"orderId": strings.Repeat("y", 100_000)}, "recipients": rcpts})
+	if e := out["error"].(map[string]any); e["field"] != "data" || !strings.Contains(e["message"].(string), "fewer recipients") {
+		t.Fatalf("fan-out: %v", out)
+	}
+	// In a batch, the item says so; the others are accepted.
+	res := h.mustCall(http.StatusOK, "POST", "/v1/notifications/batch", map[string]any{"requests": []any{
+		map[string]any{"template": "order-shipped", "data": map[string]any{"orderId": "ok", "eta": "now"},
+			"recipients": []any{map[string]any{"userId": "fine-1", "email": "fine@example.com"}}},
+		map[string]any{"template": "order-shipped", "data": map[string]any{"orderId": strings.Repeat("z", 990_000)},
+			"recipients": []any{map[string]any{"userId": "big-2"}}}}})["results"].([]any)
+	if e, _ := res[1].(map[string]any)["error"].(map[string]any); e == nil || e["field"] != "requests[1].data" {
+		t.Fatalf("batch item: %v", res[1])
+	}
+	if res[0].(map[string]any)["error"] != nil {
+		t.Fatalf("the good item was refused: %v", res[0])
+	}
+	id := res[0].(map[string]any)["notifications"].([]any)[0].(map[string]any)["id"].(string)
+	h.waitStatus(id, "sent")
 }

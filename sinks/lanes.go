@@ -100,6 +100,28 @@ func (l *lane) stop() {
 	l.cond.Broadcast()
 }
 
+// purge removes the queued jobs (not yet started) that match and returns them.
+func (l *lane) purge(match func(*job) bool) []*job {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []*job
+	for i := range l.queue {
+		kept := l.queue[i][:0]
+		for _, j := range l.queue[i] {
+			if match(j) {
+				out = append(out, j)
+			} else {
+				kept = append(kept, j)
+			}
+		}
+		for k := len(kept); k < len(l.queue[i]); k++ {
+			l.queue[i][k] = nil
+		}
+		l.queue[i] = kept
+	}
+	return out
+}
+
 func (l *lane) close() {
 	l.mu.Lock()
 	l.closed = true

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -499,3 +500,28 @@ func TestLedgerIsReadOnEveryAssignment(t *testing.T) {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// A null or unreadable record on a sink's queue or on a retry topic is
+// dead-lettered with its reason; the records after it are delivered.
+func TestNullAndUnreadableRecordsAreDeadLettered(t *testing.T) {
+	env := newSinkEnv(t)
+	rc := webhooktest.Start("s")
+	defer rc.Close()
+	env.produce(t, string(topology.Out("webhook", "normal")), "null-key", nil)
+	env.produce(t, topology.RetryTopic(time.Second), "junk", []byte("not a notification"))
+	env.routeTo(t, "webhook", "normal", "after-null")
+	env.run(t, env.sink(newTestWebhook(t, rc.URL, "s", true)))
+	env.retrier(t)
+	env.statuses(t, allEnd([]string{"after-null"}, processors.StatusSent))
+	dls := env.deadLetters(t, 2)
+	reasons := map[string]string{}
+	for _, d := range dls {
+		reasons[d.Topic] = d.Stage + ": " + d.Reason
+	}
+	if r := reasons[string(topology.Out("webhook", "normal"))]; !strings.Contains(r, "sink.webhook: null value") {
+		t.Fatalf("null record: %q", r)
+	}
+	if r := reasons[topology.RetryTopic(time.Second)]; !strings.HasPrefix(r, "retry: ") {
+		t.Fatalf("unreadable retry record: %q", r)
+	}
+}

@@ -89,6 +89,10 @@ type Sink struct {
 type partition struct {
 	ctx    context.Context
 	cancel context.CancelFunc
+	// revoked: its jobs that have not started a send are dropped, not started.
+	revoked atomic.Bool
+	// active counts its jobs not yet finished or dropped (guarded by Sink.mu).
+	active int
 }
 
 func (s *Sink) now() time.Time {
@@ -258,6 +262,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	for _, l := range s.lanes {
 		l.stop()
 	}
+	s.dropQueued(nil)
 	if !s.waitIdle(nil, s.Opts.DrainTimeout) {
 		s.Log.Warn("drain timed out; cancelling sends in flight (they are redelivered after the restart)")
 	}
@@ -315,6 +320,7 @@ func (s *Sink) assigned(_ context.Context, _ *kgo.Client, m map[string][]int32) 
 // the rest, and commits what finished before the partitions move.
 func (s *Sink) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
 	s.release(m)
+	s.dropQueued(m)
 	if !s.waitIdle(m, s.revokeDrain()) {
 		s.Log.Warn("revoked partitions still had sends in flight; cancelled", "partitions", m)
 	}
@@ -329,6 +335,7 @@ func (s *Sink) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32
 // expired): their sends are cancelled and nothing of them is committed.
 func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 	s.release(m)
+	s.dropQueued(m)
 	s.cancelParts(m)
 	s.forget(m)
 }
@@ -342,6 +349,39 @@ func (s *Sink) release(m map[string][]int32) {
 	}
 	s.mu.Unlock()
 	s.queues.drop(m)
+}
+
+// dropQueued drops the jobs of partitions m (nil = all) that wait in a lane
+// and have not started a send: waiting for them would only delay the
+// rebalance (or the stop), and the partition's next owner sends them.
+func (s *Sink) dropQueued(m map[string][]int32) {
+	s.mu.Lock()
+	var parts []*partition
+	for topic, ps := range m {
+		for _, p := range ps {
+			if pc := s.parts[tp{topic, p}]; pc != nil {
+				pc.revoked.Store(true)
+				parts = append(parts, pc)
+			}
+		}
+	}
+	s.mu.Unlock()
+	match := func(j *job) bool {
+		if m == nil {
+			return true
+		}
+		for _, pc := range parts {
+			if j.part == pc {
+				return true
+			}
+		}
+		return false
+	}
+	for _, l := range s.lanes {
+		for _, j := range l.purge(match) {
+			j.drop()
+		}
+	}
 }
 
 func (s *Sink) cancelParts(m map[string][]int32) {
@@ -402,7 +442,13 @@ func (s *Sink) waitIdle(m map[string][]int32, d time.Duration) bool {
 		if m == nil {
 			busy = s.inFlight[0] + s.inFlight[1] + s.inFlight[2]
 		} else {
-			busy = s.tracker.inFlight(m)
+			for topic, ps := range m {
+				for _, p := range ps {
+					if pc := s.parts[tp{topic, p}]; pc != nil {
+						busy += pc.active
+					}
+				}
+			}
 		}
 		if busy == 0 {
 			return true
@@ -538,6 +584,8 @@ type job struct {
 	n     *schemas.Notification
 	pri   int
 	ctx   context.Context
+	part  *partition
+	track *partTrack
 	chain []*lane
 	next  int
 	// calls counts provider calls in this round; transient says one failed
@@ -554,17 +602,20 @@ type job struct {
 }
 
 func (s *Sink) start(r *kgo.Record, pri int) {
-	s.tracker.take(r)
 	s.mu.Lock()
-	s.inFlight[pri]++
 	pc := s.parts[tp{r.Topic, r.Partition}]
-	s.mu.Unlock()
-	s.Metrics.inFlightAdd(s.Channel, processors.Priorities[pri], 1)
-	ctx := s.hard
-	if pc != nil {
-		ctx = pc.ctx
+	if pc == nil || pc.revoked.Load() {
+		// Revoked between the poll and now: its next owner takes it.
+		s.mu.Unlock()
+		return
 	}
-	j := &job{s: s, rec: r, pri: pri, ctx: ctx, watchDone: s.Watch.Begin(topology.SinkGroup(s.Channel), r.Partition)}
+	s.inFlight[pri]++
+	pc.active++
+	s.mu.Unlock()
+	track := s.tracker.take(r)
+	s.Metrics.inFlightAdd(s.Channel, processors.Priorities[pri], 1)
+	j := &job{s: s, rec: r, pri: pri, ctx: pc.ctx, part: pc, track: track,
+		watchDone: s.Watch.Begin(topology.SinkGroup(s.Channel), r.Partition)}
 	j.pending.Store(1)
 
 	n, err := schemas.NotificationCodec.Decode(r.Value)
@@ -624,7 +675,7 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 // serve runs on a lane's worker: quick tries on this provider, then the next
 // provider of the chain, then a delayed retry or a failure.
 func (s *Sink) serve(l *lane, j *job) {
-	if j.abandon || j.ctx.Err() != nil {
+	if j.abandon || j.ctx.Err() != nil || j.part.revoked.Load() {
 		j.drop()
 		return
 	}
@@ -683,6 +734,10 @@ func (s *Sink) serve(l *lane, j *job) {
 }
 
 func (s *Sink) advance(j *job) {
+	if j.part.revoked.Load() {
+		j.drop() // the partition's next owner takes it from here
+		return
+	}
 	j.next++
 	if j.next < len(j.chain) {
 		j.chain[j.next].push(j)
@@ -854,13 +909,14 @@ func (j *job) finish(committable bool) {
 	}
 	s := j.s
 	if committable {
-		s.tracker.finish(j.rec)
+		s.tracker.finish(j.track, j.rec)
 		topology.Fault("sink.after-finish") // crash tests: side effects produced, offset not committed
 	}
 	j.watchDone()
 	s.Metrics.inFlightAdd(s.Channel, processors.Priorities[j.pri], -1)
 	s.mu.Lock()
 	s.inFlight[j.pri]--
+	j.part.active--
 	s.idle.Broadcast()
 	s.mu.Unlock()
 	s.poke()

@@ -31,8 +31,10 @@ type partTrack struct {
 func newTracker() *tracker { return &tracker{parts: map[tp]*partTrack{}} }
 
 // take registers a record handed to the dispatcher; records of a partition
-// are taken in offset order.
-func (t *tracker) take(r *kgo.Record) {
+// are taken in offset order. The record is finished against the returned
+// track: once its partition is forgotten (revoked), a late finish cannot
+// touch the track of a later assignment of the same partition.
+func (t *tracker) take(r *kgo.Record) *partTrack {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	k := tp{r.Topic, r.Partition}
@@ -42,14 +44,14 @@ func (t *tracker) take(r *kgo.Record) {
 		t.parts[k] = pt
 	}
 	pt.pending = append(pt.pending, r)
+	return pt
 }
 
-// finish marks a record finished.
-func (t *tracker) finish(r *kgo.Record) {
+// finish marks a record of pt finished.
+func (t *tracker) finish(pt *partTrack, r *kgo.Record) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pt := t.parts[tp{r.Topic, r.Partition}]
-	if pt == nil {
+	if pt == nil || t.parts[tp{r.Topic, r.Partition}] != pt {
 		return // the partition was revoked meanwhile
 	}
 	pt.done[r.Offset] = true
@@ -60,21 +62,6 @@ func (t *tracker) finish(r *kgo.Record) {
 		pt.commit = head
 		pt.dirty = true
 	}
-}
-
-// inFlight counts the taken, unfinished records of the partitions.
-func (t *tracker) inFlight(parts map[string][]int32) int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := 0
-	for topic, ps := range parts {
-		for _, p := range ps {
-			if pt := t.parts[tp{topic, p}]; pt != nil {
-				n += len(pt.pending)
-			}
-		}
-	}
-	return n
 }
 
 // committable returns the records to commit (one per partition moved since

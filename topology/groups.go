@@ -162,10 +162,13 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 	entry, _ := ctx.Value().(*schemas.DedupEntry)
 	if processors.IsDuplicate(entry, now, p.DedupWindow) {
 		if entry.Origin == origin {
-			// The record that created the entry, replayed after a crash.
+			// The record that created the entry, replayed after a crash. The
+			// entry is written again too: local state may hold it while the
+			// table topic lost it (see status).
 			if req.AcceptedAt == 0 {
 				req.AcceptedAt = entry.FirstSeen
 			}
+			ctx.SetValue(entry)
 			p.accept(ctx, processors.Fanout(req), origin, now)
 			return
 		}
@@ -320,7 +323,10 @@ func (p *Pipeline) feedback(ctx goka.Context, msg any) {
 		return
 	}
 	st, _ := ctx.Value().(*schemas.UserState)
-	if st != nil && processors.Forget(st, fb.NotificationID, fb.Channel) {
+	if st != nil {
+		// Written even when nothing changed: a replay may find local state
+		// ahead of the table topic (see status).
+		processors.Forget(st, fb.NotificationID, fb.Channel)
 		ctx.SetValue(st)
 	}
 }
@@ -429,6 +435,7 @@ func (p *Pipeline) release(ctx goka.Context, _ any) {
 	origin := strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
 	switch {
 	case e.ReleasedBy == origin:
+		ctx.SetValue(e) // written again: local state may be ahead of the table topic (see status)
 		p.releaseEntry(ctx, e, now)
 	case e.ReleasedBy != "":
 		if now.Sub(time.UnixMilli(e.ReleasedAt)) >= p.releaseGrace() {
@@ -483,7 +490,12 @@ func (p *Pipeline) status(ctx goka.Context, msg any) {
 	}
 	lc, _ := ctx.Value().(*schemas.Lifecycle)
 	if processors.SeenStatus(lc, ev) {
-		return // a replayed event: the history has it already
+		// A replayed event: the history has it already. Written again all the
+		// same: goka applies a write to local state before the table topic has
+		// it, so after a crash local state can hold a write the topic lost —
+		// and views (other API instances) read the topic.
+		ctx.SetValue(lc)
+		return
 	}
 	ctx.SetValue(processors.ApplyStatus(lc, ev))
 }

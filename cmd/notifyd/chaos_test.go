@@ -20,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/sinks/smtptest"
 )
@@ -170,7 +173,7 @@ func TestChaosSeparateProcesses(t *testing.T) {
 	broker := &instance{name: "broker", bin: bin, faults: map[string]int{},
 		args: []string{"broker", "--data-dir", filepath.Join(dir, "broker"), "--port", fmt.Sprint(brokerPort), "--partitions", "4"}}
 	cfgPath := filepath.Join(dir, "notifyd.yaml")
-	cfg := fmt.Sprintf(`logLevel: warn
+	cfg := fmt.Sprintf(`logLevel: info
 kafka: {brokers: ["127.0.0.1:%d"], partitions: 4, sessionTimeout: 6s}
 apiKeys: [{name: chaos, key: chaos-key-1}]
 limits: {defaultPerDay: 0}
@@ -231,6 +234,7 @@ channels:
 
 	// Kill a random role instance every few seconds while the notifications go in.
 	var kills, sinkKills atomic.Int32
+	var victims []string // the killer's only; read after killerDone
 	sent := make(chan struct{})
 	killerDone := make(chan struct{})
 	go func() {
@@ -251,6 +255,7 @@ channels:
 			victim := roles[rand.IntN(len(roles))]
 			victim.kill()
 			kills.Add(1)
+			victims = append(victims, victim.name)
 			if strings.HasPrefix(victim.name, "sink") {
 				sinkKills.Add(1)
 			}
@@ -271,7 +276,7 @@ channels:
 	}
 	close(sent)
 	<-killerDone
-	t.Logf("all %d notifications accepted; %d kills so far", total, kills.Load())
+	t.Logf("all %d notifications accepted; %d kills so far: %v", total, kills.Load(), victims)
 
 	// Every notification arrives, once.
 	deadline := time.Now().Add(6 * time.Minute)
@@ -306,8 +311,13 @@ channels:
 	if faultKills["dedup.after-entry"] == 0 || faultKills["sink.after-finish"] == 0 {
 		t.Fatalf("crash points not hit: %v", faultKills)
 	}
-	// Every status reads sent.
+	// Every status reads sent, once the status group has caught up and the
+	// API instance is ready (its view of the status table recovered).
+	waitGroupCaughtUp(t, brokerPort, "notify.status", 4*time.Minute)
+	waitReady(t, base)
+	start := time.Now()
 	checkAllSent(t, base, total)
+	t.Logf("read %d statuses in %v", total, time.Since(start).Round(time.Millisecond))
 	// A kill -9 of a sink between the SMTP server accepting a message and the
 	// ledger entry reaching the broker is the one window that sends twice
 	// (docs/TOPICS.md): SMTP has no idempotency key. Its width is one produce
@@ -398,16 +408,21 @@ func checkAllSent(t *testing.T, base string, total int) {
 					req.Header.Set("Authorization", "Bearer chaos-key-1")
 					var st struct{ Status string }
 					resp, err := client.Do(req)
+					var answer string
 					if err == nil {
-						_ = json.NewDecoder(resp.Body).Decode(&st)
+						raw, _ := io.ReadAll(resp.Body)
 						resp.Body.Close()
+						_ = json.Unmarshal(raw, &st)
+						answer = fmt.Sprintf("%d %s", resp.StatusCode, raw)
+					} else {
+						answer = err.Error()
 					}
 					if st.Status == "sent" {
 						break
 					}
 					if ctx.Err() != nil {
 						wrong.Add(1)
-						first.CompareAndSwap(nil, fmt.Sprintf("%s (chaos-%d): %q", id, n, st.Status))
+						first.CompareAndSwap(nil, fmt.Sprintf("%s (chaos-%d): %s", id, n, answer))
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
@@ -423,4 +438,37 @@ func checkAllSent(t *testing.T, base string, total int) {
 	if n := wrong.Load(); n > 0 {
 		t.Fatalf("%d notifications do not read sent, e.g. %v", n, first.Load())
 	}
+}
+
+// waitGroupCaughtUp waits until a consumer group has committed every record
+// of its topics.
+func waitGroupCaughtUp(t *testing.T, brokerPort int, group string, d time.Duration) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fmt.Sprintf("127.0.0.1:%d", brokerPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	start := time.Now()
+	var lag int64
+	for time.Since(start) < d {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		offs, err1 := adm.FetchOffsets(ctx, group)
+		ends, err2 := adm.ListEndOffsets(ctx, "notify.events")
+		cancel()
+		if err1 == nil && err2 == nil {
+			lag = 0
+			ends.Each(func(e kadm.ListedOffset) {
+				o, _ := offs.Lookup(e.Topic, e.Partition)
+				lag += e.Offset - max(o.At, 0)
+			})
+			if lag == 0 {
+				t.Logf("%s caught up after %v", group, time.Since(start).Round(time.Millisecond))
+				return
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Fatalf("%s still %d records behind after %v", group, lag, d)
 }

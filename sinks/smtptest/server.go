@@ -141,6 +141,22 @@ func (s *Server) Restart() error {
 	return s.listen(s.Addr)
 }
 
+// Stop takes the server down (connections dropped, the port closed, so
+// clients are refused) until Resume; accepted messages are kept.
+func (s *Server) Stop() {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	_ = s.srv.Close()
+	_ = s.ln.Close()
+}
+
+// Resume serves again on the address Stop closed.
+func (s *Server) Resume() error {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	return s.listen(s.Addr)
+}
+
 // Messages returns a copy of what was accepted so far.
 func (s *Server) Messages() []Message {
 	s.mu.Lock()
