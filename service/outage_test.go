@@ -74,7 +74,7 @@ func (h *harness) sendBatch(template string, from, to int, prefix string) []stri
 		user := fmt.Sprintf("%s-%d", prefix, i)
 		event := fmt.Sprintf("%s-ev-%d", prefix, i)
 		reqs = append(reqs, map[string]any{"eventId": event, "template": template,
-			"data": map[string]any{"orderId": i, "eta": "soon"},
+			"data":       map[string]any{"orderId": i, "eta": "soon"},
 			"recipients": []any{map[string]any{"userId": user, "email": user + "@example.com"}}})
 		ids = append(ids, processors.NotificationID(event, user))
 	}

@@ -37,7 +37,7 @@ func TestStaleConnectionsAndFailedSendsDoNotBlockResends(t *testing.T) {
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
 	send := func(event, orderID string) string {
 		return h.send(map[string]any{"eventId": event, "template": "order-shipped",
-			"data": map[string]any{"orderId": orderID, "eta": "now"},
+			"data":       map[string]any{"orderId": orderID, "eta": "now"},
 			"recipients": []any{map[string]any{"userId": "resend-1", "email": "resend@example.com"}}})["resend-1"]
 	}
 	h.waitStatus(send("r-1", "1"), processors.StatusSent)
