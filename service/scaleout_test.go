@@ -22,12 +22,12 @@ func TestTwoInstancesServeEveryStatusAndEachOthersWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cluster.Close()
+	t.Cleanup(cluster.Close) // after the instances stop (cleanups run last first)
 	smtpSrv, err := smtptest.Start(smtptest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer smtpSrv.Close()
+	t.Cleanup(smtpSrv.Close)
 	instance := func() *harness {
 		h := &harness{t: t, smtp: smtpSrv, cfg: testConfig(t, smtpSrv, nil)}
 		h.cfg.Kafka.Brokers = cluster.ListenAddrs()

@@ -3,6 +3,7 @@ package sinks
 import (
 	"context"
 	"errors"
+	"log/slog"
 
 	"github.com/sony/gobreaker/v2"
 
@@ -22,7 +23,7 @@ const (
 // cfg.Probes calls through; they close it or open it again. Failures that say
 // nothing about the provider's health do not count: a permanent error is the
 // request's fault (the provider answered), and a cancelled call is ours.
-func newBreaker(channel, name string, cfg config.Breaker, m *Metrics) *gobreaker.CircuitBreaker[string] {
+func newBreaker(channel, name string, cfg config.Breaker, m *Metrics, log *slog.Logger) *gobreaker.CircuitBreaker[string] {
 	failures := uint32(cfg.Failures)
 	m.breakerState(channel, name, breakerClosed)
 	return gobreaker.NewCircuitBreaker[string](gobreaker.Settings{
@@ -36,7 +37,8 @@ func newBreaker(channel, name string, cfg config.Breaker, m *Metrics) *gobreaker
 		IsExcluded: func(err error) bool {
 			return errors.Is(err, context.Canceled)
 		},
-		OnStateChange: func(_ string, _, to gobreaker.State) {
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			log.Warn("circuit breaker", "provider", name, "from", from.String(), "to", to.String())
 			state := breakerClosed
 			switch to {
 			case gobreaker.StateHalfOpen:

@@ -160,7 +160,7 @@ func (s *Sink) init() error {
 	s.wake = make(chan struct{}, 1)
 	s.idle = sync.NewCond(&s.mu)
 	for _, p := range s.Providers {
-		br := newBreaker(s.Channel, p.Name(), s.Opts.Breaker, s.Metrics)
+		br := newBreaker(s.Channel, p.Name(), s.Opts.Breaker, s.Metrics, s.Log)
 		l := newLane(p, s.Limits[p.Name()], br, s.Opts.Concurrency, s.serve)
 		l.setShare(0) // sized again on assignment
 		s.lanes = append(s.lanes, l)
@@ -171,7 +171,8 @@ func (s *Sink) init() error {
 		Name: chanName, MaxRequests: uint32(s.Opts.Breaker.Probes), Timeout: s.Opts.Breaker.OpenFor,
 		ReadyToTrip:  func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(s.Opts.Breaker.Failures) },
 		IsSuccessful: func(err error) bool { return err == nil || IsPermanent(err) },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			s.Log.Warn("circuit breaker", "provider", chanName, "from", from.String(), "to", to.String())
 			state := map[gobreaker.State]int{gobreaker.StateClosed: breakerClosed, gobreaker.StateHalfOpen: breakerHalfOpen,
 				gobreaker.StateOpen: breakerOpen}[to]
 			s.Metrics.breakerState(s.Channel, chanName, state)
@@ -714,7 +715,9 @@ func (s *Sink) serve(l *lane, j *job) {
 			j.transient = true
 			break
 		}
-		s.Log.Warn("send failed", "id", j.n.ID, "provider", name, "try", try, "err", err)
+		// Debug: an outage would write one line per notification per try; the
+		// breaker's transitions and the retry metrics say it at warn level.
+		s.Log.Debug("send failed", "id", j.n.ID, "provider", name, "try", try, "err", err)
 		if IsPermanent(err) {
 			break
 		}
@@ -790,6 +793,7 @@ func (s *Sink) fail(j *job, exhausted bool) {
 	if exhausted {
 		reason = "retries exhausted after " + fmt.Sprint(n.Retries) + " retries, last: " + errString(j.lastErr)
 	}
+	s.Log.Warn("notification failed", "id", n.ID, "provider", j.lastProv, "reason", reason)
 	s.deadLetter(j, n.ID, errors.New(reason))
 	s.event(j, s.notificationEvent(n, processors.StatusFailed, j.lastProv, reason, n.Attempts+j.calls, ""))
 	s.feedback(j, processors.StatusFailed)

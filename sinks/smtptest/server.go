@@ -16,6 +16,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -45,6 +46,9 @@ type Server struct {
 	mu   sync.Mutex
 	msgs []Message
 	cond *sync.Cond
+	// stopping refuses new transactions; inTx counts those in progress.
+	stopping atomic.Bool
+	inTx     atomic.Int32
 	// RejectRcpt, when set, refuses recipients for which it returns an error.
 	RejectRcpt func(to string) error
 	user, pass string
@@ -141,19 +145,27 @@ func (s *Server) Restart() error {
 	return s.listen(s.Addr)
 }
 
-// Stop takes the server down (connections dropped, the port closed, so
-// clients are refused) until Resume; accepted messages are kept.
+// Stop takes the server down the way an MTA shuts down: it stops accepting
+// connections and transactions (MAIL answers 421), lets the transactions in
+// progress finish and be answered, then drops every connection. Until Resume,
+// clients are refused. Accepted messages are kept. (Restart is the crash.)
 func (s *Server) Stop() {
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
-	_ = s.srv.Close()
+	s.stopping.Store(true)
 	_ = s.ln.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for s.inTx.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = s.srv.Close()
 }
 
 // Resume serves again on the address Stop closed.
 func (s *Server) Resume() error {
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
+	s.stopping.Store(false)
 	return s.listen(s.Addr)
 }
 
@@ -191,6 +203,7 @@ type session struct {
 	hangUp bool
 	from   string
 	to     []string
+	inTx   bool
 }
 
 func (ss *session) AuthMechanisms() []string {
@@ -214,8 +227,23 @@ func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
 	if ss.s.user != "" && !ss.authed {
 		return smtp.ErrAuthRequired
 	}
+	if ss.s.stopping.Load() {
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "shutting down"}
+	}
+	if !ss.inTx {
+		ss.inTx = true
+		ss.s.inTx.Add(1)
+	}
 	ss.from = from
 	return nil
+}
+
+// endTx ends the session's transaction (answered, reset or disconnected).
+func (ss *session) endTx() {
+	if ss.inTx {
+		ss.inTx = false
+		ss.s.inTx.Add(-1)
+	}
 }
 
 func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
@@ -261,6 +289,7 @@ func (ss *session) Data(r io.Reader) error {
 }
 
 func (ss *session) Reset() {
+	ss.endTx()
 	ss.from, ss.to = "", nil
 	if ss.hangUp {
 		ss.hangUp = false
@@ -268,7 +297,7 @@ func (ss *session) Reset() {
 	}
 }
 
-func (ss *session) Logout() error { return nil }
+func (ss *session) Logout() error { ss.endTx(); return nil }
 
 func selfSigned() (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
