@@ -311,10 +311,16 @@ func (s *Service) startOps(ctx context.Context, g *errgroup.Group, producer *kgo
 		reply(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	serveHTTP(ctx, g, "health", &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, ln)
+	s.Log.Info("health and metrics listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// serveHTTP serves hs on ln in g until ctx ends, then shuts it down.
+func serveHTTP(ctx context.Context, g *errgroup.Group, name string, hs *http.Server, ln net.Listener) {
 	g.Go(func() error {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("health: %w", err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		return nil
 	})
@@ -324,8 +330,6 @@ func (s *Service) startOps(ctx context.Context, g *errgroup.Group, producer *kgo
 		defer cancel()
 		return hs.Shutdown(sctx)
 	})
-	s.Log.Info("health and metrics listening", "addr", ln.Addr().String())
-	return nil
 }
 
 // notStuck fails while a group or sink of this process has had a record in
@@ -483,19 +487,8 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	s.mu.Lock()
 	s.httpAddr = ln.Addr().String()
 	s.mu.Unlock()
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
-	g.Go(func() error {
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("api: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return hs.Shutdown(sctx)
-	})
+	serveHTTP(ctx, g, "api", &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}, ln)
 	s.Log.Info("API listening", "addr", s.httpAddr)
 	var waits []func(context.Context) error
 	for _, v := range views {

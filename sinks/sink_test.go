@@ -185,18 +185,9 @@ func TestSinkPermanentFailureGoesToDLQ(t *testing.T) {
 	if rejected != 1 {
 		t.Fatalf("the undecodable record has no rejected event: %v", statuses)
 	}
-	dlq, _ := kgo.NewClient(kgo.SeedBrokers(env.brokers...), kgo.ConsumeTopics(string(topology.DLQ)),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	defer dlq.Close()
 	var reasons []string
-	for len(reasons) < 3 && env.ctx.Err() == nil {
-		dlq.PollFetches(env.ctx).EachRecord(func(r *kgo.Record) {
-			d, err := schemas.DeadLetterCodec.Decode(r.Value)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reasons = append(reasons, d.Reason)
-		})
+	for _, d := range env.deadLetters(t, 3) {
+		reasons = append(reasons, d.Reason)
 	}
 	if len(reasons) != 3 {
 		t.Fatalf("dead letters %q", reasons)
