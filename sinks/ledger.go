@@ -22,13 +22,19 @@ import (
 type Ledger struct {
 	mu       sync.Mutex
 	window   time.Duration
-	buckets  map[int64]map[[16]byte]struct{}
+	buckets  map[int64]map[[16]byte]Sent
 	inFlight map[[16]byte]struct{}
+}
+
+// Sent is what the ledger knows of a delivery: enough to state it again.
+type Sent struct {
+	Provider string
+	At       int64 // unix ms
 }
 
 // NewLedger keeps entries for window.
 func NewLedger(window time.Duration) *Ledger {
-	return &Ledger{window: window, buckets: map[int64]map[[16]byte]struct{}{}, inFlight: map[[16]byte]struct{}{}}
+	return &Ledger{window: window, buckets: map[int64]map[[16]byte]Sent{}, inFlight: map[[16]byte]struct{}{}}
 }
 
 func ledgerKey(notificationID, channel string) [16]byte {
@@ -38,13 +44,22 @@ func ledgerKey(notificationID, channel string) [16]byte {
 	return k
 }
 
-func (l *Ledger) has(k [16]byte) bool {
+func (l *Ledger) find(k [16]byte) (Sent, bool) {
 	for _, b := range l.buckets {
-		if _, ok := b[k]; ok {
-			return true
+		if s, ok := b[k]; ok {
+			return s, true
 		}
 	}
-	return false
+	return Sent{}, false
+}
+
+func (l *Ledger) has(k [16]byte) bool { _, ok := l.find(k); return ok }
+
+// Delivered tells whether (and how) a notification was handed to a provider.
+func (l *Ledger) Delivered(notificationID, channel string) (Sent, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.find(ledgerKey(notificationID, channel))
 }
 
 // Claim reserves a delivery: false means it was already delivered or is being
@@ -70,6 +85,12 @@ func (l *Ledger) Release(notificationID, channel string) {
 
 // Record marks a delivery as done at time at (from a claim or from the ledger topic).
 func (l *Ledger) Record(notificationID, channel string, at time.Time) {
+	l.RecordSent(notificationID, channel, Sent{At: at.UnixMilli()})
+}
+
+// RecordSent marks a delivery as done, with its provider.
+func (l *Ledger) RecordSent(notificationID, channel string, s Sent) {
+	at := time.UnixMilli(s.At)
 	k := ledgerKey(notificationID, channel)
 	minute := at.Unix() / 60
 	l.mu.Lock()
@@ -77,10 +98,10 @@ func (l *Ledger) Record(notificationID, channel string, at time.Time) {
 	delete(l.inFlight, k)
 	b := l.buckets[minute]
 	if b == nil {
-		b = map[[16]byte]struct{}{}
+		b = map[[16]byte]Sent{}
 		l.buckets[minute] = b
 	}
-	b[k] = struct{}{}
+	b[k] = s
 }
 
 // Expire drops the buckets older than the window.
@@ -239,7 +260,7 @@ func (l *ledgerLoader) read(ctx context.Context, parts []int32) (int, error) {
 		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
 			for _, r := range fp.Records {
 				if e, err := schemas.LedgerEntryCodec.Decode(r.Value); err == nil && e.Channel == l.channel {
-					l.ledger.Record(e.NotificationID, e.Channel, time.UnixMilli(e.At))
+					l.ledger.RecordSent(e.NotificationID, e.Channel, Sent{Provider: e.Provider, At: e.At})
 					n++
 				}
 				if end, ok := pending[fp.Partition]; ok && r.Offset+1 >= end {

@@ -525,3 +525,35 @@ func TestNullAndUnreadableRecordsAreDeadLettered(t *testing.T) {
 		t.Fatalf("unreadable retry record: %q", r)
 	}
 }
+
+// A crash can leave a delivery's ledger entry without its sent event (they
+// are separate produces). The redelivered record is not sent again, and its
+// sent event is stated again, with the id the lost one had.
+func TestLedgerSkipStatesTheSentEventAgain(t *testing.T) {
+	env := newSinkEnv(t)
+	rc := webhooktest.Start("s")
+	defer rc.Close()
+	w, err := topology.NewProducer(env.brokers, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	at := time.Now().Add(-time.Minute).UnixMilli()
+	entry, _ := schemas.LedgerEntryCodec.Encode(&schemas.LedgerEntry{NotificationID: "lost-event", Channel: "webhook",
+		Provider: "wh", Topic: string(topology.Out("webhook", "normal")), At: at})
+	if err := w.ProduceSync(env.ctx, &kgo.Record{Topic: string(topology.Ledger), Partition: topology.PartitionFor("lost-event", 2),
+		Key: []byte("lost-event/webhook"), Value: entry}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	env.routeTo(t, "webhook", "normal", "lost-event")
+	env.run(t, env.sink(newTestWebhook(t, rc.URL, "s", true)))
+	evs := env.events(t, 1)
+	want := processors.StatusEventID("lost-event", processors.StatusSent, "webhook", 0)
+	if evs[0].Status != processors.StatusSent || evs[0].ID != want || evs[0].Provider != "wh" || evs[0].At != at {
+		t.Fatalf("event %+v, want sent by wh at %d with id %s", evs[0], at, want)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if n := len(rc.Deliveries()); n != 0 {
+		t.Fatalf("sent again: %d deliveries", n)
+	}
+}

@@ -649,6 +649,14 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 	}
 	if !s.ledger.Claim(n.ID, s.Channel) {
 		s.Metrics.skipped(s.Channel)
+		if sent, ok := s.ledger.Delivered(n.ID, s.Channel); ok {
+			// Handed to a provider before (by this instance or the partition's
+			// previous owner). Its sent event may have been lost with a crash
+			// that left the ledger entry: state it again, with the same id.
+			ev := s.notificationEvent(n, processors.StatusSent, sent.Provider, "", n.Attempts, "")
+			ev.At = sent.At
+			s.event(j, ev)
+		}
 		j.done()
 		return
 	}
@@ -774,7 +782,7 @@ func (s *Sink) succeed(j *job, provider, msgID string) {
 	}
 	n := j.n
 	now := s.now()
-	s.ledger.Record(n.ID, s.Channel, now)
+	s.ledger.RecordSent(n.ID, s.Channel, Sent{Provider: provider, At: now.UnixMilli()})
 	entry, _ := schemas.LedgerEntryCodec.Encode(&schemas.LedgerEntry{NotificationID: n.ID, Channel: s.Channel,
 		Provider: provider, Topic: j.rec.Topic, Partition: j.rec.Partition, Offset: j.rec.Offset, At: now.UnixMilli()})
 	s.produce(j, s.ledgerWriter, &kgo.Record{Topic: string(topology.Ledger), Partition: j.rec.Partition,
@@ -828,6 +836,11 @@ func errString(err error) string {
 func (s *Sink) notificationEvent(n *schemas.Notification, status, provider, reason string, attempt int32, msgID string) *schemas.StatusEvent {
 	ev := processors.NotificationEvent(n, status, s.Channel, reason, s.now())
 	ev.ID = processors.StatusEventID(n.ID, status, s.Channel, attempt)
+	if status == processors.StatusSent {
+		// A notification is sent once per channel: one id, whichever attempt
+		// sent it, so a sent event stated again (see start) is the same event.
+		ev.ID = processors.StatusEventID(n.ID, status, s.Channel, 0)
+	}
 	ev.Provider, ev.Attempt, ev.ProviderMessageID = provider, attempt, msgID
 	return ev
 }

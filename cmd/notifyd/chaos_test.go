@@ -403,6 +403,7 @@ func checkAllSent(t *testing.T, base string, total int) {
 			defer wg.Done()
 			for n := range work {
 				id := processors.NotificationID(fmt.Sprintf("chaos-%d", n), fmt.Sprintf("u%d", n))
+				var lastAnswer string
 				for {
 					req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/notifications/"+id, nil)
 					req.Header.Set("Authorization", "Bearer chaos-key-1")
@@ -414,6 +415,7 @@ func checkAllSent(t *testing.T, base string, total int) {
 						resp.Body.Close()
 						_ = json.Unmarshal(raw, &st)
 						answer = fmt.Sprintf("%d %s", resp.StatusCode, raw)
+						lastAnswer = answer
 					} else {
 						answer = err.Error()
 					}
@@ -422,7 +424,7 @@ func checkAllSent(t *testing.T, base string, total int) {
 					}
 					if ctx.Err() != nil {
 						wrong.Add(1)
-						first.CompareAndSwap(nil, fmt.Sprintf("%s (chaos-%d): %s", id, n, answer))
+						first.CompareAndSwap(nil, fmt.Sprintf("%s (chaos-%d): %s; last answer: %s", id, n, answer, lastAnswer))
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
