@@ -557,3 +557,38 @@ func TestLedgerSkipStatesTheSentEventAgain(t *testing.T) {
 		t.Fatalf("sent again: %d deliveries", n)
 	}
 }
+
+// When a side effect cannot be produced (here: the status events and ledger
+// entries go to a broker that is gone), the record is not committed: its
+// offset waits, and the watchdog reports the partition stuck.
+func TestFailedSideEffectsAreNotCommitted(t *testing.T) {
+	env := newSinkEnv(t)
+	rc := webhooktest.Start("s")
+	defer rc.Close()
+	dead, err := topology.NewProducer([]string{"127.0.0.1:1"}, kgo.RecordDeliveryTimeout(time.Second),
+		kgo.RetryTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dead.Close()
+	s := env.sink(newTestWebhook(t, rc.URL, "s", true))
+	s.Producer = dead
+	s.Watch = topology.NewWatchdog()
+	s.Opts.DrainTimeout = time.Second
+	env.routeTo(t, "webhook", "normal", "unrecorded")
+	env.run(t, s)
+	waitFor(t, "the delivery", 20*time.Second, func() bool { return len(rc.Deliveries()) == 1 })
+	waitFor(t, "the watchdog to see the record stuck", 20*time.Second, func() bool {
+		stuck := s.Watch.Stuck(time.Second)
+		return len(stuck) == 1 && strings.HasPrefix(stuck[0], "notify.sink.webhook/")
+	})
+	offs, err := kadm.NewClient(env.producer).FetchOffsets(env.ctx, topology.SinkGroup("webhook"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs.Each(func(o kadm.OffsetResponse) {
+		if o.At > 0 {
+			t.Fatalf("%s/%d committed at %d although its status event was never produced", o.Topic, o.Partition, o.At)
+		}
+	})
+}
