@@ -155,9 +155,6 @@ func (in *instance) shutdown() {
 // and their commit) and are restarted. At the end every accepted notification
 // was received exactly once and reads sent.
 func TestChaosSeparateProcesses(t *testing.T) {
-	if testing.Short() {
-		t.Skip("separate-process chaos test")
-	}
 	bin := build(t)
 	dir := t.TempDir()
 	const total, batch = 20_000, 100

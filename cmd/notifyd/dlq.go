@@ -521,7 +521,7 @@ const replayBatch = 500
 // again next time (at least once), never loses it. Two replays running at the
 // same time may both re-inject a dead letter.
 func replay(ctx context.Context, brokers []string, letters []*deadLetter, out io.Writer, dryRun, force bool) error {
-	var todo []*deadLetter
+	var selected []*deadLetter
 	skipped, refused := 0, 0
 	for _, d := range letters {
 		switch {
@@ -532,18 +532,18 @@ func replay(ctx context.Context, brokers []string, letters []*deadLetter, out io
 			skipped++
 			fmt.Fprintf(out, "skipped %s %s: already replayed %s (--force replays it again)\n", d.ref, orDash(d.notificationID), d.replayed)
 		default:
-			todo = append(todo, d)
+			selected = append(selected, d)
 		}
 	}
 	if dryRun {
-		for _, d := range todo {
+		for _, d := range selected {
 			fmt.Fprintf(out, "would replay %s %s → %s (key %q, %d bytes)\n", d.ref, orDash(d.notificationID), d.letter.Topic, d.letter.Key, d.valueBytes)
 		}
-		_, err := fmt.Fprintf(out, "dry run: would replay %d, skipped %d (already replayed), refused %d\n", len(todo), skipped, refused)
+		_, err := fmt.Fprintf(out, "dry run: would replay %d, skipped %d (already replayed), refused %d\n", len(selected), skipped, refused)
 		return err
 	}
 	replayed, failed := 0, 0
-	if len(todo) > 0 {
+	if len(selected) > 0 {
 		// The partitioner goka reads with (DESIGN rule 1): a replayed record
 		// lands on the partition of its key.
 		producer, err := topology.NewProducer(brokers)
@@ -551,9 +551,9 @@ func replay(ctx context.Context, brokers []string, letters []*deadLetter, out io
 			return err
 		}
 		defer producer.Close()
-		for len(todo) > 0 {
-			batch := todo[:min(replayBatch, len(todo))]
-			todo = todo[len(batch):]
+		for len(selected) > 0 {
+			batch := selected[:min(replayBatch, len(selected))]
+			selected = selected[len(batch):]
 			ok, nfailed, err := replayOnce(ctx, producer, batch, out)
 			replayed += ok
 			failed += nfailed
