@@ -65,6 +65,19 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 		"not yaml":         "{{{",
 		"empty api key":    "apiKeys: [{name: a, key: '${UNSET_VAR}'}]",
 		"short api key":    "apiKeys: [{name: a, key: abc}]",
+		"retry tier < 1s":  "sink: {retry: {tiers: [500ms]}}",
+		"retry tier twice": "sink: {retry: {tiers: [1m, 60s]}}",
+		"no retry tiers":   "sink: {retry: {tiers: []}}",
+		"horizon priority": "sink: {retry: {horizon: {urgent: 1h}}}",
+		"horizon negative": "sink: {retry: {horizon: {high: -1m}}}",
+		"breaker failures": "sink: {breaker: {failures: -1}}",
+		"drain negative":   "sink: {drainTimeout: -1s}",
+		"provider rate":    "channels: {email: [{name: x, type: log, rateLimit: -5}]}",
+		"provider prio":    "channels: {email: [{name: x, type: log, priorities: [urgent]}]}",
+		"render maxBytes":  "render: {maxBytes: {email: -1}}",
+		"render timeout":   "render: {timeout: -1s}",
+		"stuckAfter":       "health: {stuckAfter: -1s}",
+		"session timeout":  "kafka: {sessionTimeout: 1s}",
 	}
 	for name, body := range cases {
 		path := filepath.Join(t.TempDir(), "c.yaml")

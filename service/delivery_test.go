@@ -20,6 +20,18 @@ import (
 	"github.com/notifyd/notifyd/topology"
 )
 
+// holdUntil is a webhook hook that holds every request until release is
+// closed (or the sender gives up), then accepts it.
+func holdUntil(release <-chan struct{}) func(*http.Request, []byte) int {
+	return func(r *http.Request, _ []byte) int {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		return 0
+	}
+}
+
 func webhookTemplate() map[string]any {
 	return map[string]any{"category": "transactional", "channels": map[string]any{
 		"webhook": map[string]any{"body": `{"orderId": "{{.orderId}}"}`}}}
@@ -76,13 +88,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.Limits.DefaultPerDay = 0
 	release := make(chan struct{})
-	h.hook.Hook = func(r *http.Request, _ []byte) int {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		return 0
-	}
+	h.hook.Hook = holdUntil(release)
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
 	cl := h.producer()

@@ -237,13 +237,7 @@ func TestReadinessReportsAStuckPartition(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.Health.StuckAfter = time.Second
 	release := make(chan struct{})
-	h.hook.Hook = func(r *http.Request, _ []byte) int {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		return 0
-	}
+	h.hook.Hook = holdUntil(release)
 	h.start()
 	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
 	ids := h.send(map[string]any{"template": "hook", "data": map[string]any{"orderId": "1"},

@@ -267,20 +267,7 @@ func TestRetriesEndAtTheHorizonOrExpiry(t *testing.T) {
 
 func (e *sinkEnv) deadLetters(t *testing.T, want int) []*schemas.DeadLetter {
 	t.Helper()
-	cl, _ := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(string(topology.DLQ)),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	defer cl.Close()
-	var out []*schemas.DeadLetter
-	for len(out) < want && e.ctx.Err() == nil {
-		cl.PollFetches(e.ctx).EachRecord(func(r *kgo.Record) {
-			d, err := schemas.DeadLetterCodec.Decode(r.Value)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, d)
-		})
-	}
-	return out
+	return readTopic(t, e, string(topology.DLQ), schemas.DeadLetterCodec, want)
 }
 
 // With the first provider failing, its breaker opens after the configured

@@ -291,6 +291,17 @@ func (s *Sink) isOwned(r *kgo.Record) bool {
 	return s.owned[tp{r.Topic, r.Partition}]
 }
 
+// tps flattens a rebalance's map of topic → partitions.
+func tps(m map[string][]int32) []tp {
+	var out []tp
+	for topic, ps := range m {
+		for _, p := range ps {
+			out = append(out, tp{topic, p})
+		}
+	}
+	return out
+}
+
 func (s *Sink) poke() {
 	select {
 	case s.wake <- struct{}{}:
@@ -301,16 +312,12 @@ func (s *Sink) poke() {
 // assigned starts reading the ledger of the new partitions (their records
 // wait until it is read) and resizes the provider lanes to the new share.
 func (s *Sink) assigned(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-	var parts []tp
+	parts := tps(m)
 	s.mu.Lock()
-	for topic, ps := range m {
-		for _, p := range ps {
-			k := tp{topic, p}
-			s.owned[k] = true
-			pctx, cancel := context.WithCancel(s.hard)
-			s.parts[k] = &partition{ctx: pctx, cancel: cancel}
-			parts = append(parts, k)
-		}
+	for _, k := range parts {
+		s.owned[k] = true
+		pctx, cancel := context.WithCancel(s.hard)
+		s.parts[k] = &partition{ctx: pctx, cancel: cancel}
 	}
 	s.mu.Unlock()
 	s.resize()
@@ -343,10 +350,8 @@ func (s *Sink) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 
 func (s *Sink) release(m map[string][]int32) {
 	s.mu.Lock()
-	for topic, ps := range m {
-		for _, p := range ps {
-			delete(s.owned, tp{topic, p})
-		}
+	for _, k := range tps(m) {
+		delete(s.owned, k)
 	}
 	s.mu.Unlock()
 	s.queues.drop(m)
@@ -358,12 +363,10 @@ func (s *Sink) release(m map[string][]int32) {
 func (s *Sink) dropQueued(m map[string][]int32) {
 	s.mu.Lock()
 	var parts []*partition
-	for topic, ps := range m {
-		for _, p := range ps {
-			if pc := s.parts[tp{topic, p}]; pc != nil {
-				pc.revoked.Store(true)
-				parts = append(parts, pc)
-			}
+	for _, k := range tps(m) {
+		if pc := s.parts[k]; pc != nil {
+			pc.revoked.Store(true)
+			parts = append(parts, pc)
 		}
 	}
 	s.mu.Unlock()
@@ -388,11 +391,9 @@ func (s *Sink) dropQueued(m map[string][]int32) {
 func (s *Sink) cancelParts(m map[string][]int32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for topic, ps := range m {
-		for _, p := range ps {
-			if pc := s.parts[tp{topic, p}]; pc != nil {
-				pc.cancel()
-			}
+	for _, k := range tps(m) {
+		if pc := s.parts[k]; pc != nil {
+			pc.cancel()
 		}
 	}
 }
@@ -400,10 +401,8 @@ func (s *Sink) cancelParts(m map[string][]int32) {
 func (s *Sink) forget(m map[string][]int32) {
 	s.tracker.forget(m)
 	s.mu.Lock()
-	for topic, ps := range m {
-		for _, p := range ps {
-			delete(s.parts, tp{topic, p})
-		}
+	for _, k := range tps(m) {
+		delete(s.parts, k)
 	}
 	s.mu.Unlock()
 	s.loader.forget(m)
@@ -443,11 +442,9 @@ func (s *Sink) waitIdle(m map[string][]int32, d time.Duration) bool {
 		if m == nil {
 			busy = s.inFlight[0] + s.inFlight[1] + s.inFlight[2]
 		} else {
-			for topic, ps := range m {
-				for _, p := range ps {
-					if pc := s.parts[tp{topic, p}]; pc != nil {
-						busy += pc.active
-					}
+			for _, k := range tps(m) {
+				if pc := s.parts[k]; pc != nil {
+					busy += pc.active
 				}
 			}
 		}

@@ -78,26 +78,32 @@ func (e *sinkEnv) sink(providers ...Provider) *Sink {
 		Opts: Options{Chunk: 16, Concurrency: 4, Attempts: 2, Backoff: 5 * time.Millisecond, SendTimeout: 5 * time.Second, LedgerLookback: time.Hour}}
 }
 
-// events reads status events from notify.events until want arrived.
-func (e *sinkEnv) events(t *testing.T, want int) []*schemas.StatusEvent {
+// readTopic decodes records of topic from its start until want arrived.
+func readTopic[T any](t *testing.T, e *sinkEnv, topic string, codec *schemas.Codec[T], want int) []*T {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(string(topology.Events)),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	var out []*schemas.StatusEvent
+	var out []*T
 	for len(out) < want && e.ctx.Err() == nil {
 		cl.PollFetches(e.ctx).EachRecord(func(r *kgo.Record) {
-			ev, err := schemas.StatusEventCodec.Decode(r.Value)
+			v, err := codec.Decode(r.Value)
 			if err != nil {
 				t.Fatal(err)
 			}
-			out = append(out, ev)
+			out = append(out, v)
 		})
 	}
 	return out
+}
+
+// events reads status events from notify.events until want arrived.
+func (e *sinkEnv) events(t *testing.T, want int) []*schemas.StatusEvent {
+	t.Helper()
+	return readTopic(t, e, string(topology.Events), schemas.StatusEventCodec, want)
 }
 
 // A notification the ledger says was handed to a provider (the process died
