@@ -189,7 +189,7 @@ type Breaker struct {
 // Provider is one provider of a channel; a channel's list is its failover order.
 type Provider struct {
 	Name string `yaml:"name"`
-	Type string `yaml:"type"` // smtp | webhook | log
+	Type string `yaml:"type"` // log, smtp, webhook, or a type registered by sinks (twilio, fcm, …)
 	// RateLimit is the provider's messages per second across the cluster (0 =
 	// unlimited); each sink instance takes the share of the partitions it owns.
 	RateLimit float64 `yaml:"rateLimit"`
@@ -203,6 +203,10 @@ type Provider struct {
 	Priorities []string `yaml:"priorities"`
 	SMTP       SMTP     `yaml:"smtp"`
 	Webhook    Webhook  `yaml:"webhook"`
+	// Settings hold the section of every other provider type, under the key
+	// named after the type (`twilio:` for type twilio). The sinks package
+	// decodes it into the type's own configuration (sinks.Check).
+	Settings map[string]yaml.Node `yaml:",inline"`
 }
 
 // SMTP configures the smtp provider.
@@ -603,6 +607,11 @@ func (c *Config) Validate() error {
 					return fmt.Errorf("%s (%s): priorities[%d]: must be high, normal or low, got %q", where, p.Name, j, pr)
 				}
 			}
+			for key := range p.Settings {
+				if key != p.Type {
+					return fmt.Errorf("%s (%s): unknown key %q (a %s provider's settings go under %q)", where, p.Name, key, p.Type, p.Type)
+				}
+			}
 			switch p.Type {
 			case "log":
 			case "smtp":
@@ -623,8 +632,13 @@ func (c *Config) Validate() error {
 						return fmt.Errorf("%s (%s): endpoint %s needs url and secret", where, p.Name, name)
 					}
 				}
+			case "":
+				return fmt.Errorf("%s (%s): type is required", where, p.Name)
 			default:
-				return fmt.Errorf("%s (%s): unknown provider type %q", where, p.Name, p.Type)
+				// Checked against the registered types by sinks.Check.
+				if _, ok := p.Settings[p.Type]; !ok {
+					return fmt.Errorf("%s (%s): the %s section is missing", where, p.Name, p.Type)
+				}
 			}
 		}
 	}

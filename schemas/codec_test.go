@@ -34,10 +34,21 @@ func TestRoundTripEveryRecord(t *testing.T) {
 		Preferences: Preferences{Categories: map[string]map[string]bool{"marketing": {"email": false}}, QuietStart: "22:00"}}
 	check("Profile", func() ([]byte, error) { return ProfileCodec.Encode(prof) },
 		func(b []byte) (any, error) { return ProfileCodec.Decode(b) }, prof)
-	tmpl := &Template{ID: "t", Channels: map[string]ChannelContent{"email": {Subject: "s"}},
-		Locales: map[string]map[string]ChannelContent{"zh-CN": {"email": {Subject: "主题"}}}}
+	tmpl := &Template{ID: "t", Channels: map[string]ChannelContent{"push": {Title: "s", Badge: 3, Sound: "ding",
+		Data: map[string]string{"order": "{{.orderId}}"}, TemplateParams: map[string]string{"code": "1"}}},
+		Locales: map[string]map[string]ChannelContent{"zh-CN": {"email": {Subject: "主题",
+			Data: map[string]string{"a": "b"}, TemplateParams: map[string]string{"c": "d"}}}}}
 	check("Template", func() ([]byte, error) { return TemplateCodec.Encode(tmpl) },
 		func(b []byte) (any, error) { return TemplateCodec.Decode(b) }, tmpl)
+	n := &Notification{ID: "n1", EventID: "e1", UserID: "u1", Template: "t", Channels: []string{"push"}, Channel: "push",
+		Content: Content{Title: "hi", Badge: 2, CollapseKey: "c", Data: map[string]string{"k": "v"}, TemplateParams: map[string]string{"p": "q"}},
+		Targets: []Target{{Platform: "fcm", Token: "t1"}, {Platform: "webpush", Endpoint: "https://e", P256dh: "k", Auth: "a"}}, OTP: true}
+	check("Notification", func() ([]byte, error) { return NotificationCodec.Encode(n) },
+		func(b []byte) (any, error) { return NotificationCodec.Decode(b) }, n)
+	fb := &DeliveryFeedback{NotificationID: "n1", Channel: "push", Status: "failed", Invalid: []InvalidTarget{{Platform: "apns", Token: "x"}},
+		Unsubscribe: true, Reason: "r"}
+	check("DeliveryFeedback", func() ([]byte, error) { return FeedbackCodec.Encode(fb) },
+		func(b []byte) (any, error) { return FeedbackCodec.Decode(b) }, fb)
 	dl := &DeadLetter{Topic: "notify.ingest", Key: []byte{1}, Value: []byte{0, 255}, Reason: "bad"}
 	check("DeadLetter", func() ([]byte, error) { return DeadLetterCodec.Encode(dl) },
 		func(b []byte) (any, error) { return DeadLetterCodec.Decode(b) }, dl)
@@ -213,5 +224,20 @@ func TestOlderSchemaVersionsStillDecode(t *testing.T) {
 		"template": "t", "recipient": map[string]any{}, "content": map[string]any{}, "routedAt": int64(11)}))
 	if err != nil || n.ID != "n" || n.RoutedAt != 11 || n.Attempts != 0 || n.RetryAt != 0 {
 		t.Fatalf("notification v1 decoded %+v, %v", n, err)
+	}
+	n, err = NotificationCodec.Decode(encode("notification.v2.avsc", map[string]any{"id": "n", "eventId": "e", "userId": "u",
+		"template": "t", "recipient": map[string]any{}, "content": map[string]any{"title": "hi"}, "retries": int32(2)}))
+	if err != nil || n.Content.Title != "hi" || n.Retries != 2 || len(n.Targets) != 0 || n.OTP || n.Content.Badge != 0 {
+		t.Fatalf("notification v2 decoded %+v, %v", n, err)
+	}
+	tm, err := TemplateCodec.Decode(encode("template.v1.avsc", map[string]any{"id": "t",
+		"channels": map[string]any{"push": map[string]any{"title": "x"}}}))
+	if err != nil || tm.Channels["push"].Title != "x" || tm.Channels["push"].Sound != "" {
+		t.Fatalf("template v1 decoded %+v, %v", tm, err)
+	}
+	fb, err := FeedbackCodec.Decode(encode("delivery_feedback.v1.avsc", map[string]any{"notificationId": "n", "channel": "sms",
+		"status": "failed", "at": int64(1)}))
+	if err != nil || fb.Status != "failed" || len(fb.Invalid) != 0 || fb.Unsubscribe {
+		t.Fatalf("delivery_feedback v1 decoded %+v, %v", fb, err)
 	}
 }

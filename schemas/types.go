@@ -35,6 +35,16 @@ type Content struct {
 	Title    string `avro:"title" json:"title,omitempty"`
 	Body     string `avro:"body" json:"body,omitempty"`
 	Endpoint string `avro:"endpoint" json:"endpoint,omitempty"`
+	// Typed fields of push, chat and inbox content (since notification.v3 / template.v2).
+	Markdown       string            `avro:"markdown" json:"markdown,omitempty"`
+	ActionURL      string            `avro:"actionUrl" json:"actionUrl,omitempty"`
+	ImageURL       string            `avro:"imageUrl" json:"imageUrl,omitempty"`
+	Sound          string            `avro:"sound" json:"sound,omitempty"`
+	Badge          int32             `avro:"badge" json:"badge,omitempty"`
+	CollapseKey    string            `avro:"collapseKey" json:"collapseKey,omitempty"`
+	Data           map[string]string `avro:"data" json:"data,omitempty"`
+	TemplateID     string            `avro:"templateId" json:"templateId,omitempty"`
+	TemplateParams map[string]string `avro:"templateParams" json:"templateParams,omitempty"`
 }
 
 // Notification is one recipient's share of a SendRequest. After routing it also
@@ -63,6 +73,21 @@ type Notification struct {
 	FirstFailedAt int64  `avro:"firstFailedAt"`
 	RetryAt       int64  `avro:"retryAt"`
 	LastError     string `avro:"lastError"`
+	// Targets are every device or subscription of the user on a push or
+	// webpush channel (since notification.v3); Address names the first.
+	Targets []Target `avro:"targets"`
+	// OTP marks a one-time code: high priority, never delayed by quiet hours,
+	// never logged nor stored in analytics (since notification.v3).
+	OTP bool `avro:"otp"`
+}
+
+// Target is one device or subscription a notification goes to.
+type Target struct {
+	Platform string `avro:"platform" json:"platform"`
+	Token    string `avro:"token" json:"token,omitempty"`
+	Endpoint string `avro:"endpoint" json:"endpoint,omitempty"`
+	P256dh   string `avro:"p256dh" json:"p256dh,omitempty"`
+	Auth     string `avro:"auth" json:"auth,omitempty"`
 }
 
 // Device is a push target of a profile.
@@ -103,6 +128,16 @@ type ChannelContent struct {
 	Title    string `avro:"title" json:"title,omitempty"`
 	Body     string `avro:"body" json:"body,omitempty"`
 	Endpoint string `avro:"endpoint" json:"endpoint,omitempty"`
+	// Typed fields of push, chat and inbox content (since notification.v3 / template.v2).
+	Markdown       string            `avro:"markdown" json:"markdown,omitempty"`
+	ActionURL      string            `avro:"actionUrl" json:"actionUrl,omitempty"`
+	ImageURL       string            `avro:"imageUrl" json:"imageUrl,omitempty"`
+	Sound          string            `avro:"sound" json:"sound,omitempty"`
+	Badge          int32             `avro:"badge" json:"badge,omitempty"`
+	CollapseKey    string            `avro:"collapseKey" json:"collapseKey,omitempty"`
+	Data           map[string]string `avro:"data" json:"data,omitempty"`
+	TemplateID     string            `avro:"templateId" json:"templateId,omitempty"`
+	TemplateParams map[string]string `avro:"templateParams" json:"templateParams,omitempty"`
 }
 
 // Template is a message template with per-channel and per-locale content.
@@ -212,6 +247,20 @@ type DeliveryFeedback struct {
 	Channel        string `avro:"channel"`
 	Status         string `avro:"status"`
 	At             int64  `avro:"at"`
+	// Invalid are targets a provider declared invalid: the deliver group
+	// removes them from the profile (since delivery_feedback.v2).
+	Invalid []InvalidTarget `avro:"invalid"`
+	// Unsubscribe: the recipient asked the provider to stop (SMS STOP): the
+	// deliver group opts the profile out of the channel.
+	Unsubscribe bool   `avro:"unsubscribe"`
+	Reason      string `avro:"reason"`
+}
+
+// InvalidTarget names a device, subscription, chat or number to remove.
+type InvalidTarget struct {
+	Platform string `avro:"platform"`
+	Token    string `avro:"token"`
+	Endpoint string `avro:"endpoint"`
 }
 
 // LedgerEntry records a delivery handed to a provider.

@@ -15,6 +15,10 @@ type logProvider struct {
 	log  *slog.Logger
 }
 
+func init() {
+	Register("log", Type{New: func(s Spec) (Provider, error) { return newLogProvider(s.Provider, s.Deps) }})
+}
+
 func newLogProvider(c config.Provider, d Deps) (Provider, error) {
 	l := d.Log
 	if l == nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -71,17 +72,47 @@ func PlanRetry(n *schemas.Notification, now time.Time, r config.Retry) RetryPlan
 	return RetryPlan{Delay: delay, Due: now.Add(delay)}
 }
 
+// PlanRetryAfter is PlanRetry for a provider that asked to wait at least
+// after (Retry-After): the shortest tier that waits that long, the longest
+// tier when none does.
+func PlanRetryAfter(n *schemas.Notification, now time.Time, r config.Retry, after time.Duration) RetryPlan {
+	plan := PlanRetry(n, now, r)
+	if plan.Delay == 0 || plan.Delay >= after {
+		return plan
+	}
+	longer := slices.Max(r.Tiers)
+	for _, d := range r.Tiers {
+		if d >= after && d < longer {
+			longer = d
+		}
+	}
+	m := *n
+	for i, d := range r.Tiers {
+		if d == longer {
+			m.Retries = int32(i)
+			break
+		}
+	}
+	if p := PlanRetry(&m, now, r); p.Delay > 0 {
+		return p
+	}
+	return plan
+}
+
 // retry puts the notification on the retry topic of its next tier, or ends
 // it when its deadline leaves no retry.
 func (s *Sink) retry(j *job) {
 	now := s.now()
 	n := *j.n
+	if len(n.Targets) > 0 {
+		n.Targets = j.remaining // invalid ones are not tried again
+	}
 	n.Attempts += j.calls
 	if n.FirstFailedAt == 0 {
 		n.FirstFailedAt = now.UnixMilli()
 	}
 	n.LastError = processors.Clip(errString(j.lastErr), 1024)
-	plan := PlanRetry(&n, now, s.Opts.Retry)
+	plan := PlanRetryAfter(&n, now, s.Opts.Retry, j.after)
 	if plan.Delay == 0 {
 		j.calls = 0
 		j.n = &n

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -594,6 +597,15 @@ type job struct {
 	lastProv  string
 	chanDone  func(error)
 	abandon   bool
+	// Targets (push, webpush): those no provider took yet, the ids and
+	// providers of those accepted, and those declared invalid.
+	remaining   []schemas.Target
+	ids         []string
+	acceptedBy  []string
+	invalid     []schemas.InvalidTarget
+	unsubscribe bool
+	// after is the longest Retry-After a provider asked for in this round.
+	after     time.Duration
 	pending   atomic.Int32 // 1 while in work + produces not yet acknowledged
 	watchDone func()
 	finished  atomic.Bool
@@ -640,6 +652,7 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 		return
 	}
 	j.n = n
+	j.remaining = n.Targets
 	if n.ExpiresAt > 0 && s.now().UnixMilli() >= n.ExpiresAt {
 		s.expire(j, "expired at "+time.UnixMilli(n.ExpiresAt).UTC().Format(time.RFC3339)+" before a provider took it")
 		return
@@ -686,6 +699,11 @@ func (s *Sink) serve(l *lane, j *job) {
 		return
 	}
 	name := l.p.Name()
+	n, serves := servesTargets(l.p, j.n, j.remaining)
+	if !serves {
+		s.advance(j) // none of the targets left is on this provider's platforms
+		return
+	}
 	if l.breaker.State() == gobreaker.StateOpen {
 		j.transient, j.lastErr, j.lastProv = true, fmt.Errorf("%s: circuit open", name), name
 		s.advance(j)
@@ -702,13 +720,25 @@ func (s *Sink) serve(l *lane, j *job) {
 		msgID, err := l.breaker.Execute(func() (string, error) {
 			sctx, cancel := context.WithTimeout(j.ctx, s.Opts.SendTimeout)
 			defer cancel()
-			return l.p.Send(sctx, j.n)
+			return l.p.Send(sctx, n)
 		})
 		if !breakerRefused(err) {
 			j.calls++
 		}
+		var ir *InvalidRecipientError
+		if errors.As(err, &ir) {
+			j.invalidated(ir)
+			if msgID != "" {
+				err = nil // delivered to the other targets
+			}
+		}
 		if err == nil {
-			s.succeed(j, name, msgID)
+			j.accepted(name, msgID, n.Targets)
+			if len(j.remaining) > 0 {
+				s.advance(j) // targets on other platforms are left
+				return
+			}
+			s.succeed(j, strings.Join(j.acceptedBy, "+"), strings.Join(j.ids, ","))
 			return
 		}
 		if j.ctx.Err() != nil {
@@ -727,11 +757,21 @@ func (s *Sink) serve(l *lane, j *job) {
 			break
 		}
 		j.transient = true
+		wait := backoff
+		if after := retryAfter(err); after > 0 {
+			// The provider said when: not sooner. A long wait is the retry
+			// topic's job, not a lane worker's.
+			j.after = max(j.after, after)
+			if after > maxInlineRetryAfter {
+				break
+			}
+			wait = after
+		}
 		if try == s.Opts.Attempts {
 			break
 		}
 		select {
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		case <-j.ctx.Done():
 			j.drop()
 			return
@@ -757,6 +797,11 @@ func (s *Sink) advance(j *job) {
 // exhausted: every provider of the chain failed or refused. A transient
 // failure is retried later through a retry topic; a permanent one fails.
 func (s *Sink) exhausted(j *job) {
+	if len(j.ids) > 0 {
+		// Some targets were delivered; those left failed (or are invalid).
+		s.succeed(j, strings.Join(j.acceptedBy, "+"), strings.Join(j.ids, ","))
+		return
+	}
 	if j.chanDone != nil {
 		if j.transient {
 			j.chanDone(j.lastErr)
@@ -784,7 +829,14 @@ func (s *Sink) succeed(j *job, provider, msgID string) {
 		Provider: provider, Topic: j.rec.Topic, Partition: j.rec.Partition, Offset: j.rec.Offset, At: now.UnixMilli()})
 	s.produce(j, s.ledgerWriter, &kgo.Record{Topic: string(topology.Ledger), Partition: j.rec.Partition,
 		Key: []byte(n.ID + "/" + s.Channel), Value: entry})
-	s.event(j, s.notificationEvent(n, processors.StatusSent, provider, "", n.Attempts+j.calls, msgID))
+	reason := j.targetsNote()
+	if len(j.remaining) > 0 && j.lastErr != nil {
+		reason = joinNote(reason, fmt.Sprintf("not delivered to %s: %s", describeTargets(j.remaining), errString(j.lastErr)))
+	}
+	s.event(j, s.notificationEvent(n, processors.StatusSent, provider, reason, n.Attempts+j.calls, msgID))
+	if len(j.invalid) > 0 {
+		s.feedback(j, processors.StatusSent)
+	}
 	s.Metrics.sent(s.Channel, provider, now.Sub(time.UnixMilli(n.AcceptedAt)))
 	j.done()
 }
@@ -795,6 +847,12 @@ func (s *Sink) fail(j *job, exhausted bool) {
 	n := j.n
 	s.ledger.Release(n.ID, s.Channel)
 	reason := "all providers failed, last: " + errString(j.lastErr)
+	if len(j.invalid) > 0 {
+		reason = "invalid recipient: " + errString(j.lastErr)
+		if note := j.targetsNote(); note != "" {
+			reason += "; " + note
+		}
+	}
 	if exhausted {
 		reason = "retries exhausted after " + fmt.Sprint(n.Retries) + " retries, last: " + errString(j.lastErr)
 	}
@@ -864,7 +922,8 @@ func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
 // the same content is not suppressed as a duplicate of it.
 func (s *Sink) feedback(j *job, status string) {
 	b, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
-		Status: status, At: s.now().UnixMilli()})
+		Status: status, At: s.now().UnixMilli(), Invalid: j.invalid, Unsubscribe: j.unsubscribe,
+		Reason: processors.Clip(errString(j.lastErr), processors.MaxReason)})
 	if err != nil || !processors.ValidID(j.n.UserID) {
 		return
 	}
@@ -893,6 +952,83 @@ func (s *Sink) produce(j *job, cl *kgo.Client, r *kgo.Record) {
 		})
 	}
 	try(1)
+}
+
+// maxInlineRetryAfter is the longest Retry-After a lane worker waits itself
+// before its next quick try; a longer one goes through the retry topics.
+const maxInlineRetryAfter = 2 * time.Second
+
+// invalidated notes targets a provider declared invalid: they are removed from
+// the profile, and no other provider is asked to send to them.
+func (j *job) invalidated(ir *InvalidRecipientError) {
+	j.invalid = append(j.invalid, ir.Targets...)
+	j.unsubscribe = j.unsubscribe || ir.Unsubscribe
+	j.remaining = slices.DeleteFunc(slices.Clone(j.remaining), func(t schemas.Target) bool {
+		return slices.ContainsFunc(ir.Targets, func(it schemas.InvalidTarget) bool { return sameTarget(t, it) })
+	})
+}
+
+// accepted notes what a provider took: its id, and the targets it served.
+func (j *job) accepted(provider, msgID string, served []schemas.Target) {
+	if msgID == "" {
+		msgID = "-"
+	}
+	j.ids = append(j.ids, msgID)
+	if !slices.Contains(j.acceptedBy, provider) {
+		j.acceptedBy = append(j.acceptedBy, provider)
+	}
+	j.remaining = slices.DeleteFunc(slices.Clone(j.remaining), func(t schemas.Target) bool { return slices.Contains(served, t) })
+}
+
+func sameTarget(t schemas.Target, it schemas.InvalidTarget) bool {
+	return t.Platform == it.Platform && t.Token == it.Token && t.Endpoint == it.Endpoint
+}
+
+// targetsNote says which targets are removed from the profile.
+func (j *job) targetsNote() string {
+	if len(j.invalid) == 0 {
+		return ""
+	}
+	var names []string
+	for _, t := range j.invalid {
+		names = append(names, describeTarget(t.Platform, t.Token, t.Endpoint))
+	}
+	what := "removed from the profile: "
+	if j.unsubscribe {
+		what = "recipient unsubscribed at the provider; channel opted out in the profile: "
+	}
+	return what + strings.Join(names, ", ")
+}
+
+func describeTargets(ts []schemas.Target) string {
+	var names []string
+	for _, t := range ts {
+		names = append(names, describeTarget(t.Platform, t.Token, t.Endpoint))
+	}
+	return strings.Join(names, ", ")
+}
+
+// describeTarget names a target without writing its secret whole: tokens and
+// numbers keep their last 4 characters, endpoints their host.
+func describeTarget(platform, token, endpoint string) string {
+	if endpoint != "" {
+		host := endpoint
+		if u, err := url.Parse(endpoint); err == nil && u.Host != "" {
+			host = u.Host
+		}
+		return platform + " subscription at " + host
+	}
+	if len(token) > 4 {
+		token = "…" + token[len(token)-4:]
+	}
+	return platform + " " + token
+}
+
+func joinNote(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // done ends the job's work; it finishes once its produces are acknowledged.

@@ -23,6 +23,10 @@ type smtpProvider struct {
 	slots  chan struct{}
 }
 
+func init() {
+	Register("smtp", Type{Channels: []string{"email"}, New: func(s Spec) (Provider, error) { return newSMTPProvider(s.Provider, s.Deps) }})
+}
+
 func newSMTPProvider(c config.Provider, _ Deps) (Provider, error) {
 	s := c.SMTP
 	// Without WithoutNoop, go-mail sends a NOOP before every message and again

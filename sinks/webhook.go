@@ -49,6 +49,10 @@ type webhookProvider struct {
 // ErrPrivateTarget is a webhook pointing at a loopback or private address.
 var ErrPrivateTarget = errors.New("refusing private, loopback or link-local webhook target")
 
+func init() {
+	Register("webhook", Type{Channels: []string{"webhook"}, New: func(s Spec) (Provider, error) { return newWebhookProvider(s.Provider, s.Deps) }})
+}
+
 func newWebhookProvider(c config.Provider, _ Deps) (Provider, error) {
 	timeout := c.Webhook.Timeout
 	if timeout == 0 {
