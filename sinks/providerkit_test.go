@@ -1,0 +1,254 @@
+package sinks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"gopkg.in/yaml.v3"
+
+	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
+)
+
+// delivery is what became of one notification sent through a real sink.
+type delivery struct {
+	Final    *schemas.StatusEvent   // the terminal event: sent, failed or expired
+	Events   []*schemas.StatusEvent // every event of the notification, in order
+	Feedback *schemas.DeliveryFeedback
+	// DeadLetters of the notification (a failure has one).
+	DeadLetters []*schemas.DeadLetter
+}
+
+// Statuses lists the statuses of the events in order.
+func (d delivery) Statuses() []string {
+	var out []string
+	for _, ev := range d.Events {
+		out = append(out, ev.Status)
+	}
+	return out
+}
+
+// deliverThroughSink sends n through a real sink of its channel on a fresh
+// embedded broker, with the providers as the channel's failover chain, one
+// quick try per provider, and retry tiers of 1 s and 2 s (a retry-later
+// answer is retried through notify.retry.*). It waits for a terminal status.
+func deliverThroughSink(t *testing.T, n *schemas.Notification, providers ...Provider) delivery {
+	t.Helper()
+	env := newSinkEnv(t)
+	s := &Sink{Channel: n.Channel, Brokers: env.brokers, Providers: providers, Producer: env.producer, Log: discardLog(),
+		Opts: Options{Chunk: 16, Concurrency: 4, Attempts: 1, Backoff: 5 * time.Millisecond, SendTimeout: 5 * time.Second,
+			LedgerLookback: time.Hour,
+			Retry: config.Retry{Tiers: []time.Duration{time.Second, 2 * time.Second},
+				Horizon: map[string]time.Duration{"high": time.Minute, "normal": time.Minute, "low": time.Minute}},
+			Breaker: config.Breaker{Failures: 100, OpenFor: time.Second, Probes: 1}}}
+	env.run(t, s)
+	env.retrier(t)
+	if n.Priority == "" {
+		n.Priority = "normal"
+	}
+	if n.AcceptedAt == 0 {
+		n.AcceptedAt = time.Now().UnixMilli()
+	}
+	if n.EventID == "" {
+		n.EventID = "e-" + n.ID
+	}
+	if n.Template == "" {
+		n.Template = "t"
+	}
+	b, err := schemas.NotificationCodec.Encode(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.produce(t, string(topology.Out(n.Channel, n.Priority)), n.ID, b)
+	var d delivery
+	terminal := func(s string) bool {
+		return s == processors.StatusSent || s == processors.StatusFailed || s == processors.StatusExpired
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(env.brokers...), kgo.ConsumeTopics(string(topology.Events)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for d.Final == nil {
+		if env.ctx.Err() != nil {
+			t.Fatalf("no terminal status for %s; statuses %v", n.ID, d.Statuses())
+		}
+		ctx, cancel := context.WithTimeout(env.ctx, 500*time.Millisecond)
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			ev, err := schemas.StatusEventCodec.Decode(r.Value)
+			if err != nil || ev.NotificationID != n.ID {
+				return
+			}
+			d.Events = append(d.Events, ev)
+			if terminal(ev.Status) && d.Final == nil {
+				d.Final = ev
+			}
+		})
+		cancel()
+	}
+	d.Feedback = readOptional(t, env, string(topology.Feedback), schemas.FeedbackCodec)
+	if d.Final.Status == processors.StatusFailed {
+		d.DeadLetters = readTopic(t, env, string(topology.DLQ), schemas.DeadLetterCodec, 1)
+	}
+	return d
+}
+
+// readOptional reads the first record of topic, or nil when none comes within
+// a second (produces of a finished job are acknowledged before its terminal
+// status is readable, so a second is plenty).
+func readOptional[T any](t *testing.T, e *sinkEnv, topic string, codec *schemas.Codec[T]) *T {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(e.ctx, time.Second)
+	defer cancel()
+	var out *T
+	cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+		if out != nil {
+			return
+		}
+		v, err := codec.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = v
+	})
+	return out
+}
+
+// buildProvider builds a provider of a registered type from a YAML settings
+// section, as the configuration file would give it.
+func buildProvider(t *testing.T, channel, typ, settingsYAML string) Provider {
+	t.Helper()
+	c := providerConfig(t, typ, settingsYAML)
+	ps, err := BuildProviders(channel, []config.Provider{c}, Deps{Log: discardLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c, ok := ps[0].(Closer); ok {
+			_ = c.Close()
+		}
+	})
+	return ps[0]
+}
+
+// providerConfig is the configuration of one provider of type typ named typ,
+// with settingsYAML (unindented) as its section.
+func providerConfig(t *testing.T, typ, settingsYAML string) config.Provider {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: %s\ntype: %s\n%s:\n", typ, typ, typ)
+	for _, line := range strings.Split(strings.TrimSpace(settingsYAML), "\n") {
+		b.WriteString("  " + line + "\n")
+	}
+	var c config.Provider
+	if err := yaml.Unmarshal([]byte(b.String()), &c); err != nil {
+		t.Fatalf("provider yaml: %v\n%s", err, b.String())
+	}
+	return c
+}
+
+// The framework: settings are decoded strictly, unknown types and channels are
+// refused with the known ones named.
+func TestProviderRegistryAndSettings(t *testing.T) {
+	if _, err := BuildProviders("email", []config.Provider{{Name: "x", Type: "nosuch"}}, Deps{}); err == nil ||
+		!strings.Contains(err.Error(), `unknown provider type "nosuch"`) || !strings.Contains(err.Error(), "smtp") {
+		t.Fatalf("unknown type: %v", err)
+	}
+	if _, err := BuildProviders("sms", []config.Provider{{Name: "x", Type: "smtp"}}, Deps{}); err == nil ||
+		!strings.Contains(err.Error(), "serves email, not sms") {
+		t.Fatalf("wrong channel: %v", err)
+	}
+	var v struct {
+		A string `yaml:"a"`
+	}
+	if err := (Spec{Provider: providerConfig(t, "kit", "a: 1\nb: 2")}).Settings(&v); err == nil || !strings.Contains(err.Error(), "field b not found") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	if err := (Spec{Provider: providerConfig(t, "kit", "a: x")}).Settings(&v); err != nil || v.A != "x" {
+		t.Fatalf("settings: %v %+v", err, v)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for h, want := range map[string]time.Duration{"": 0, "7": 7 * time.Second, "-1": 0, "x": 0, "99999999": 24 * time.Hour,
+		"Tue, 01 Dec 2026 10:00:30 GMT": 30 * time.Second, "Tue, 01 Dec 2026 09:00:00 GMT": 0} {
+		if got := ParseRetryAfter(h, now); got != want {
+			t.Errorf("ParseRetryAfter(%q) = %s, want %s", h, got, want)
+		}
+	}
+}
+
+func FuzzParseRetryAfter(f *testing.F) {
+	for _, s := range []string{"1", "Tue, 01 Dec 2026 10:00:30 GMT", "", "-5", "1e9"} {
+		f.Add(s)
+	}
+	now := time.Now()
+	f.Fuzz(func(t *testing.T, h string) {
+		if d := ParseRetryAfter(h, now); d < 0 || d > 24*time.Hour {
+			t.Fatalf("ParseRetryAfter(%q) = %s", h, d)
+		}
+	})
+}
+
+// SendEach folds per-target answers: partial success keeps the ids and names
+// the invalid targets; no success with a transient failure retries.
+func TestSendEachFoldsTargetAnswers(t *testing.T) {
+	ts := []schemas.Target{{Platform: "fcm", Token: "a"}, {Platform: "fcm", Token: "gone"}, {Platform: "fcm", Token: "busy"}}
+	answer := func(_ context.Context, tg schemas.Target) (string, error) {
+		switch tg.Token {
+		case "gone":
+			return "", InvalidRecipient(errors.New("UNREGISTERED"), DeviceTarget(tg))
+		case "busy":
+			return "", RetryLater(errors.New("503"), time.Second)
+		}
+		return "id-" + tg.Token, nil
+	}
+	id, err := SendEach(context.Background(), ts, answer)
+	var ir *InvalidRecipientError
+	if id != "id-a" || !errors.As(err, &ir) || len(ir.Targets) != 1 || ir.Targets[0].Token != "gone" {
+		t.Fatalf("partial: %q %v", id, err)
+	}
+	id, err = SendEach(context.Background(), ts[1:], answer)
+	if id != "" || IsPermanent(err) || retryAfter(err) != time.Second {
+		t.Fatalf("none accepted, one busy: %q %v", id, err)
+	}
+	id, err = SendEach(context.Background(), ts[1:2], answer)
+	if id != "" || !errors.As(err, &ir) {
+		t.Fatalf("all gone: %q %v", id, err)
+	}
+}
+
+func TestKeyLimiterBoundsEachKey(t *testing.T) {
+	k := NewKeyLimiter(20, 2) // 20 a minute: one every 3 s after a burst of 2
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	if k.Take("a", now) != 0 || k.Take("a", now) != 0 {
+		t.Fatal("the burst was refused")
+	}
+	if d := k.Take("a", now); d <= 0 || d > 3*time.Second {
+		t.Fatalf("third call at once: wait %s, want (0, 3s]", d)
+	}
+	if k.Take("b", now) != 0 {
+		t.Fatal("another key was limited by the first")
+	}
+	if k.Take("a", now.Add(3*time.Second)) != 0 {
+		t.Fatal("refused after the wait")
+	}
+	if NewKeyLimiter(0, 1).Take("a", now) != 0 {
+		t.Fatal("no limit limited")
+	}
+}
