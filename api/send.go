@@ -36,6 +36,9 @@ type sendBody struct {
 	Channels   []string        `json:"channels"`
 	SendAt     string          `json:"sendAt"`
 	ExpiresAt  string          `json:"expiresAt"`
+	// OTP marks a one-time code: high priority, never delayed, expires in
+	// 5 minutes unless expiresAt says otherwise, never logged.
+	OTP bool `json:"otp"`
 }
 
 type sentNotification struct {
@@ -169,6 +172,15 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 		if req.ExpiresAt > 0 && req.SendAt >= req.ExpiresAt {
 			return nil, invalid(p("sendAt"), "sendAt %s is not before expiresAt %s", b.SendAt, b.ExpiresAt)
 		}
+	}
+	if b.OTP {
+		if b.Priority != "" && b.Priority != "high" {
+			return nil, invalid(p("priority"), "a one-time code (otp) is always high priority, got %q", b.Priority)
+		}
+		if b.SendAt != "" {
+			return nil, invalid(p("sendAt"), "a one-time code (otp) is sent at once; sendAt is not allowed")
+		}
+		req.OTP, req.Priority = true, "high"
 	}
 	if err := recordSize(req, p); err != nil {
 		return nil, err

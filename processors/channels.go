@@ -16,11 +16,11 @@ var channelAddress = map[string]func(c *Contact) string{
 	"inapp":    func(c *Contact) string { return c.UserID },
 	"push":     func(c *Contact) string { return c.device("fcm", "apns") },
 	"webpush":  func(c *Contact) string { return c.device("webpush") },
-	"slack":    func(c *Contact) string { return c.Chat["slack"]["webhookUrl"] },
+	"slack":    func(c *Contact) string { return first(c.Chat["slack"]["webhookUrl"], c.Chat["slack"]["channel"]) },
 	"telegram": func(c *Contact) string { return c.Chat["telegram"]["chatId"] },
-	"dingtalk": func(c *Contact) string { return c.Chat["dingtalk"]["userId"] },
-	"wecom":    func(c *Contact) string { return c.Chat["wecom"]["userId"] },
-	"feishu":   func(c *Contact) string { return c.Chat["feishu"]["openId"] },
+	"dingtalk": func(c *Contact) string { return c.Chat["dingtalk"]["robot"] },
+	"wecom":    func(c *Contact) string { return c.Chat["wecom"]["robot"] },
+	"feishu":   func(c *Contact) string { return c.Chat["feishu"]["robot"] },
 	"webhook":  func(c *Contact) string { return "" }, // the endpoint comes from the template
 }
 
@@ -36,6 +36,37 @@ func AllChannels() []string {
 
 // KnownChannel tells whether ch is a channel notifyd knows.
 func KnownChannel(ch string) bool { _, ok := channelAddress[ch]; return ok }
+
+// devicePlatforms are the device platforms of the channels that send to every
+// device of a user.
+var devicePlatforms = map[string][]string{"push": {"fcm", "apns"}, "webpush": {"webpush"}}
+
+// Targets lists every device or subscription of the contact on a channel that
+// sends to devices (push, webpush), nil for other channels. Duplicates (the
+// same token registered twice) are sent to once.
+func Targets(channel string, c *Contact) []schemas.Target {
+	platforms, ok := devicePlatforms[channel]
+	if !ok {
+		return nil
+	}
+	var out []schemas.Target
+	seen := map[string]bool{}
+	for _, d := range c.Devices {
+		for _, p := range platforms {
+			if d.Platform != p {
+				continue
+			}
+			t := schemas.Target{Platform: p, Token: d.Token, Endpoint: d.Endpoint, P256dh: d.P256dh, Auth: d.Auth}
+			key := p + "\x00" + t.Token + "\x00" + t.Endpoint
+			if (t.Token == "" && t.Endpoint == "") || seen[key] {
+				continue
+			}
+			seen[key] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
 
 // Contact is what enrich knows of a recipient for one send.
 type Contact struct {

@@ -85,6 +85,10 @@ func CheckFanout(r *schemas.SendRequest) error {
 
 func validPriority(p string) bool { return p == "high" || p == "normal" || p == "low" }
 
+// OTPDefaultTTL is how long a one-time code may be delivered when its request
+// gives no expiresAt: past it the notification ends expired, never sent late.
+const OTPDefaultTTL = 5 * time.Minute
+
 // Fanout splits a request into one Notification per recipient.
 func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 	out := make([]*schemas.Notification, 0, len(r.Recipients))
@@ -98,7 +102,15 @@ func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 			ID: NotificationID(r.EventID, rc.UserID), EventID: r.EventID, UserID: rc.UserID,
 			Template: r.Template, Priority: r.Priority, Category: r.Category, Channels: r.Channels,
 			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt,
+			OTP: r.OTP,
 		})
+		if r.OTP {
+			last := out[len(out)-1]
+			last.Priority, last.SendAt = "high", 0
+			if last.ExpiresAt == 0 {
+				last.ExpiresAt = r.AcceptedAt + OTPDefaultTTL.Milliseconds()
+			}
+		}
 	}
 	return out
 }
@@ -123,8 +135,10 @@ func ValidateNotification(n *schemas.Notification) error {
 const MaxReason = 2048
 
 // NotificationEvent builds a status event about a notification.
+//
+// A one-time code's data values are scrubbed from the reason.
 func NotificationEvent(n *schemas.Notification, status, channel, reason string, at time.Time) *schemas.StatusEvent {
-	reason = Clip(reason, MaxReason)
+	reason = Clip(Scrub(reason, Secrets(n.OTP, n.Data)), MaxReason)
 	return &schemas.StatusEvent{
 		ID: StatusEventID(n.ID, status, channel, 0), NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID,
 		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category,

@@ -86,11 +86,13 @@ func (d Deliverer) channel(n *schemas.Notification, t *schemas.Template, c *Cont
 	}
 	routed := *n
 	routed.Channel, routed.Address, routed.Content = ch, addr, content
+	routed.Targets = Targets(ch, c)
 	routed.Priority, routed.Category, routed.RoutedAt = priority, category, now.UnixMilli()
 	routed.Locale = first(locale, c.Locale)
-	if ch != "webhook" {
+	if ch != "webhook" && !n.OTP {
 		// Rendered: the data is in the content now. Only a webhook's payload
-		// carries it, and a routed record stays small.
+		// carries it, and a routed record stays small. A one-time code keeps
+		// it: the sink scrubs its values from every reason and log line.
 		routed.Data = ""
 	}
 	return Outcome{Status: StatusQueued, Out: &routed}

@@ -3,6 +3,7 @@ package processors
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"sort"
 	"strconv"
 	"time"
 
@@ -15,9 +16,20 @@ const maxRecent = 200
 // ContentHash names rendered content sent to an address on a channel.
 func ContentHash(channel, address string, c schemas.Content) string {
 	h := sha256.New()
-	for _, s := range []string{channel, address, c.Subject, c.HTML, c.Text, c.Title, c.Body, c.Endpoint} {
+	for _, s := range []string{channel, address, c.Subject, c.HTML, c.Text, c.Title, c.Body, c.Endpoint,
+		c.Markdown, c.ActionURL, c.ImageURL, c.TemplateID} {
 		h.Write([]byte(s))
 		h.Write([]byte{0})
+	}
+	for _, m := range []map[string]string{c.Data, c.TemplateParams} {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			h.Write([]byte(k + "\x00" + m[k] + "\x00"))
+		}
 	}
 	return hex.EncodeToString(h.Sum(nil)[:12])
 }

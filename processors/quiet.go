@@ -62,7 +62,11 @@ func Category(n *schemas.Notification, t *schemas.Template) string {
 }
 
 // Priority resolves like Category.
+// A one-time code is always high priority.
 func Priority(n *schemas.Notification, t *schemas.Template) string {
+	if n.OTP {
+		return "high"
+	}
 	if t == nil {
 		return first(n.Priority, "normal")
 	}

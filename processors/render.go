@@ -7,6 +7,7 @@ import (
 	"fmt"
 	htmltemplate "html/template"
 	"io"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,6 +92,11 @@ func RenderContext(ctx context.Context, t *schemas.Template, channel string, cc 
 		{"text", cc.Text, &out.Text, false},
 		{"title", cc.Title, &out.Title, false},
 		{"body", cc.Body, &out.Body, false},
+		{"markdown", cc.Markdown, &out.Markdown, false},
+		{"actionUrl", cc.ActionURL, &out.ActionURL, false},
+		{"imageUrl", cc.ImageURL, &out.ImageURL, false},
+		{"sound", cc.Sound, &out.Sound, false},
+		{"collapseKey", cc.CollapseKey, &out.CollapseKey, false},
 	}
 	b, root := startBudget(ctx, t.ID, channel, lim, data)
 	defer b.finish(root)
@@ -104,7 +110,36 @@ func RenderContext(ctx context.Context, t *schemas.Template, channel string, cc 
 		}
 		*f.dst = s
 	}
-	out.Endpoint = cc.Endpoint
+	var err error
+	if out.Data, err = renderMap(t, channel, "data", cc.Data, root, b); err != nil {
+		return out, err
+	}
+	if out.TemplateParams, err = renderMap(t, channel, "templateParams", cc.TemplateParams, root, b); err != nil {
+		return out, err
+	}
+	out.Endpoint, out.Badge, out.TemplateID = cc.Endpoint, cc.Badge, cc.TemplateID
+	return out, nil
+}
+
+// renderMap renders every value of a map field (push data, vendor template
+// parameters), in key order so budgets and errors are deterministic.
+func renderMap(t *schemas.Template, channel, field string, src map[string]string, data map[string]any, b *renderBudget) (map[string]string, error) {
+	if len(src) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, 0, len(src))
+	for k := range src {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make(map[string]string, len(src))
+	for _, k := range keys {
+		s, err := renderOne(t, channel, field+"."+k, src[k], false, data, b)
+		if err != nil {
+			return out, &RenderError{Template: t.ID, Channel: channel, Field: field + "." + k, Err: err}
+		}
+		out[k] = s
+	}
 	return out, nil
 }
 
@@ -188,6 +223,23 @@ func ValidateTemplate(t *schemas.Template) error {
 	return ValidateTemplateLimits(t, RenderLimits{})
 }
 
+// templateSource is one templated field of a channel's content.
+type templateSource struct{ field, src string }
+
+// sourceFields lists every templated field of a channel's content, map
+// values included (data.<key>, templateParams.<key>).
+func sourceFields(cc schemas.ChannelContent) []templateSource {
+	out := []templateSource{{"subject", cc.Subject}, {"html", cc.HTML}, {"text", cc.Text}, {"title", cc.Title},
+		{"body", cc.Body}, {"markdown", cc.Markdown}, {"actionUrl", cc.ActionURL}, {"imageUrl", cc.ImageURL},
+		{"sound", cc.Sound}, {"collapseKey", cc.CollapseKey}}
+	for name, m := range map[string]map[string]string{"data": cc.Data, "templateParams": cc.TemplateParams} {
+		for k, v := range m {
+			out = append(out, templateSource{name + "." + k, v})
+		}
+	}
+	return out
+}
+
 // ValidateTemplateLimits is ValidateTemplate that also proves, cheaply, what
 // would exceed lim.MaxIterations with any data: integer ranges, nested ones
 // multiplied. Data-driven ranges are bounded when rendered.
@@ -196,7 +248,7 @@ func ValidateTemplateLimits(t *schemas.Template, lim RenderLimits) error {
 		if !KnownChannel(where[strings.LastIndexByte(where, '.')+1:]) {
 			return fmt.Errorf("%s: unknown channel", where)
 		}
-		for _, f := range []struct{ field, src string }{{"subject", cc.Subject}, {"html", cc.HTML}, {"text", cc.Text}, {"title", cc.Title}, {"body", cc.Body}} {
+		for _, f := range sourceFields(cc) {
 			var err error
 			if f.field == "html" {
 				_, err = htmltemplate.New(f.field).Parse(f.src)

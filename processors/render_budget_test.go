@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -299,7 +300,7 @@ func TestBudgetedRenderIsUnchanged(t *testing.T) {
 			"Ann &amp; &lt;Bob&gt; Ann \\u0026 \\u003CBob\\u003E a+b%26c Ann & <Bob>!",
 		Endpoint: "hook",
 	}
-	if c != want {
+	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("got\n%+v\nwant\n%+v", c, want)
 	}
 
@@ -334,7 +335,7 @@ func TestConcurrentRendersOfTheSameData(t *testing.T) {
 		wg.Go(func() {
 			for range 50 {
 				got, err := Render(benchTemplate, "email", benchContent, data, defaultLimits)
-				if err != nil || got != want {
+				if err != nil || !reflect.DeepEqual(got, want) {
 					t.Errorf("concurrent render: %v\n%+v", err, got)
 					return
 				}

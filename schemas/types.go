@@ -25,6 +25,7 @@ type SendRequest struct {
 	ExpiresAt  int64       `avro:"expiresAt"`
 	AcceptedAt int64       `avro:"acceptedAt"`
 	Source     string      `avro:"source"`
+	OTP        bool        `avro:"otp"` // since send_request.v2
 }
 
 // Content is a rendered message for one channel.

@@ -30,6 +30,10 @@ func newLogProvider(c config.Provider, d Deps) (Provider, error) {
 func (p *logProvider) Name() string { return p.name }
 
 func (p *logProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
+	if n.OTP { // a one-time code is never logged
+		p.log.Info("notification", "provider", p.name, "id", n.ID, "channel", n.Channel, "otp", true)
+		return "log-" + n.ID, nil
+	}
 	p.log.Info("notification", "provider", p.name, "id", n.ID, "channel", n.Channel, "to", n.Address,
 		"subject", n.Content.Subject, "text", n.Content.Text, "title", n.Content.Title, "body", n.Content.Body)
 	return "log-" + n.ID, nil

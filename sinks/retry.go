@@ -111,7 +111,7 @@ func (s *Sink) retry(j *job) {
 	if n.FirstFailedAt == 0 {
 		n.FirstFailedAt = now.UnixMilli()
 	}
-	n.LastError = processors.Clip(errString(j.lastErr), 1024)
+	n.LastError = processors.Clip(processors.Scrub(errString(j.lastErr), processors.Secrets(n.OTP, n.Data)), 1024)
 	plan := PlanRetryAfter(&n, now, s.Opts.Retry, j.after)
 	if plan.Delay == 0 {
 		j.calls = 0

@@ -752,7 +752,8 @@ func (s *Sink) serve(l *lane, j *job) {
 		}
 		// Debug: an outage would write one line per notification per try; the
 		// breaker's transitions and the retry metrics say it at warn level.
-		s.Log.Debug("send failed", "id", j.n.ID, "provider", name, "try", try, "err", err)
+		s.Log.Debug("send failed", "id", j.n.ID, "provider", name, "try", try,
+			"err", processors.Scrub(errString(err), processors.Secrets(j.n.OTP, j.n.Data)))
 		if IsPermanent(err) {
 			break
 		}
@@ -856,6 +857,7 @@ func (s *Sink) fail(j *job, exhausted bool) {
 	if exhausted {
 		reason = "retries exhausted after " + fmt.Sprint(n.Retries) + " retries, last: " + errString(j.lastErr)
 	}
+	reason = processors.Scrub(reason, processors.Secrets(n.OTP, n.Data))
 	s.Log.Warn("notification failed", "id", n.ID, "provider", j.lastProv, "reason", reason)
 	s.deadLetter(j, n.ID, errors.New(reason))
 	s.event(j, s.notificationEvent(n, processors.StatusFailed, j.lastProv, reason, n.Attempts+j.calls, ""))

@@ -560,6 +560,8 @@ const deadLetterKeep = 64 << 10
 func EncodeDeadLetter(dl *schemas.DeadLetter) (key string, value []byte) {
 	key = processors.Clip(string(dl.Key), 1024)
 	dl.Reason = processors.Clip(dl.Reason, 4096)
+	// A one-time code's data and content never reach the dead-letter topic.
+	dl.Value = processors.RedactRecord(dl.Value)
 	b, err := schemas.DeadLetterCodec.Encode(dl)
 	if err == nil && Fits(key, b) {
 		return key, b
