@@ -46,6 +46,8 @@ type Server struct {
 	// Render bounds a preview's render as the deliver group bounds a send's,
 	// and a template PUT is refused if it exceeds them whatever the data.
 	Render processors.RenderLimits
+	// Inbox serves the in-app inbox's end-user endpoints; nil = none.
+	Inbox *Inbox
 
 	requests *prometheus.HistogramVec
 }
@@ -86,6 +88,7 @@ func (s *Server) Handler() http.Handler {
 	authed("GET /v1/analytics/summary", s.analyticsSummary)
 	authed("GET /v1/analytics/latency", s.analyticsLatency)
 	authed("GET /v1/analytics/reconciliation", s.analyticsReconciliation)
+	s.inboxRoutes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -120,6 +123,15 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// Flush lets streams (inbox SSE) flush through the recorder.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 func (s *Server) instrument(route string, h http.Handler) http.Handler {
 	if s.requests == nil {

@@ -32,6 +32,7 @@ type Config struct {
 	Render    Render                `yaml:"render"`
 	Health    Health                `yaml:"health"`
 	Alerts    Alerts                `yaml:"alerts"`
+	Inbox     Inbox                 `yaml:"inbox"`
 	LogLevel  string                `yaml:"logLevel"`
 }
 
@@ -65,6 +66,22 @@ type Health struct {
 	// StuckAfter: a partition whose record has been in work longer than this
 	// makes /readyz answer 503.
 	StuckAfter time.Duration `yaml:"stuckAfter"`
+}
+
+// Inbox is the in-app inbox (channel inapp, provider type inbox).
+type Inbox struct {
+	// Secret signs the per-user tokens of the end-user endpoints (HMAC); every
+	// API instance needs the same. Empty: one is generated once and kept in
+	// dataDir/inbox.secret (fine for one instance).
+	Secret string `yaml:"secret"`
+	// MaxMessages is how many messages a user's inbox keeps, newest first.
+	MaxMessages int `yaml:"maxMessages"`
+	// AllowedOrigins may call the end-user endpoints from a browser (CORS); "*" = any.
+	AllowedOrigins []string `yaml:"allowedOrigins"`
+	// Heartbeat is the interval of keep-alive comments on an open stream.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// MaxStreams bounds the streams one API instance holds open.
+	MaxStreams int `yaml:"maxStreams"`
 }
 
 // Alerts tell operators about notifications that exhausted their retries.
@@ -257,9 +274,11 @@ func Default() Config {
 			"feishu": 30_000, "inapp": 16 << 10, "default": 64 << 10}},
 		Health: Health{StuckAfter: 30 * time.Second},
 		Alerts: Alerts{Timeout: 5 * time.Second},
+		Inbox:  Inbox{MaxMessages: 200, AllowedOrigins: []string{"*"}, Heartbeat: 15 * time.Second, MaxStreams: 10000},
 		Channels: map[string][]Provider{
 			"email":   {{Name: "log-email", Type: "log"}},
 			"webhook": {{Name: "log-webhook", Type: "log"}},
+			"inapp":   {{Name: "inbox", Type: "inbox"}},
 		},
 		LogLevel: "info",
 	}
@@ -413,6 +432,21 @@ func (c *Config) merge(f Config) {
 	if f.Channels != nil {
 		c.Channels = f.Channels
 	}
+	if f.Inbox.Secret != "" {
+		c.Inbox.Secret = f.Inbox.Secret
+	}
+	if f.Inbox.MaxMessages != 0 {
+		c.Inbox.MaxMessages = f.Inbox.MaxMessages
+	}
+	if f.Inbox.AllowedOrigins != nil {
+		c.Inbox.AllowedOrigins = f.Inbox.AllowedOrigins
+	}
+	if f.Inbox.Heartbeat != 0 {
+		c.Inbox.Heartbeat = f.Inbox.Heartbeat
+	}
+	if f.Inbox.MaxStreams != 0 {
+		c.Inbox.MaxStreams = f.Inbox.MaxStreams
+	}
 	c.Analytics.merge(f.Analytics)
 	if f.LogLevel != "" {
 		c.LogLevel = f.LogLevel
@@ -485,6 +519,7 @@ func (c *Config) applyEnv(env func(string) string) error {
 		}),
 		set("NOTIFYD_ANALYTICS_ADDR", str(&c.Analytics.Addr)),
 		set("NOTIFYD_HEALTH_ADDR", str(&c.Health.Addr)),
+		set("NOTIFYD_INBOX_SECRET", str(&c.Inbox.Secret)),
 		set("NOTIFYD_ANALYTICS_PASSWORD", str(&c.Analytics.Password)),
 		set("NOTIFYD_DEDUP_WINDOW", func(v string) error {
 			d, err := time.ParseDuration(v)
@@ -555,6 +590,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.Partitions < 1 {
 		return fmt.Errorf("config: kafka.partitions must be >= 1")
+	}
+	if c.Inbox.MaxMessages < 1 || c.Inbox.MaxMessages > 10000 {
+		return fmt.Errorf("config: inbox.maxMessages must be between 1 and 10000")
+	}
+	if c.Inbox.Secret != "" && len(c.Inbox.Secret) < 16 {
+		return fmt.Errorf("config: inbox.secret must be at least 16 characters")
+	}
+	if c.Inbox.Heartbeat < time.Second || c.Inbox.MaxStreams < 1 {
+		return fmt.Errorf("config: inbox.heartbeat must be at least 1s and inbox.maxStreams at least 1")
 	}
 	if c.Kafka.SessionTimeout < 6*time.Second || c.Kafka.SessionTimeout > 5*time.Minute {
 		return fmt.Errorf("config: kafka.sessionTimeout must be between 6s (the brokers' group.min.session.timeout.ms) and 5m")
@@ -635,10 +679,7 @@ func (c *Config) Validate() error {
 			case "":
 				return fmt.Errorf("%s (%s): type is required", where, p.Name)
 			default:
-				// Checked against the registered types by sinks.Check.
-				if _, ok := p.Settings[p.Type]; !ok {
-					return fmt.Errorf("%s (%s): the %s section is missing", where, p.Name, p.Type)
-				}
+				// Checked against the registered types, settings and all, by sinks.Check.
 			}
 		}
 	}

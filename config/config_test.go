@@ -57,7 +57,8 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 	cases := map[string]string{
 		"unknown key":      "htp: {addr: x}",
 		"bad duration":     "dedup: {window: forever}",
-		"bad provider":     "channels: {email: [{name: x, type: carrier-pigeon}]}",
+		"settings key":     "channels: {sms: [{name: x, type: twilio, tencentsms: {}}]}",
+		"no type":          "channels: {sms: [{name: x}]}",
 		"smtp incomplete":  "channels: {email: [{name: x, type: smtp, smtp: {host: h}}]}",
 		"smtp tls":         "channels: {email: [{name: x, type: smtp, smtp: {host: h, port: 25, from: a@b.c, tls: maybe}}]}",
 		"webhook secret":   "channels: {webhook: [{name: x, type: webhook, webhook: {endpoints: {d: {url: 'https://x'}}}}]}",

@@ -19,6 +19,9 @@ func Suppression(p *schemas.Profile, category, channel string) string {
 	if prefs.UnsubscribedAll {
 		return fmt.Sprintf("user unsubscribed from all %s notifications", category)
 	}
+	if allowed, ok := prefs.Categories["*"][channel]; ok && !allowed {
+		return fmt.Sprintf("user opted out of every category on %s", channel)
+	}
 	if byChannel, ok := prefs.Categories[category]; ok {
 		if allowed, ok := byChannel[channel]; ok && !allowed {
 			return fmt.Sprintf("user opted out of %s %s", category, channel)

@@ -188,6 +188,9 @@ var (
 	LedgerEntryCodec  = NewCodec[LedgerEntry]("notifyd.LedgerEntry")
 	FeedbackCodec     = NewCodec[DeliveryFeedback]("notifyd.DeliveryFeedback")
 	ScheduledCodec    = NewCodec[ScheduledEntry]("notifyd.ScheduledEntry")
+	InboxCommandCodec = NewCodec[InboxCommand]("notifyd.InboxCommand")
+	InboxFeedCodec    = NewCodec[InboxFeed]("notifyd.InboxFeed")
+	InboxEventCodec   = NewCodec[InboxEvent]("notifyd.InboxEvent")
 )
 
 // Goka adapts a Codec to goka.Codec; values are *T.

@@ -274,3 +274,48 @@ type LedgerEntry struct {
 	Offset         int64  `avro:"offset"`
 	At             int64  `avro:"at"`
 }
+
+// InboxItem is one message of a user's in-app inbox.
+type InboxItem struct {
+	ID        string            `avro:"id" json:"id"`
+	Template  string            `avro:"template" json:"template,omitempty"`
+	Category  string            `avro:"category" json:"category,omitempty"`
+	Title     string            `avro:"title" json:"title,omitempty"`
+	Body      string            `avro:"body" json:"body,omitempty"`
+	ActionURL string            `avro:"actionUrl" json:"actionUrl,omitempty"`
+	Avatar    string            `avro:"avatar" json:"avatar,omitempty"`
+	Data      map[string]string `avro:"data" json:"data,omitempty"`
+	CreatedAt int64             `avro:"createdAt" json:"-"`
+	Seq       int64             `avro:"seq" json:"seq"`
+	Seen      bool              `avro:"seen" json:"seen"`
+	Read      bool              `avro:"read" json:"read"`
+	Archived  bool              `avro:"archived" json:"archived"`
+}
+
+// InboxCommand changes a user's inbox (on notify.inbox, key userId).
+type InboxCommand struct {
+	Op         string    `avro:"op"`
+	UserID     string    `avro:"userId"`
+	MessageIDs []string  `avro:"messageIds"`
+	At         int64     `avro:"at"`
+	Message    InboxItem `avro:"message"`
+}
+
+// InboxFeed is the inbox group's value of a user: newest messages first.
+type InboxFeed struct {
+	Messages []InboxItem `avro:"messages"`
+	Seq      int64       `avro:"seq"`
+	Unread   int32       `avro:"unread"`
+	Unseen   int32       `avro:"unseen"`
+}
+
+// InboxEvent tells the API instances what changed in a user's inbox.
+type InboxEvent struct {
+	UserID string      `avro:"userId"`
+	Seq    int64       `avro:"seq"`
+	Kind   string      `avro:"kind"`
+	Items  []InboxItem `avro:"items"`
+	Unread int32       `avro:"unread"`
+	Unseen int32       `avro:"unseen"`
+	At     int64       `avro:"at"`
+}

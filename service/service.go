@@ -70,10 +70,12 @@ type Service struct {
 	procs    []*goka.Processor
 	// statusProc is the status group's processor when this process runs it.
 	statusProc *goka.Processor
-	sinks      []*sinks.Sink
-	retrier    *sinks.Retrier
-	chAddr     string
-	chConn     driver.Conn
+	// inboxProc is the inbox group's processor when this process runs it.
+	inboxProc *goka.Processor
+	sinks     []*sinks.Sink
+	retrier   *sinks.Retrier
+	chAddr    string
+	chConn    driver.Conn
 	// watch knows what every group and sink of this process has in work (readiness).
 	watch *topology.Watchdog
 }
@@ -358,12 +360,13 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		enabled[ch] = true
 	}
 	pipe := &topology.Pipeline{
-		DedupWindow: cfg.Dedup.Window,
-		TableWait:   cfg.Limits.TableWait,
-		Partitions:  cfg.Kafka.Partitions,
-		Now:         s.Now,
-		Watch:       s.watch,
-		DeadLetter:  deadLetter,
+		DedupWindow:   cfg.Dedup.Window,
+		TableWait:     cfg.Limits.TableWait,
+		Partitions:    cfg.Kafka.Partitions,
+		Now:           s.Now,
+		InboxCapacity: cfg.Inbox.MaxMessages,
+		Watch:         s.watch,
+		DeadLetter:    deadLetter,
 		Deliverer: processors.Deliverer{
 			Render:  processors.LimitsFromConfig(cfg.Render),
 			Limiter: processors.Limiter{ContentWindow: cfg.Limits.ContentDedupWindow, PerDay: cfg.Limits.PerDay},
@@ -374,7 +377,7 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 	tables := topology.NewTables()
 	kafka.Tables = tables
 	var waits []func(context.Context) error
-	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.SchedulerGraph(), pipe.StatusGraph()} {
+	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.SchedulerGraph(), pipe.StatusGraph(), pipe.InboxGraph()} {
 		opts := append(kafka.ProcessorOptions(graph.Group()), goka.WithLogger(gokaLog))
 		p, err := goka.NewProcessor(kafka.Brokers, graph, opts...)
 		if err != nil {
@@ -383,8 +386,11 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		s.mu.Lock()
 		s.procs = append(s.procs, p)
 		s.mu.Unlock()
-		if graph.Group() == topology.StatusGroup {
+		switch graph.Group() {
+		case topology.StatusGroup:
 			s.statusProc = p
+		case topology.InboxGroup:
+			s.inboxProc = p
 		}
 		g.Go(func() error { return p.Run(ctx) })
 		waits = append(waits, p.WaitForReadyContext)
@@ -453,7 +459,14 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		}
 		views = append(views, v)
 	}
-	srv := &api.Server{Producer: producer, Status: status,
+	inbox, err := s.startInbox(ctx, g, kafka, producer)
+	if err != nil {
+		return nil, err
+	}
+	if v := inbox.view(); v != nil {
+		views = append(views, v)
+	}
+	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api,
 		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
 		Keys:      api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
@@ -604,7 +617,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 		providers, ok := s.Providers[ch]
 		if !ok {
 			var err error
-			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log})
+			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer})
 			if err != nil {
 				return err
 			}

@@ -69,6 +69,8 @@ func applied(st *goka.ViewStats, p int32) int64 {
 type statusTable struct {
 	proc  *goka.Processor // nil when this process runs no status group
 	start func() (*goka.View, error)
+	// sync, when set, makes a view of the table catch up on demand (Sync).
+	sync func(*goka.View) *syncedView
 
 	mu   sync.Mutex
 	view *goka.View
@@ -107,6 +109,26 @@ func (t *statusTable) ensureView() (*goka.View, error) {
 		t.view, t.err = t.start()
 	}
 	return t.view, t.err
+}
+
+// Sync waits until a read of key sees every write made to its partition of
+// the table before the call: at once when this process's processor owns the
+// partition, else once the view has caught up (read-after-write across
+// instances). sync is nil for tables read without it.
+func (t *statusTable) Sync(ctx context.Context, key string) error {
+	if t.proc != nil {
+		if _, err := t.proc.Get(key); err == nil {
+			return nil
+		}
+	}
+	if t.sync == nil {
+		return nil
+	}
+	v, err := t.ensureView()
+	if err != nil {
+		return err
+	}
+	return t.sync(v).Sync(ctx, key)
 }
 
 // recovered tells whether the view, if one runs, has caught up.

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
 	"gopkg.in/yaml.v3"
 
 	"github.com/notifyd/notifyd/config"
@@ -59,6 +60,9 @@ type Closer interface{ Close() error }
 type Deps struct {
 	Log *slog.Logger
 	Now func() time.Time // nil = time.Now
+	// Producer writes to notifyd's own topics (goka-compatible partitioning);
+	// the inbox provider delivers through it.
+	Producer *kgo.Client
 }
 
 // Spec is what a provider type builds a provider from.

@@ -3,6 +3,7 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -33,6 +34,9 @@ type Pipeline struct {
 	Watch *Watchdog
 	// DeadLetter, when set, is told the stage of every dead letter produced.
 	DeadLetter func(stage string)
+	// InboxCapacity is how many messages a user's inbox keeps
+	// (processors.DefaultInboxCapacity when zero).
+	InboxCapacity int
 
 	// missAt remembers, per partition, when a wait for a table last timed out:
 	// then the table has caught up and the record really is missing, so the
@@ -236,6 +240,9 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Output(Scheduled, notifCodec),
+		// Providers' invalid-recipient answers remove the target from the
+		// profile (see feedback): the group writes the joined table's topic.
+		goka.Output(goka.Stream(Profiles), profileTable),
 		goka.Persist(userStateCodec),
 	}
 	for _, ch := range processors.AllChannels() {
@@ -322,6 +329,12 @@ func (p *Pipeline) feedback(ctx goka.Context, msg any) {
 		p.deadLetterOnly(ctx, raw, "deliver.feedback", err)
 		return
 	}
+	if len(fb.Invalid) > 0 || fb.Unsubscribe {
+		p.removeInvalid(ctx, fb)
+	}
+	if fb.Status == processors.StatusSent {
+		return // delivered to some targets: the content was sent
+	}
 	st, _ := ctx.Value().(*schemas.UserState)
 	if st != nil {
 		// Written even when nothing changed: a replay may find local state
@@ -329,6 +342,34 @@ func (p *Pipeline) feedback(ctx goka.Context, msg any) {
 		processors.Forget(st, fb.NotificationID, fb.Channel)
 		ctx.SetValue(st)
 	}
+}
+
+// removeInvalid writes the user's profile without the targets a provider
+// declared invalid (or opted out of the channel after a STOP), so they are not
+// tried again. The profile topic is keyed by userId like the feedback, so the
+// profile read here is this partition's, current up to the writes before it;
+// a profile written through the API at the same moment may win over it, and
+// the next send to the dead target removes it again.
+func (p *Pipeline) removeInvalid(ctx goka.Context, fb *schemas.DeliveryFeedback) {
+	d, ok := ctx.Join(Profiles).(schemas.Decoded[schemas.Profile])
+	if !ok || d.Err != nil || d.V == nil {
+		return // no profile (inline contacts only): nothing stored to remove
+	}
+	prof := *d.V
+	prof.Devices = append([]schemas.Device(nil), d.V.Devices...)
+	prof.Chat = map[string]map[string]string{}
+	for app, m := range d.V.Chat {
+		prof.Chat[app] = maps.Clone(m)
+	}
+	prof.Preferences.Categories = map[string]map[string]bool{}
+	for cat, m := range d.V.Preferences.Categories {
+		prof.Preferences.Categories[cat] = maps.Clone(m)
+	}
+	if !processors.RemoveInvalid(&prof, fb.Channel, fb.Invalid, fb.Unsubscribe) {
+		return
+	}
+	prof.UpdatedAt = p.now().UnixMilli()
+	ctx.Emit(goka.Stream(Profiles), ctx.Key(), &prof)
 }
 
 // hold parks a notification with the scheduler group until due; the chain runs

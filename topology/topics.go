@@ -143,6 +143,7 @@ func Topics() []Topic {
 		{Name: string(goka.GroupTable(SchedulerGroup)), Compact: true},
 		{Name: string(Feedback)}, {Name: string(DLQReplays), Compact: true},
 	}
+	ts = append(ts, inboxTopics()...)
 	for _, ch := range processors.AllChannels() {
 		for _, p := range processors.Priorities {
 			ts = append(ts, Topic{Name: string(Out(ch, p))})

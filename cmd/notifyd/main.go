@@ -16,6 +16,7 @@ import (
 
 	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/service"
 )
 
@@ -98,6 +99,10 @@ func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
 	}
 	cfg, err := config.Load(*path, os.Getenv)
 	if err != nil {
+		return cfg, err
+	}
+	// Every provider's own section, checked by its type (sinks registry).
+	if err := sinks.Check(cfg); err != nil {
 		return cfg, err
 	}
 	if *dataDir != "" {

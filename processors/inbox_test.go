@@ -1,0 +1,56 @@
+package processors
+
+import (
+	"testing"
+
+	"github.com/notifyd/notifyd/schemas"
+)
+
+func add(id string, at int64) *schemas.InboxCommand {
+	return &schemas.InboxCommand{Op: InboxAdd, UserID: "u", At: at, Message: schemas.InboxItem{ID: id, Title: "t-" + id}}
+}
+
+// The feed keeps the newest messages first, capped; counts follow reads,
+// archives and bulk marks; every change takes the next sequence number and a
+// repeated command changes nothing.
+func TestApplyInbox(t *testing.T) {
+	var f *schemas.InboxFeed
+	var ev *schemas.InboxEvent
+	for i, id := range []string{"a", "b", "c", "d"} {
+		f, ev = ApplyInbox(f, add(id, int64(i)), 3)
+		if ev == nil || ev.Kind != InboxEventMessage || ev.Seq != int64(i+1) || ev.Items[0].ID != id {
+			t.Fatalf("add %s: event %+v", id, ev)
+		}
+	}
+	if len(f.Messages) != 3 || f.Messages[0].ID != "d" || f.Messages[2].ID != "b" || f.Unread != 3 || f.Unseen != 3 {
+		t.Fatalf("capped feed: %+v", f)
+	}
+	if g, ev := ApplyInbox(f, add("c", 9), 3); ev != nil || g != f {
+		t.Fatalf("a message added twice changed the feed: %+v", ev)
+	}
+	f, ev = ApplyInbox(f, &schemas.InboxCommand{Op: InboxRead, UserID: "u", MessageIDs: []string{"c", "zz"}}, 3)
+	if ev == nil || ev.Kind != InboxEventUpdate || len(ev.Items) != 1 || !ev.Items[0].Read || !ev.Items[0].Seen || f.Unread != 2 || f.Unseen != 2 || ev.Seq != 5 {
+		t.Fatalf("read: %+v %+v", ev, f)
+	}
+	if _, ev := ApplyInbox(f, &schemas.InboxCommand{Op: InboxRead, UserID: "u", MessageIDs: []string{"c"}}, 3); ev != nil {
+		t.Fatalf("read twice: %+v", ev)
+	}
+	f, _ = ApplyInbox(f, &schemas.InboxCommand{Op: InboxArchive, UserID: "u", MessageIDs: []string{"d"}}, 3)
+	if f.Unread != 1 || f.Unseen != 1 {
+		t.Fatalf("archive: %+v", f)
+	}
+	f, ev = ApplyInbox(f, &schemas.InboxCommand{Op: InboxReadAll, UserID: "u"}, 3)
+	if ev == nil || ev.Kind != InboxEventCount || f.Unread != 0 || f.Unseen != 0 || f.Messages[0].Read {
+		t.Fatalf("read all (the archived one stays unread): %+v %+v", ev, f)
+	}
+	f, _ = ApplyInbox(f, &schemas.InboxCommand{Op: InboxUnarchive, UserID: "u", MessageIDs: []string{"d"}}, 3)
+	if f.Unread != 1 {
+		t.Fatalf("unarchived unread message not counted: %+v", f)
+	}
+	for _, bad := range []*schemas.InboxCommand{{Op: "drop", UserID: "u"}, {Op: InboxRead, UserID: "u"}, {Op: InboxAdd, UserID: "u"},
+		{Op: InboxReadAll, UserID: "bad id"}} {
+		if ValidateInboxCommand(bad) == nil {
+			t.Errorf("invalid command accepted: %+v", bad)
+		}
+	}
+}

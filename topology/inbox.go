@@ -1,0 +1,87 @@
+package topology
+
+import (
+	"fmt"
+
+	"github.com/lovoo/goka"
+
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+)
+
+// The in-app inbox: the inbox provider (channel inapp) and the end-user API
+// write commands keyed by userId; the inbox group keeps each user's feed and
+// announces every change on notify.inbox.events, which every API instance
+// reads to push it to the user's open streams (SSE).
+const (
+	InboxCommands goka.Stream = "notify.inbox.commands" // InboxCommand, key userId
+	InboxEvents   goka.Stream = "notify.inbox.events"   // InboxEvent, key userId
+	InboxGroup    goka.Group  = "notify.inbox"
+)
+
+var (
+	inboxFeedCodec  = schemas.Goka[schemas.InboxFeed]{C: schemas.InboxFeedCodec}
+	inboxEventCodec = schemas.Goka[schemas.InboxEvent]{C: schemas.InboxEventCodec}
+	inboxFeedTable  = schemas.Lenient[schemas.InboxFeed]{C: schemas.InboxFeedCodec}
+)
+
+// InboxFeedTableCodec reads the inbox group's table leniently (views).
+func InboxFeedTableCodec() goka.Codec { return inboxFeedTable }
+
+// inboxTopics are the inbox's topics for Topics.
+func inboxTopics() []Topic {
+	return []Topic{{Name: string(InboxCommands)}, {Name: string(InboxEvents)},
+		{Name: string(goka.GroupTable(InboxGroup)), Compact: true}}
+}
+
+// InboxGraph: notify.inbox.commands (key userId) → the feed table, and an
+// event per change on notify.inbox.events.
+func (p *Pipeline) InboxGraph() *goka.GroupGraph {
+	return goka.DefineGroup(InboxGroup,
+		goka.Input(InboxCommands, rawCodec, p.inbox),
+		goka.Output(InboxEvents, inboxEventCodec),
+		goka.Output(DLQ, deadCodec),
+		goka.Persist(inboxFeedCodec),
+	)
+}
+
+func (p *Pipeline) inbox(ctx goka.Context, msg any) {
+	defer p.Watch.Begin(string(InboxGroup), ctx.Partition())()
+	raw, _ := msg.([]byte)
+	c, err := decodeOrNull(raw, schemas.InboxCommandCodec.Decode)
+	if err == nil {
+		err = processors.ValidateInboxCommand(c)
+	}
+	if err == nil && c.UserID != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the userId %q", processors.Clip(ctx.Key(), 200), c.UserID)
+	}
+	if err != nil {
+		p.deadLetterOnly(ctx, raw, "inbox", err)
+		return
+	}
+	if c.At == 0 {
+		c.At = p.now().UnixMilli()
+	}
+	feed, _ := ctx.Value().(*schemas.InboxFeed)
+	next, ev := processors.ApplyInbox(feed, c, p.InboxCapacity)
+	if ev == nil {
+		if feed != nil {
+			ctx.SetValue(feed) // a replay may find local state ahead of the table topic
+		}
+		return
+	}
+	b, err := schemas.InboxFeedCodec.Encode(next)
+	if err == nil && !Fits(ctx.Key(), b) {
+		// The capacity is in messages; a feed of huge ones is trimmed to fit.
+		for len(next.Messages) > 1 && !Fits(ctx.Key(), b) {
+			next.Messages = next.Messages[:len(next.Messages)*3/4]
+			b, err = schemas.InboxFeedCodec.Encode(next)
+		}
+	}
+	if err != nil {
+		p.deadLetterOnly(ctx, raw, "inbox", err)
+		return
+	}
+	ctx.SetValue(next)
+	ctx.Emit(InboxEvents, ctx.Key(), ev)
+}
