@@ -1,7 +1,10 @@
 package api
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -9,6 +12,7 @@ import (
 
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -87,4 +91,100 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]int{"accepted": len(recs)})
+}
+
+// ReceiptSource is a provider that takes receipts, and its channel.
+type ReceiptSource struct {
+	Channel  string
+	Provider sinks.ReceiptProvider
+}
+
+// maxCallbackBytes bounds a provider's callback body.
+const maxCallbackBytes = 64 << 10
+
+// providerReceipts takes a provider's own callback (Twilio's status callback,
+// say) at POST /v1/receipts/{provider}: not an API key but the provider's
+// signature authenticates it. Each receipt about a notification notifyd knows
+// becomes a status event; an unsubscribe (SMS STOP) also opts the user out of
+// the channel. Unknown notifications answer 404 and record nothing.
+func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("provider")
+	src, ok := s.ReceiptProviders[name]
+	if !ok {
+		writeError(w, &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("no provider %q takes receipts here", name)})
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxCallbackBytes))
+	if err != nil {
+		writeError(w, &Error{Status: http.StatusRequestEntityTooLarge, Code: "payload_too_large",
+			Message: fmt.Sprintf("a callback may be at most %d bytes", maxCallbackBytes)})
+		return
+	}
+	receipts, err := src.Provider.Receipts(r, body)
+	if errors.Is(err, sinks.ErrBadSignature) {
+		writeError(w, &Error{Status: http.StatusForbidden, Code: "bad_signature", Message: name + ": " + err.Error()})
+		return
+	}
+	if err != nil {
+		writeError(w, invalid("", "%s callback: %v", name, err))
+		return
+	}
+	var recs []*kgo.Record
+	for _, rc := range receipts {
+		if rc.Status == "" {
+			continue
+		}
+		lc := s.lifecycle(r.Context(), rc.NotificationID)
+		if lc == nil {
+			writeError(w, notFound("notification", rc.NotificationID))
+			return
+		}
+		at := rc.At
+		if at.IsZero() {
+			at = s.now()
+		}
+		channel := src.Channel
+		ev := &schemas.StatusEvent{ID: processors.StatusEventID(rc.NotificationID, rc.Status, channel, 0),
+			NotificationID: rc.NotificationID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template,
+			Channel: channel, Priority: lc.Priority, Category: lc.Category, Provider: name, Status: rc.Status,
+			Reason: processors.Clip(rc.Reason, processors.MaxReason), ProviderMessageID: rc.ProviderMessageID, At: at.UnixMilli()}
+		v, err := schemas.StatusEventCodec.Encode(ev)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		recs = append(recs, &kgo.Record{Topic: string(topology.Events), Key: []byte(ev.NotificationID), Value: v})
+		if rc.Status == processors.StatusUnsubscribed && processors.ValidID(lc.UserID) {
+			fb, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: rc.NotificationID, Channel: channel,
+				Status: processors.StatusUnsubscribed, At: at.UnixMilli(), Unsubscribe: true, Reason: ev.Reason})
+			if err == nil {
+				recs = append(recs, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(lc.UserID), Value: fb})
+			}
+		}
+	}
+	if len(recs) > 0 {
+		if err := s.Producer.ProduceSync(r.Context(), recs...).FirstErr(); err != nil {
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "could not record receipts: " + err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(receipts)})
+}
+
+// lifecycle reads a notification's lifecycle, nil when notifyd has none.
+func (s *Server) lifecycle(ctx context.Context, id string) *schemas.Lifecycle {
+	if !processors.ValidID(id) {
+		return nil
+	}
+	v, err := s.Status.Get(id)
+	if err != nil {
+		return nil
+	}
+	switch lc := v.(type) {
+	case *schemas.Lifecycle:
+		return lc
+	case schemas.Decoded[schemas.Lifecycle]:
+		return lc.V
+	}
+	return nil
 }

@@ -48,6 +48,9 @@ type Server struct {
 	Render processors.RenderLimits
 	// Inbox serves the in-app inbox's end-user endpoints; nil = none.
 	Inbox *Inbox
+	// ReceiptProviders take their provider's callbacks at
+	// POST /v1/receipts/{provider}, by provider name.
+	ReceiptProviders map[string]ReceiptSource
 
 	requests *prometheus.HistogramVec
 }
@@ -85,6 +88,8 @@ func (s *Server) Handler() http.Handler {
 	authed("DELETE /v1/templates/{id}", s.deleteTemplate)
 	authed("POST /v1/templates/{id}/preview", s.previewTemplate)
 	authed("POST /v1/receipts", s.receipts)
+	// Authenticated by the provider's signature, not an API key.
+	mux.Handle("POST /v1/receipts/{provider}", s.instrument("POST /v1/receipts/{provider}", http.HandlerFunc(s.providerReceipts)))
 	authed("GET /v1/analytics/summary", s.analyticsSummary)
 	authed("GET /v1/analytics/latency", s.analyticsLatency)
 	authed("GET /v1/analytics/reconciliation", s.analyticsReconciliation)

@@ -35,6 +35,7 @@ type harness struct {
 	smtp   *smtptest.Server
 	hook   *webhooktest.Receiver
 	now    func() time.Time // the service's clock; nil = real time
+	log    *slog.Logger     // the service's log; nil = logger()
 }
 
 func testConfig(t *testing.T, smtpSrv *smtptest.Server, hook *webhooktest.Receiver) config.Config {
@@ -86,7 +87,11 @@ func logger() *slog.Logger {
 func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	h.svc = &service.Service{Cfg: h.cfg, Roles: service.AllInOne, Log: logger(), Now: h.now}
+	log := h.log
+	if log == nil {
+		log = logger()
+	}
+	h.svc = &service.Service{Cfg: h.cfg, Roles: service.AllInOne, Log: log, Now: h.now}
 	h.cancel = cancel
 	h.done = make(chan error, 1)
 	go func() { h.done <- h.svc.Run(ctx) }()

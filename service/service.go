@@ -466,7 +466,11 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if v := inbox.view(); v != nil {
 		views = append(views, v)
 	}
-	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api,
+	receipts, err := s.receiptSources(ctx, g, producer)
+	if err != nil {
+		return nil, err
+	}
+	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts,
 		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
 		Keys:      api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
@@ -508,6 +512,30 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		waits = append(waits, viewReady(v))
 	}
 	return waits, nil
+}
+
+// receiptSources are the configured providers that take their service's
+// callbacks (delivery receipts) at POST /v1/receipts/{provider}.
+func (s *Service) receiptSources(ctx context.Context, g *errgroup.Group, producer *kgo.Client) (map[string]api.ReceiptSource, error) {
+	out := map[string]api.ReceiptSource{}
+	for ch, cfgs := range s.Cfg.Channels {
+		providers, injected := s.Providers[ch]
+		if !injected {
+			var err error
+			if providers, err = sinks.BuildProviders(ch, cfgs, sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer}); err != nil {
+				return nil, err
+			}
+		}
+		for _, p := range providers {
+			if rp, ok := p.(sinks.ReceiptProvider); ok {
+				out[p.Name()] = api.ReceiptSource{Channel: ch, Provider: rp}
+			}
+			if c, ok := p.(sinks.Closer); ok && !injected {
+				g.Go(func() error { <-ctx.Done(); return c.Close() })
+			}
+		}
+	}
+	return out, nil
 }
 
 // startAnalytics runs the ClickHouse sink in g. With no analytics.addr it

@@ -369,3 +369,28 @@ func readBody(resp *http.Response) []byte {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBytes))
 	return b
 }
+
+// ---- receipts
+
+// Receipt is what a provider's callback says about one message it was handed.
+type Receipt struct {
+	NotificationID    string
+	ProviderMessageID string
+	// Status is delivered, failed or unsubscribed; "" = nothing to record (an
+	// intermediate state such as queued or sending).
+	Status string
+	Reason string
+	At     time.Time
+}
+
+// ReceiptProvider is a provider whose service calls back with delivery
+// receipts, at POST /v1/receipts/{provider name}. Receipts checks the
+// callback's signature the provider's way (ErrBadSignature when it does not
+// verify) and reads it.
+type ReceiptProvider interface {
+	Provider
+	Receipts(r *http.Request, body []byte) ([]Receipt, error)
+}
+
+// ErrBadSignature is a callback whose signature does not verify.
+var ErrBadSignature = errors.New("the callback's signature does not verify")
