@@ -1,0 +1,308 @@
+// Package whatsapptest runs a fake WhatsApp Business Cloud API on loopback:
+// POST /{version}/{phoneNumberId}/messages with a Bearer access token,
+// checking the token, the phone number id, the message format and the
+// registered templates, answering with Graph API error bodies
+// ({"error":{"message","type","code","error_subcode","error_data","fbtrace_id"}}).
+package whatsapptest
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+)
+
+// Param is one template body parameter.
+type Param struct {
+	Name string // parameter_name of a named parameter
+	Text string
+}
+
+// Message is one message the server accepted.
+type Message struct {
+	ID       string // wamid
+	To       string
+	Type     string // template | text
+	Template string
+	Language string
+	Params   []Param
+	Text     string
+}
+
+// Server is a fake Cloud API for one business phone number.
+type Server struct {
+	*httptest.Server
+	Version       string
+	PhoneNumberID string
+	Token         string
+
+	mu         sync.Mutex
+	templates  map[string]int // name/lang -> parameter count
+	notWA      map[string]bool
+	window     map[string]bool
+	throttle   int
+	throttleCd int
+	fail       int
+	permanent  *graphError
+	requests   int
+	rejected   int
+	messages   []Message
+}
+
+type graphError struct {
+	status  int
+	code    int
+	subcode int
+	msg     string
+	details string
+}
+
+// Start runs a fake Cloud API at /{version}/{phoneNumberID}/messages
+// accepting the access token.
+func Start(version, phoneNumberID, token string) *Server {
+	s := &Server{Version: version, PhoneNumberID: phoneNumberID, Token: token,
+		templates: map[string]int{}, notWA: map[string]bool{}, window: map[string]bool{}}
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	return s
+}
+
+// AddTemplate registers an approved template in language with params body
+// parameters.
+func (s *Server) AddTemplate(name, language string, params int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.templates[name+"/"+language] = params
+}
+
+// NotOnWhatsApp marks a number (digits) as unable to receive: 131026.
+func (s *Server) NotOnWhatsApp(number string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notWA[number] = true
+}
+
+// OpenWindow: the user wrote within 24 hours, free-form text is accepted.
+// Text to any other number is refused with 131047.
+func (s *Server) OpenWindow(number string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.window[number] = true
+}
+
+// ThrottleNext answers the next n authenticated requests with the rate
+// limit code (130429 throughput, 131056 pair rate, 4, 80007), HTTP 400 as
+// the Cloud API does.
+func (s *Server) ThrottleNext(n, code int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.throttle, s.throttleCd = n, code
+}
+
+// FailNext answers the next n authenticated requests with HTTP 500, code 131000.
+func (s *Server) FailNext(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail = n
+}
+
+// FailPermanently answers every authenticated request with the error (e.g.
+// 400, 131009 "Parameter value is not valid"); status 0 stops.
+func (s *Server) FailPermanently(status, code int, message string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if status == 0 {
+		s.permanent = nil
+		return
+	}
+	s.permanent = &graphError{status: status, code: code, msg: message}
+}
+
+// Messages returns a copy of the accepted messages in arrival order.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.messages...)
+}
+
+// Requests counts every request received.
+func (s *Server) Requests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests
+}
+
+// Rejected counts requests refused for their access token.
+func (s *Server) Rejected() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejected
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (e graphError) write(w http.ResponseWriter) {
+	typ := "OAuthException"
+	body := map[string]any{"message": e.msg, "type": typ, "code": e.code, "fbtrace_id": "A" + randomHex(8)}
+	if e.subcode != 0 {
+		body["error_subcode"] = e.subcode
+	}
+	if e.details != "" {
+		body["error_data"] = map[string]any{"messaging_product": "whatsapp", "details": e.details}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": body})
+}
+
+var digits = regexp.MustCompile(`^[0-9]{6,15}$`)
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests++
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) != 1 {
+		s.rejected++
+		graphError{status: http.StatusUnauthorized, code: 190,
+			msg: "Invalid OAuth access token - Cannot parse access token"}.write(w)
+		return
+	}
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	if len(parts) != 3 || parts[0] != s.Version || parts[2] != "messages" || r.Method != http.MethodPost {
+		graphError{status: http.StatusBadRequest, code: 100, msg: "Unknown path components: " + r.URL.Path}.write(w)
+		return
+	}
+	if parts[1] != s.PhoneNumberID {
+		graphError{status: http.StatusBadRequest, code: 100, subcode: 33,
+			msg: fmt.Sprintf("Unsupported post request. Object with ID '%s' does not exist, cannot be loaded due to missing permissions, or does not support this operation.", parts[1])}.write(w)
+		return
+	}
+	if s.throttle > 0 {
+		s.throttle--
+		msg := map[int]string{130429: "Rate limit hit", 131056: "(Business Account, Consumer Account) pair rate limit hit",
+			4: "(#4) Application request limit reached", 80007: "Rate limit issues"}[s.throttleCd]
+		graphError{status: http.StatusBadRequest, code: s.throttleCd, msg: msg, details: msg}.write(w)
+		return
+	}
+	if s.fail > 0 {
+		s.fail--
+		graphError{status: http.StatusInternalServerError, code: 131000, msg: "Something went wrong"}.write(w)
+		return
+	}
+	if s.permanent != nil {
+		s.permanent.write(w)
+		return
+	}
+	var m struct {
+		MessagingProduct string `json:"messaging_product"`
+		To               string `json:"to"`
+		Type             string `json:"type"`
+		Template         *struct {
+			Name     string `json:"name"`
+			Language struct {
+				Code string `json:"code"`
+			} `json:"language"`
+			Components []struct {
+				Type       string `json:"type"`
+				Parameters []struct {
+					Type          string `json:"type"`
+					ParameterName string `json:"parameter_name"`
+					Text          string `json:"text"`
+				} `json:"parameters"`
+			} `json:"components"`
+		} `json:"template"`
+		Text *struct {
+			Body string `json:"body"`
+		} `json:"text"`
+	}
+	invalid := func(msg string) {
+		graphError{status: http.StatusBadRequest, code: 100, msg: "(#100) " + msg}.write(w)
+	}
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != "application/json" || json.Unmarshal(body, &m) != nil {
+		invalid("Invalid JSON body")
+		return
+	}
+	if m.MessagingProduct != "whatsapp" {
+		invalid("The parameter messaging_product is required.")
+		return
+	}
+	if !digits.MatchString(m.To) {
+		invalid("Invalid parameter: to")
+		return
+	}
+	msg := Message{To: m.To, Type: m.Type}
+	switch m.Type {
+	case "template":
+		if m.Template == nil || m.Template.Name == "" || m.Template.Language.Code == "" {
+			invalid("The parameter template['name'] and template['language']['code'] are required.")
+			return
+		}
+		msg.Template, msg.Language = m.Template.Name, m.Template.Language.Code
+		for _, c := range m.Template.Components {
+			if c.Type != "body" {
+				invalid("Invalid component type " + c.Type)
+				return
+			}
+			for _, p := range c.Parameters {
+				if p.Type != "text" {
+					invalid("Invalid parameter type " + p.Type)
+					return
+				}
+				msg.Params = append(msg.Params, Param{Name: p.ParameterName, Text: p.Text})
+			}
+		}
+		want, ok := s.templates[msg.Template+"/"+msg.Language]
+		if !ok {
+			graphError{status: http.StatusNotFound, code: 132001, msg: "Template name does not exist in the translation",
+				details: fmt.Sprintf("template name (%s) does not exist in %s", msg.Template, msg.Language)}.write(w)
+			return
+		}
+		if want != len(msg.Params) {
+			graphError{status: http.StatusBadRequest, code: 132000, msg: "Number of parameters does not match the expected number of params",
+				details: fmt.Sprintf("body: number of localizable_params (%d) does not match the expected number of params (%d)", len(msg.Params), want)}.write(w)
+			return
+		}
+	case "text":
+		if m.Text == nil || strings.TrimSpace(m.Text.Body) == "" {
+			invalid("The parameter text['body'] is required.")
+			return
+		}
+		msg.Text = m.Text.Body
+	default:
+		invalid("Unsupported message type " + m.Type)
+		return
+	}
+	if s.notWA[m.To] {
+		graphError{status: http.StatusBadRequest, code: 131026, msg: "Message Undeliverable",
+			details: "Message Undeliverable."}.write(w)
+		return
+	}
+	if m.Type == "text" && !s.window[m.To] {
+		graphError{status: http.StatusBadRequest, code: 131047, msg: "Re-engagement message",
+			details: "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}.write(w)
+		return
+	}
+	if r.Context().Err() != nil {
+		return
+	}
+	msg.ID = "wamid.HBgL" + strings.ToUpper(randomHex(12))
+	s.messages = append(s.messages, msg)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"messaging_product": "whatsapp",
+		"contacts": []any{map[string]any{"input": m.To, "wa_id": m.To}},
+		"messages": []any{map[string]any{"id": msg.ID, "message_status": "accepted"}}})
+}
