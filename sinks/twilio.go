@@ -156,7 +156,7 @@ func (p *twilioProvider) Send(ctx context.Context, n *schemas.Notification) (str
 		form.Set("MessagingServiceSid", p.s.MessagingServiceSID)
 	}
 	if p.s.StatusCallbackURL != "" {
-		form.Set("StatusCallback", p.s.StatusCallbackURL)
+		form.Set("StatusCallback", twilioCallbackURL(p.s.StatusCallbackURL, n.ID))
 	}
 	if v := twilioValidityPeriod(n.ExpiresAt, p.now()); v > 0 {
 		// Twilio drops a message still queued after this many seconds (error
@@ -295,4 +295,55 @@ func TwilioStatus(messageStatus string) string {
 		return "failed"
 	}
 	return ""
+}
+
+// twilioCallbackURL is the status callback of one message: the configured
+// URL with the notification id as the query parameter n. Twilio signs the
+// URL it calls, query included, so the id cannot be changed on the way.
+func twilioCallbackURL(base, notificationID string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return base
+	}
+	q := u.Query()
+	q.Set("n", notificationID)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// Receipts reads a status callback of Twilio, posted to statusCallbackUrl
+// (which must be this provider's /v1/receipts/{name} as Twilio reaches it):
+// the X-Twilio-Signature must verify over that URL, the query Twilio called
+// with the notification id, and the form. Error 21610 (the recipient replied
+// STOP) is an unsubscribe; delivered/read and undelivered/failed are
+// receipts; other statuses record nothing.
+func (p *twilioProvider) Receipts(r *http.Request, body []byte) ([]Receipt, error) {
+	if p.s.StatusCallbackURL == "" {
+		return nil, errors.New("twilio: statusCallbackUrl is not configured, so no callback is expected")
+	}
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, fmt.Errorf("twilio: the callback is not a form: %w", err)
+	}
+	base, err := url.Parse(p.s.StatusCallbackURL)
+	if err != nil {
+		return nil, err
+	}
+	called := *base
+	called.RawQuery = r.URL.RawQuery
+	if !VerifyTwilioSignature(p.s.AuthToken, called.String(), form, r.Header.Get("X-Twilio-Signature")) {
+		return nil, ErrBadSignature
+	}
+	id := r.URL.Query().Get("n")
+	if id == "" {
+		return nil, errors.New("twilio: the callback names no notification (query parameter n)")
+	}
+	rc := Receipt{NotificationID: id, ProviderMessageID: form.Get("MessageSid"), Status: TwilioStatus(form.Get("MessageStatus")), At: p.now()}
+	if code := form.Get("ErrorCode"); code != "" {
+		rc.Reason = "twilio error " + code
+		if code == "21610" {
+			rc.Status, rc.Reason = "unsubscribed", "the recipient replied STOP (twilio error 21610)"
+		}
+	}
+	return []Receipt{rc}, nil
 }

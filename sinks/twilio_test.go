@@ -59,7 +59,7 @@ func TestTwilioAcceptedThroughSink(t *testing.T) {
 		t.Fatalf("provider message id %q, server sid %q", d.Final.ProviderMessageID, m.Sid)
 	}
 	want := twiliotest.Message{Sid: m.Sid, To: "+14155550100", From: twilioTestFrom,
-		Body: "Your code is 123456 — ne le partagez pas", StatusCallback: "https://notifyd.example.com/receipts/twilio", At: m.At}
+		Body: "Your code is 123456 — ne le partagez pas", StatusCallback: "https://notifyd.example.com/receipts/twilio?n=tw-ok", At: m.At}
 	if m != want {
 		t.Fatalf("server got %+v\nwant %+v", m, want)
 	}
