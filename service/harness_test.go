@@ -26,7 +26,7 @@ const testKey = "test-key-1"
 // harness runs one notifyd all-in-one process (embedded kfake broker, every
 // group and sink, the API) against a real SMTP server and a webhook receiver.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	cfg    config.Config
 	svc    *service.Service
 	cancel context.CancelFunc
@@ -38,7 +38,7 @@ type harness struct {
 	log    *slog.Logger     // the service's log; nil = logger()
 }
 
-func testConfig(t *testing.T, smtpSrv *smtptest.Server, hook *webhooktest.Receiver) config.Config {
+func testConfig(t testing.TB, smtpSrv *smtptest.Server, hook *webhooktest.Receiver) config.Config {
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.HTTP.Addr = "127.0.0.1:0"
@@ -62,7 +62,7 @@ func testConfig(t *testing.T, smtpSrv *smtptest.Server, hook *webhooktest.Receiv
 	return cfg
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	t.Helper()
 	smtpSrv, err := smtptest.Start(smtptest.Options{})
 	if err != nil {

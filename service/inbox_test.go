@@ -33,7 +33,7 @@ type sseClient struct {
 	status int
 }
 
-func openStream(t *testing.T, base, user, token, lastID string) *sseClient {
+func openStream(t testing.TB, base, user, token, lastID string) *sseClient {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/inbox/"+user+"/stream?token="+token, nil)
@@ -81,7 +81,7 @@ func openStream(t *testing.T, base, user, token, lastID string) *sseClient {
 }
 
 // next waits for the next event of the stream.
-func (c *sseClient) next(t *testing.T) sseEvent {
+func (c *sseClient) next(t testing.TB) sseEvent {
 	t.Helper()
 	select {
 	case ev, ok := <-c.events:
