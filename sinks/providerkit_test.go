@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,8 @@ import (
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/sinks/apnstest"
+	"github.com/notifyd/notifyd/sinks/fcmtest"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -250,5 +254,72 @@ func TestKeyLimiterBoundsEachKey(t *testing.T) {
 	}
 	if NewKeyLimiter(0, 1).Take("a", now) != 0 {
 		t.Fatal("no limit limited")
+	}
+}
+
+// Every provider documented in docs/CONFIG.md builds from the documented
+// section (with its secrets and key files supplied as the environment would),
+// and a section with an unknown key is refused at start.
+func TestDocumentedProvidersBuild(t *testing.T) {
+	doc, err := os.ReadFile("../docs/CONFIG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, _ := strings.Cut(string(doc), "```yaml\n")
+	block, _, _ = strings.Cut(block, "```")
+	dir := t.TempDir()
+	fcm, err := fcmtest.Start("doc-project")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fcm.Close()
+	fcmKey, err := fcm.WriteKeyFile(dir, fcm.KeyJSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	apnsKey, err := apnstest.NewKeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	apnsFile := filepath.Join(dir, "AuthKey.p8")
+	if err := os.WriteFile(apnsFile, []byte(apnsKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	public, private := vapidKeys(t)
+	env := map[string]string{"FCM_CREDENTIALS_FILE": fcmKey, "APNS_KEY_FILE": apnsFile, "VAPID_PUBLIC_KEY": public,
+		"VAPID_PRIVATE_KEY": private, "TWILIO_AUTH_TOKEN": "tw-token", "SENDGRID_API_KEY": "SG.k", "ALIYUN_SECRET": "a", "TENCENT_SECRET": "t",
+		"SLACK_BOT_TOKEN": "xoxb-1", "TELEGRAM_BOT_TOKEN": "123:abc", "WHATSAPP_TOKEN": "w", "DINGTALK_TOKEN": "d",
+		"DINGTALK_SECRET": "SECd", "WECOM_KEY": "k-1", "FEISHU_HOOK": "h-1", "FEISHU_SECRET": "f", "INBOX_SECRET": "inbox-secret-0123456789",
+		"NOTIFYD_BACKEND_KEY": "backend-key-0001", "SMTP_PASSWORD": "p", "WEBHOOK_SECRET": "s"}
+	path := filepath.Join(dir, "notifyd.yaml")
+	if err := os.WriteFile(path, []byte(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(cfg); err != nil {
+		t.Fatalf("docs/CONFIG.md: %v", err)
+	}
+	documented := map[string]bool{}
+	for _, ps := range cfg.Channels {
+		for _, p := range ps {
+			documented[p.Type] = true
+		}
+	}
+	for _, typ := range ProviderTypes() {
+		if !documented[typ] {
+			t.Errorf("provider type %s is not in docs/CONFIG.md", typ)
+		}
+	}
+	bad := cfg
+	bad.Channels = map[string][]config.Provider{"telegram": {providerConfig(t, "telegram", "botToken: 1:a\nbotTokn: typo")}}
+	if err := Check(bad); err == nil || !strings.Contains(err.Error(), "botTokn") {
+		t.Fatalf("a misspelled key was accepted: %v", err)
+	}
+	bad.Channels = map[string][]config.Provider{"sms": {{Name: "x", Type: "carrier-pigeon"}}}
+	if err := Check(bad); err == nil || !strings.Contains(err.Error(), "carrier-pigeon") {
+		t.Fatalf("an unknown type was accepted: %v", err)
 	}
 }
