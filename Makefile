@@ -32,6 +32,9 @@ fuzz:
 	$(GO) test ./processors -run '^$$' -fuzz FuzzParseData -fuzztime $(FUZZTIME)
 	$(GO) test ./processors -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
+	$(GO) test ./processors -run '^$$' -fuzz FuzzInboxCommand -fuzztime $(FUZZTIME)
+	for f in $$(grep -ho '^func Fuzz[A-Za-z]*' sinks/*_test.go | sed 's/func //'); do \
+	  $(GO) test ./sinks -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 
 # End-to-end throughput and latency on this machine (docs/PERFORMANCE.md).
 bench: build

@@ -54,3 +54,35 @@ func TestApplyInbox(t *testing.T) {
 		}
 	}
 }
+
+// Any record on notify.inbox.commands either fails validation or applies
+// without panicking, keeps the feed within its capacity and its counts right.
+func FuzzInboxCommand(f *testing.F) {
+	for _, c := range []*schemas.InboxCommand{add("a", 1), {Op: InboxRead, UserID: "u", MessageIDs: []string{"a"}},
+		{Op: InboxReadAll, UserID: "u"}, {Op: "zap", UserID: "u"}} {
+		b, _ := schemas.InboxCommandCodec.Encode(c)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		c, err := schemas.InboxCommandCodec.Decode(raw)
+		if err != nil || ValidateInboxCommand(c) != nil {
+			return
+		}
+		var feed *schemas.InboxFeed
+		for _, cmd := range []*schemas.InboxCommand{add("x", 1), c, add("y", 2), c} {
+			feed, _ = ApplyInbox(feed, cmd, 3)
+		}
+		if feed == nil || len(feed.Messages) > 3 {
+			t.Fatalf("feed %+v", feed)
+		}
+		var unread int32
+		for _, m := range feed.Messages {
+			if !m.Read && !m.Archived {
+				unread++
+			}
+		}
+		if unread != feed.Unread {
+			t.Fatalf("unread %d, counted %d", feed.Unread, unread)
+		}
+	})
+}

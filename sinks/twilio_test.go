@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks/twiliotest"
@@ -429,4 +431,62 @@ func FuzzTwilioClassify(f *testing.F) {
 		}
 		_ = fmt.Sprint(err)
 	})
+}
+
+// Twilio's status callbacks read as receipts only with its signature over the
+// URL Twilio called (the notification id in its query) and the form.
+func TestTwilioReceiptsNeedTheSignature(t *testing.T) {
+	srv := startTwilio(t)
+	p := buildProvider(t, "sms", "twilio", twilioSettings(srv, "statusCallbackUrl: https://notifyd.example.com/v1/receipts/twilio")).(ReceiptProvider)
+	form := url.Values{"MessageSid": {"SM1"}, "MessageStatus": {"delivered"}, "AccountSid": {twilioTestSid}}
+	called := "https://notifyd.example.com/v1/receipts/twilio?n=n-1"
+	post := func(u, sig string, f url.Values) ([]Receipt, error) {
+		r := httptest.NewRequest("POST", u, strings.NewReader(f.Encode()))
+		r.Header.Set("X-Twilio-Signature", sig)
+		return p.Receipts(r, []byte(f.Encode()))
+	}
+	rs, err := post(called, TwilioSignature(twilioTestToken, called, form), form)
+	if err != nil || len(rs) != 1 || rs[0].NotificationID != "n-1" || rs[0].Status != "delivered" || rs[0].ProviderMessageID != "SM1" {
+		t.Fatalf("signed callback: %+v %v", rs, err)
+	}
+	if _, err := post(called, TwilioSignature("other-token", called, form), form); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	other := "https://notifyd.example.com/v1/receipts/twilio?n=n-2" // the id changed on the way
+	if _, err := post(other, TwilioSignature(twilioTestToken, called, form), form); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("changed id: %v", err)
+	}
+	stop := url.Values{"MessageSid": {"SM1"}, "MessageStatus": {"failed"}, "ErrorCode": {"21610"}}
+	rs, err = post(called, TwilioSignature(twilioTestToken, called, stop), stop)
+	if err != nil || rs[0].Status != "unsubscribed" {
+		t.Fatalf("STOP: %+v %v", rs, err)
+	}
+}
+
+func FuzzTwilioReceipts(f *testing.F) {
+	f.Add("n=n-1", "MessageSid=SM1&MessageStatus=delivered", "sig")
+	f.Add("", "%zz", "")
+	p := twilioProviderForFuzz(f)
+	f.Fuzz(func(t *testing.T, query, body, sig string) {
+		r := httptest.NewRequest("POST", "https://notifyd.example.com/v1/receipts/twilio", strings.NewReader(body))
+		r.URL.RawQuery = query
+		r.Header.Set("X-Twilio-Signature", sig)
+		rs, err := p.Receipts(r, []byte(body))
+		if err == nil && (len(rs) != 1 || rs[0].NotificationID == "") {
+			t.Fatalf("accepted %q %q: %+v", query, body, rs)
+		}
+	})
+}
+
+func twilioProviderForFuzz(f *testing.F) ReceiptProvider {
+	var node yaml.Node
+	if err := yaml.Unmarshal([]byte("accountSid: "+twilioTestSid+"\nauthToken: "+twilioTestToken+
+		"\nfrom: \"+15005550006\"\nstatusCallbackUrl: https://notifyd.example.com/v1/receipts/twilio"), &node); err != nil {
+		f.Fatal(err)
+	}
+	ps, err := BuildProviders("sms", []config.Provider{{Name: "twilio", Type: "twilio", Settings: map[string]yaml.Node{"twilio": *node.Content[0]}}}, Deps{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	return ps[0].(ReceiptProvider)
 }

@@ -465,7 +465,7 @@ func TestNullRecordsAreDeadLettered(t *testing.T) {
 		topic goka.Stream
 	}{
 		{p.DedupGraph(), Ingest}, {p.DeliverGraph(), Accepted}, {p.DeliverGraph(), Feedback},
-		{p.SchedulerGraph(), Scheduled}, {p.StatusGraph(), Events},
+		{p.SchedulerGraph(), Scheduled}, {p.StatusGraph(), Events}, {p.InboxGraph(), InboxCommands},
 	} {
 		tt := tester.New(t)
 		run(t, tt, c.graph)
@@ -550,4 +550,97 @@ func TestOversizedRecordsAreRejectedNotProduced(t *testing.T) {
 		send("small", "ok")                                // same partition, after it
 		check(t, tt, dlq, evs, out, "big", "small", "email")
 	})
+}
+
+// The inbox group: a command applies to the user's feed and announces the
+// change; a repeated one changes nothing; an unreadable or invalid command,
+// or one keyed by another user, is dead-lettered and the next one applies.
+// An invalid recipient's feedback removes the target from the profile.
+func TestInboxGroupAppliesCommandsAndDeadLettersBadOnes(t *testing.T) {
+	clk := &clock{time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)}
+	p := &Pipeline{Now: clk.now, InboxCapacity: 10}
+	tt := tester.New(t)
+	run(t, tt, p.InboxGraph())
+	dlq, evs := tt.NewQueueTracker(string(DLQ)), tt.NewQueueTracker(string(InboxEvents))
+	enc := func(c *schemas.InboxCommand) []byte { b, _ := schemas.InboxCommandCodec.Encode(c); return b }
+	add := &schemas.InboxCommand{Op: processors.InboxAdd, UserID: "u1", Message: schemas.InboxItem{ID: "n1", Title: "hi"}}
+	tt.Consume(string(InboxCommands), "u1", enc(add))
+	tt.Consume(string(InboxCommands), "u1", enc(add))
+	for _, bad := range []struct {
+		key   string
+		value []byte
+		why   string
+	}{
+		{"u1", []byte("garbage"), "single-object"},
+		{"u1", enc(&schemas.InboxCommand{Op: "drop-table", UserID: "u1"}), "unknown inbox operation"},
+		{"u2", enc(add), "must be the userId"},
+	} {
+		tt.Consume(string(InboxCommands), bad.key, bad.value)
+		_, v, ok := dlq.Next()
+		if !ok || !strings.Contains(v.(*schemas.DeadLetter).Reason, bad.why) {
+			t.Fatalf("bad command %q: dead letter %+v", bad.why, v)
+		}
+	}
+	tt.Consume(string(InboxCommands), "u1", enc(&schemas.InboxCommand{Op: processors.InboxRead, UserID: "u1", MessageIDs: []string{"n1"}}))
+	var kinds []string
+	for {
+		_, v, ok := evs.Next()
+		if !ok {
+			break
+		}
+		kinds = append(kinds, v.(*schemas.InboxEvent).Kind)
+	}
+	if strings.Join(kinds, ",") != "message,update" {
+		t.Fatalf("inbox events %v, want message,update (the repeated add changes nothing)", kinds)
+	}
+	feed, _ := tt.TableValue(goka.GroupTable(InboxGroup), "u1").(*schemas.InboxFeed)
+	if feed == nil || len(feed.Messages) != 1 || !feed.Messages[0].Read || feed.Unread != 0 || feed.Seq != 2 {
+		t.Fatalf("feed %+v", feed)
+	}
+}
+
+// A sink's invalid-recipient feedback makes the deliver group write the
+// profile without the dead device (the others stay); a STOP opts the user out
+// of the channel; feedback for a user with no stored profile writes nothing.
+func TestDeliverGroupRemovesInvalidTargetsFromTheProfile(t *testing.T) {
+	tt := tester.New(t)
+	clk := &clock{time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)}
+	p := &Pipeline{Now: clk.now, Deliverer: processors.Deliverer{Limiter: processors.Limiter{PerDay: func(string) int { return 0 }}}}
+	run(t, tt, p.DeliverGraph())
+	tt.SetTableValue(Profiles, "u", &schemas.Profile{UserID: "u", Phone: "+14155550100", Devices: []schemas.Device{
+		{Platform: "fcm", Token: "gone"}, {Platform: "apns", Token: "ok"}, {Platform: "webpush", Endpoint: "https://push.example/s1"}},
+		Chat: map[string]map[string]string{"telegram": {"chatId": "42"}}})
+	profiles := tt.NewQueueTracker(string(Profiles))
+	fb := func(user string, f *schemas.DeliveryFeedback) {
+		tt.Consume(string(Feedback), user, encode(t, schemas.FeedbackCodec, f))
+	}
+	fb("u", &schemas.DeliveryFeedback{NotificationID: "n1", Channel: "push", Status: processors.StatusSent,
+		Invalid: []schemas.InvalidTarget{{Platform: "fcm", Token: "gone"}}})
+	_, v, ok := profiles.Next()
+	if !ok {
+		t.Fatal("no profile written")
+	}
+	prof := v.(schemas.Decoded[schemas.Profile]).V
+	if len(prof.Devices) != 2 || prof.Devices[0].Token != "ok" || prof.Devices[1].Endpoint == "" || prof.UpdatedAt == 0 {
+		t.Fatalf("devices after removal %+v", prof.Devices)
+	}
+	tt.SetTableValue(Profiles, "u", prof)
+	fb("u", &schemas.DeliveryFeedback{NotificationID: "n2", Channel: "telegram", Status: processors.StatusFailed,
+		Invalid: []schemas.InvalidTarget{{Platform: "telegram", Token: "42"}}})
+	_, v, _ = profiles.Next()
+	if prof = v.(schemas.Decoded[schemas.Profile]).V; len(prof.Chat) != 0 {
+		t.Fatalf("chat after removal %+v", prof.Chat)
+	}
+	tt.SetTableValue(Profiles, "u", prof)
+	fb("u", &schemas.DeliveryFeedback{NotificationID: "n3", Channel: "sms", Status: processors.StatusUnsubscribed, Unsubscribe: true})
+	_, v, _ = profiles.Next()
+	if prof = v.(schemas.Decoded[schemas.Profile]).V; prof.Preferences.Categories["*"]["sms"] || prof.Phone == "" ||
+		processors.Suppression(prof, "marketing", "sms") == "" || processors.Suppression(prof, "transactional", "sms") != "" {
+		t.Fatalf("after STOP %+v", prof)
+	}
+	fb("nobody", &schemas.DeliveryFeedback{NotificationID: "n4", Channel: "push", Status: processors.StatusFailed,
+		Invalid: []schemas.InvalidTarget{{Platform: "fcm", Token: "x"}}})
+	if _, v, ok := profiles.Next(); ok {
+		t.Fatalf("a profile was made up for a user without one: %+v", v)
+	}
 }
