@@ -16,8 +16,8 @@ import (
 
 	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/config"
-	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/service"
+	"github.com/notifyd/notifyd/sinks"
 )
 
 const usage = `usage: notifyd <command> [flags]
