@@ -22,70 +22,9 @@ func groupRobotNotification(channel, id, robot string, c schemas.Content) *schem
 	return &schemas.Notification{ID: id, UserID: "u-" + id, Channel: channel, Address: robot, Content: c}
 }
 
-func groupRobotBuildErr(t *testing.T, channel, typ, settingsYAML string) error {
-	t.Helper()
-	_, err := BuildProviders(channel, []config.Provider{providerConfig(t, typ, settingsYAML)}, Deps{Log: discardLog()})
-	return err
-}
-
-func groupRobotWantSent(t *testing.T, d delivery, wantID string) {
-	t.Helper()
-	if d.Final.Status != "sent" || d.Final.ProviderMessageID != wantID {
-		t.Fatalf("final %s id %q (want sent %q), reason %q, statuses %v", d.Final.Status, d.Final.ProviderMessageID, wantID,
-			d.Final.Reason, d.Statuses())
-	}
-}
-
-func groupRobotWantFailed(t *testing.T, d delivery, reason ...string) {
-	t.Helper()
-	if d.Final.Status != "failed" {
-		t.Fatalf("final %s (want failed), statuses %v", d.Final.Status, d.Statuses())
-	}
-	for _, r := range reason {
-		if !strings.Contains(d.Final.Reason, r) {
-			t.Errorf("reason %q does not say %q", d.Final.Reason, r)
-		}
-	}
-	if len(d.DeadLetters) != 1 {
-		t.Errorf("dead letters: %d, want 1", len(d.DeadLetters))
-	}
-	if slices.Contains(d.Statuses(), "retrying") {
-		t.Errorf("a permanent failure was retried: %v", d.Statuses())
-	}
-}
-
 func groupRobotWantInvalid(t *testing.T, d delivery, channel, robot string) {
 	t.Helper()
-	groupRobotWantFailed(t, d, "not configured")
-	want := schemas.InvalidTarget{Platform: channel, Token: robot}
-	if d.Feedback == nil || !slices.Contains(d.Feedback.Invalid, want) {
-		t.Fatalf("feedback %+v does not name %+v as invalid", d.Feedback, want)
-	}
-}
-
-func groupRobotWantNoInvalid(t *testing.T, d delivery) {
-	t.Helper()
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a configuration error removed the profile's robot: %+v", d.Feedback.Invalid)
-	}
-}
-
-// groupRobotFuzzCheck is what every classifier must do with any answer:
-// accept only a 2xx, and say why otherwise in a bounded reason.
-func groupRobotFuzzCheck(t *testing.T, status int, body []byte, err error) {
-	if err == nil {
-		if status < 200 || status > 299 {
-			t.Fatalf("HTTP %d %q accepted", status, body)
-		}
-		return
-	}
-	if len(err.Error()) > 700 {
-		t.Fatalf("unbounded reason (%d bytes)", len(err.Error()))
-	}
-	var rl *RetryLaterError
-	if errors.As(err, &rl) && (rl.After < 0 || rl.After > 24*time.Hour) {
-		t.Fatalf("retry after %s", rl.After)
-	}
+	wantInvalid(t, d, schemas.InvalidTarget{Platform: channel, Token: robot}, "not configured")
 }
 
 // ---- DingTalk
@@ -122,7 +61,7 @@ func TestDingTalkSendsSignedTextThroughSink(t *testing.T) {
 	srv, p := dingTalkSetup(t, "")
 	n := groupRobotNotification("dingtalk", "dt-accept", "ops", schemas.Content{Title: "Deploy finished", Text: "api v42 is live"})
 	d := deliverThroughSink(t, n, p)
-	groupRobotWantSent(t, d, "ops:dt-accept")
+	wantSent(t, d, "ops:dt-accept")
 	msgs := srv.Messages()
 	if len(msgs) != 1 || msgs[0].Robot != "tok-ops" || msgs[0].MsgType != "text" || msgs[0].Text != "Deploy finished\napi v42 is live" {
 		t.Fatalf("server accepted %+v", msgs)
@@ -166,7 +105,7 @@ func TestDingTalkRetriesWhenThrottled(t *testing.T) {
 	srv, p := dingTalkSetup(t, "")
 	srv.Throttle(1)
 	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-throttled", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantSent(t, d, "ops:dt-throttled")
+	wantSent(t, d, "ops:dt-throttled")
 	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
 		t.Fatalf("statuses %v", st)
 	}
@@ -179,8 +118,8 @@ func TestDingTalkKeywordRefusalFailsPermanently(t *testing.T) {
 	srv, p := dingTalkSetup(t, "")
 	srv.FailWith(310000, "keywords not in content")
 	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-perm", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantFailed(t, d, "errcode 310000", "keywords not in content", `"ops"`)
-	groupRobotWantNoInvalid(t, d)
+	wantFailed(t, d, "errcode 310000", "keywords not in content", `"ops"`)
+	wantNoInvalid(t, d)
 	if len(srv.Messages()) != 0 || srv.Requests() != 1 {
 		t.Fatalf("accepted %d of %d requests", len(srv.Messages()), srv.Requests())
 	}
@@ -201,8 +140,8 @@ func TestDingTalkWrongSecretIsRefused(t *testing.T) {
 	srv.AddRobot("tok-ops", dingTalkSecret)
 	p := buildProvider(t, "dingtalk", "dingtalk", "baseUrl: "+srv.URL+"\nrobots:\n  ops: {accessToken: tok-ops, secret: SECwrong}")
 	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-badsign", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantFailed(t, d, "errcode 310000", "sign not match", "secret")
-	groupRobotWantNoInvalid(t, d)
+	wantFailed(t, d, "errcode 310000", "sign not match", "secret")
+	wantNoInvalid(t, d)
 	if srv.Rejected() != 1 || len(srv.Messages()) != 0 {
 		t.Fatalf("rejected %d, accepted %d", srv.Rejected(), len(srv.Messages()))
 	}
@@ -264,11 +203,11 @@ func TestDingTalkSettingsValidation(t *testing.T) {
 		{"perRobotPerMinute: -1\nrobots:\n  ops: {accessToken: a}", "perRobotPerMinute is negative"},
 		{"robots:\n  ' ops': {accessToken: a}", "robot name"},
 	} {
-		if err := groupRobotBuildErr(t, "dingtalk", "dingtalk", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := buildErr(t, "dingtalk", "dingtalk", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
-	if err := groupRobotBuildErr(t, "sms", "dingtalk", "robots:\n  ops: {accessToken: a}"); err == nil {
+	if err := buildErr(t, "sms", "dingtalk", "robots:\n  ops: {accessToken: a}"); err == nil {
 		t.Error("dingtalk served sms")
 	}
 	c := providerConfig(t, "dingtalk", "robots:\n  ops: {accessToken: a}")
@@ -341,7 +280,7 @@ func FuzzDingTalkResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
 		status = 100 + (status%500+500)%500
 		err := classifyDingTalk(status, http.Header{"Retry-After": {"3"}}, body, "ops", now)
-		groupRobotFuzzCheck(t, status, body, err)
+		fuzzClassified(t, status, body, err)
 		var a struct {
 			ErrCode *int64 `json:"errcode"`
 		}

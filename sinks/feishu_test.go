@@ -49,7 +49,7 @@ func TestFeishuSendsSignedTextThroughSink(t *testing.T) {
 	srv, p := feishuSetup(t, "")
 	d := deliverThroughSink(t, groupRobotNotification("feishu", "fs-accept", "ops",
 		schemas.Content{Title: "Deploy finished", Text: "api v42 is live"}), p)
-	groupRobotWantSent(t, d, "ops:fs-accept")
+	wantSent(t, d, "ops:fs-accept")
 	msgs := srv.Messages()
 	if len(msgs) != 1 || msgs[0].HookID != "hook-ops" || msgs[0].MsgType != "text" || msgs[0].Text != "Deploy finished\napi v42 is live" {
 		t.Fatalf("server accepted %+v", msgs)
@@ -100,7 +100,7 @@ func TestFeishuRetriesWhenThrottled(t *testing.T) {
 	srv, p := feishuSetup(t, "")
 	srv.Throttle(1)
 	d := deliverThroughSink(t, groupRobotNotification("feishu", "fs-throttled", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantSent(t, d, "ops:fs-throttled")
+	wantSent(t, d, "ops:fs-throttled")
 	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
 		t.Fatalf("statuses %v", st)
 	}
@@ -113,8 +113,8 @@ func TestFeishuKeywordRefusalFailsPermanently(t *testing.T) {
 	srv, p := feishuSetup(t, "")
 	srv.FailWith(19024, "Key Words Not Found")
 	d := deliverThroughSink(t, groupRobotNotification("feishu", "fs-perm", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantFailed(t, d, "code 19024", "Key Words Not Found", `"ops"`)
-	groupRobotWantNoInvalid(t, d)
+	wantFailed(t, d, "code 19024", "Key Words Not Found", `"ops"`)
+	wantNoInvalid(t, d)
 	if len(srv.Messages()) != 0 || srv.Requests() != 1 {
 		t.Fatalf("accepted %d of %d requests", len(srv.Messages()), srv.Requests())
 	}
@@ -135,8 +135,8 @@ func TestFeishuWrongSecretIsRefused(t *testing.T) {
 	srv.AddBot("hook-ops", feishuSecret)
 	p := buildProvider(t, "feishu", "feishu", "baseUrl: "+srv.URL+"\nrobots:\n  ops: {hookId: hook-ops, secret: wrong}")
 	d := deliverThroughSink(t, groupRobotNotification("feishu", "fs-badsign", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantFailed(t, d, "code 19021", "sign match fail", "robots.ops.secret")
-	groupRobotWantNoInvalid(t, d)
+	wantFailed(t, d, "code 19021", "sign match fail", "robots.ops.secret")
+	wantNoInvalid(t, d)
 	if srv.Rejected() != 1 || len(srv.Messages()) != 0 {
 		t.Fatalf("rejected %d, accepted %d", srv.Rejected(), len(srv.Messages()))
 	}
@@ -197,7 +197,7 @@ func TestFeishuSettingsValidation(t *testing.T) {
 		{"robots:\n  ops: {hookId: a, accessToken: b}", "field accessToken not found"},
 		{"robots:\n  ops: {hookId: a, secret: ' s'}", "secret has leading or trailing spaces"},
 	} {
-		if err := groupRobotBuildErr(t, "feishu", "feishu", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := buildErr(t, "feishu", "feishu", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
@@ -245,7 +245,7 @@ func FuzzFeishuResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
 		status = 100 + (status%500+500)%500
 		err := classifyFeishu(status, http.Header{"Retry-After": {"Tue, 01 Dec 2026 10:00:30 GMT"}}, body, "ops", now)
-		groupRobotFuzzCheck(t, status, body, err)
+		fuzzClassified(t, status, body, err)
 		var a struct {
 			Code       *int64 `json:"code"`
 			StatusCode *int64 `json:"StatusCode"`

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"sort"
 	"strconv"
@@ -394,3 +395,42 @@ type ReceiptProvider interface {
 
 // ErrBadSignature is a callback whose signature does not verify.
 var ErrBadSignature = errors.New("the callback's signature does not verify")
+
+// ---- settings checks shared by the provider types
+
+// requireSettings names, in one error, the required settings that are empty;
+// kv are pairs of key and value: requireSettings("apiKey", s.APIKey, …).
+func requireSettings(kv ...string) error {
+	var missing []string
+	for i := 0; i+1 < len(kv); i += 2 {
+		if strings.TrimSpace(kv[i+1]) == "" {
+			missing = append(missing, kv[i])
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// checkHTTPURL accepts "" or an absolute http(s) URL with a host.
+func checkHTTPURL(key, v string) error {
+	if v == "" {
+		return nil
+	}
+	if u, err := url.Parse(v); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%s %q is not an http(s) URL", key, v)
+	}
+	return nil
+}
+
+// notNegative refuses negative durations and limits; names lists them for
+// the error ("timeout, perNumberPerMinute and perNumberBurst").
+func notNegative(names string, vs ...float64) error {
+	for _, v := range vs {
+		if v < 0 {
+			return fmt.Errorf("%s must not be negative", names)
+		}
+	}
+	return nil
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -321,5 +322,88 @@ func TestDocumentedProvidersBuild(t *testing.T) {
 	bad.Channels = map[string][]config.Provider{"sms": {{Name: "x", Type: "carrier-pigeon"}}}
 	if err := Check(bad); err == nil || !strings.Contains(err.Error(), "carrier-pigeon") {
 		t.Fatalf("an unknown type was accepted: %v", err)
+	}
+}
+
+// ---- assertions shared by the provider tests
+
+// buildErr is the error of building a provider of type typ from YAML.
+func buildErr(t *testing.T, channel, typ, settingsYAML string) error {
+	t.Helper()
+	_, err := BuildProviders(channel, []config.Provider{providerConfig(t, typ, settingsYAML)}, Deps{Log: discardLog()})
+	return err
+}
+
+// wantSent: the delivery ended sent with the provider's message id wantID.
+func wantSent(t *testing.T, d delivery, wantID string) {
+	t.Helper()
+	if d.Final.Status != "sent" || d.Final.ProviderMessageID != wantID {
+		t.Fatalf("final %s id %q (want sent %q), reason %q, statuses %v", d.Final.Status, d.Final.ProviderMessageID, wantID,
+			d.Final.Reason, d.Statuses())
+	}
+}
+
+// wantFailed: the delivery failed at once (no retry) with a reason saying
+// each of reason, and one dead letter.
+func wantFailed(t *testing.T, d delivery, reason ...string) {
+	t.Helper()
+	if d.Final.Status != "failed" {
+		t.Fatalf("final %s (want failed), statuses %v", d.Final.Status, d.Statuses())
+	}
+	for _, r := range reason {
+		if !strings.Contains(d.Final.Reason, r) {
+			t.Errorf("reason %q does not say %q", d.Final.Reason, r)
+		}
+	}
+	if len(d.DeadLetters) != 1 {
+		t.Errorf("dead letters: %d, want 1", len(d.DeadLetters))
+	}
+	if slices.Contains(d.Statuses(), "retrying") {
+		t.Errorf("a permanent failure was retried: %v", d.Statuses())
+	}
+}
+
+// wantInvalid: the delivery failed and its feedback names target as invalid.
+func wantInvalid(t *testing.T, d delivery, target schemas.InvalidTarget, reason ...string) {
+	t.Helper()
+	wantFailed(t, d, reason...)
+	if d.Feedback == nil || !slices.Contains(d.Feedback.Invalid, target) {
+		t.Fatalf("feedback %+v does not name %+v as invalid", d.Feedback, target)
+	}
+}
+
+// wantNoInvalid: nothing is removed from the profile (a configuration error
+// is not the recipient's).
+func wantNoInvalid(t *testing.T, d delivery) {
+	t.Helper()
+	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
+		t.Fatalf("a configuration error removed the profile's target: %+v", d.Feedback.Invalid)
+	}
+}
+
+// wantRetriedThenSent: a retry-later answer was retried through the retry
+// topics and the notification then sent.
+func wantRetriedThenSent(t *testing.T, d delivery) {
+	t.Helper()
+	if d.Final.Status != "sent" || !slices.Contains(d.Statuses(), "retrying") {
+		t.Fatalf("statuses %v (want retrying then sent), reason %q", d.Statuses(), d.Final.Reason)
+	}
+}
+
+// fuzzClassified is what every classifier must do with any answer: accept
+// only a 2xx, and say why otherwise in a bounded reason with a sane wait.
+func fuzzClassified(t *testing.T, status int, body []byte, err error) {
+	if err == nil {
+		if status < 200 || status > 299 {
+			t.Fatalf("HTTP %d %q accepted", status, body)
+		}
+		return
+	}
+	if len(err.Error()) > 700 {
+		t.Fatalf("unbounded reason (%d bytes)", len(err.Error()))
+	}
+	var rl *RetryLaterError
+	if errors.As(err, &rl) && (rl.After < 0 || rl.After > 24*time.Hour) {
+		t.Fatalf("retry after %s", rl.After)
 	}
 }

@@ -34,7 +34,7 @@ func TestWeComSendsTextThroughSink(t *testing.T) {
 	srv, p := weComSetup(t, "")
 	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-accept", "ops",
 		schemas.Content{Title: "Deploy finished", Body: "api v42 is live"}), p)
-	groupRobotWantSent(t, d, "ops:wc-accept")
+	wantSent(t, d, "ops:wc-accept")
 	msgs := srv.Messages()
 	if len(msgs) != 1 || msgs[0].Key != "key-ops" || msgs[0].MsgType != "text" || msgs[0].Content != "Deploy finished\napi v42 is live" {
 		t.Fatalf("server accepted %+v", msgs)
@@ -75,7 +75,7 @@ func TestWeComRetriesWhenThrottled(t *testing.T) {
 	srv, p := weComSetup(t, "")
 	srv.Throttle(1)
 	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-throttled", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantSent(t, d, "ops:wc-throttled")
+	wantSent(t, d, "ops:wc-throttled")
 	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
 		t.Fatalf("statuses %v", st)
 	}
@@ -88,8 +88,8 @@ func TestWeComRefusedMessageFailsPermanently(t *testing.T) {
 	srv, p := weComSetup(t, "")
 	srv.FailWith(40008, "invalid message type")
 	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-perm", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantFailed(t, d, "errcode 40008", "invalid message type", `"ops"`)
-	groupRobotWantNoInvalid(t, d)
+	wantFailed(t, d, "errcode 40008", "invalid message type", `"ops"`)
+	wantNoInvalid(t, d)
 	if len(srv.Messages()) != 0 || srv.Requests() != 1 {
 		t.Fatalf("accepted %d of %d requests", len(srv.Messages()), srv.Requests())
 	}
@@ -111,8 +111,8 @@ func TestWeComWrongKeyIsRefused(t *testing.T) {
 	srv.AddRobot("key-ops")
 	p := buildProvider(t, "wecom", "wecom", "baseUrl: "+srv.URL+"\nrobots:\n  ops: {key: key-wrong}")
 	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-badkey", "ops", schemas.Content{Text: "hello"}), p)
-	groupRobotWantFailed(t, d, "errcode 93000", "invalid webhook url", "robots.ops")
-	groupRobotWantNoInvalid(t, d)
+	wantFailed(t, d, "errcode 93000", "invalid webhook url", "robots.ops")
+	wantNoInvalid(t, d)
 	if srv.Rejected() != 1 || len(srv.Messages()) != 0 {
 		t.Fatalf("rejected %d, accepted %d", srv.Rejected(), len(srv.Messages()))
 	}
@@ -169,7 +169,7 @@ func TestWeComSettingsValidation(t *testing.T) {
 		{"perRobotBurst: -2\nrobots:\n  ops: {key: k}", "perRobotBurst is negative"},
 		{"timeout: -1s\nrobots:\n  ops: {key: k}", "timeout is negative"},
 	} {
-		if err := groupRobotBuildErr(t, "wecom", "wecom", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := buildErr(t, "wecom", "wecom", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
@@ -212,7 +212,7 @@ func FuzzWeComResponse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
 		status = 100 + (status%500+500)%500
 		err := classifyWeCom(status, http.Header{}, body, "ops", now)
-		groupRobotFuzzCheck(t, status, body, err)
+		fuzzClassified(t, status, body, err)
 		var a struct {
 			ErrCode *int64 `json:"errcode"`
 		}
