@@ -407,3 +407,17 @@ func fuzzClassified(t *testing.T, status int, body []byte, err error) {
 		t.Fatalf("retry after %s", rl.After)
 	}
 }
+
+// The docker-compose stack's configuration loads and its providers build.
+func TestComposeConfigBuilds(t *testing.T) {
+	cfg, err := config.Load("../deploy/notifyd.compose.yaml", func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Check(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Channels["inapp"]) != 1 || len(cfg.Inbox.Secret) < 16 {
+		t.Fatalf("compose config without the inbox: %+v %q", cfg.Channels, cfg.Inbox.Secret)
+	}
+}
