@@ -415,6 +415,10 @@ func writeEvent(w http.ResponseWriter, id int64, kind string, v any) {
 	fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", id, kind, b)
 }
 
+// MaxStreamsPerUser bounds one user's open streams on an instance (tabs,
+// devices), so one token cannot take every stream of the instance.
+const MaxStreamsPerUser = 20
+
 // InboxHub fans inbox events out to the streams open on this instance.
 type InboxHub struct {
 	// MaxStreams bounds the open streams (0 = 10,000).
@@ -442,6 +446,9 @@ func (h *InboxHub) Subscribe(userID string) (*inboxSub, error) {
 	}
 	if h.count >= limit {
 		return nil, fmt.Errorf("inbox: this instance has %d streams open, its limit; retry on another", h.count)
+	}
+	if len(h.subs[userID]) >= MaxStreamsPerUser {
+		return nil, fmt.Errorf("inbox: user %s has %d streams open here, the most one user may", userID, MaxStreamsPerUser)
 	}
 	if h.subs == nil {
 		h.subs = map[string]map[*inboxSub]struct{}{}
