@@ -171,6 +171,26 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(receipts)})
 }
 
+// providerHandshake answers a provider's GET check of its callback URL
+// (WhatsApp: hub.mode=subscribe with the configured verify token → the
+// challenge, as text).
+func (s *Server) providerHandshake(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("provider")
+	src, ok := s.ReceiptProviders[name]
+	hs, isHS := src.Provider.(sinks.ReceiptHandshaker)
+	if !ok || !isHS {
+		writeError(w, &Error{Status: http.StatusNotFound, Code: "not_found", Message: fmt.Sprintf("no provider %q checks its callback URL here", name)})
+		return
+	}
+	challenge, err := hs.Handshake(r)
+	if err != nil {
+		writeError(w, &Error{Status: http.StatusForbidden, Code: "bad_signature", Message: name + ": " + err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, challenge)
+}
+
 // lifecycle reads a notification's lifecycle, nil when notifyd has none.
 func (s *Server) lifecycle(ctx context.Context, id string) *schemas.Lifecycle {
 	if !processors.ValidID(id) {

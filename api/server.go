@@ -90,6 +90,7 @@ func (s *Server) Handler() http.Handler {
 	authed("POST /v1/receipts", s.receipts)
 	// Authenticated by the provider's signature, not an API key.
 	mux.Handle("POST /v1/receipts/{provider}", s.instrument("POST /v1/receipts/{provider}", http.HandlerFunc(s.providerReceipts)))
+	mux.Handle("GET /v1/receipts/{provider}", s.instrument("GET /v1/receipts/{provider}", http.HandlerFunc(s.providerHandshake)))
 	authed("GET /v1/analytics/summary", s.analyticsSummary)
 	authed("GET /v1/analytics/latency", s.analyticsLatency)
 	authed("GET /v1/analytics/reconciliation", s.analyticsReconciliation)

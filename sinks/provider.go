@@ -434,3 +434,11 @@ func notNegative(names string, vs ...float64) error {
 	}
 	return nil
 }
+
+// ReceiptHandshaker is a receipt provider whose service first checks the
+// callback URL with a GET (WhatsApp's hub.challenge): Handshake answers the
+// body to send back, or ErrBadSignature when the request is not the provider's.
+type ReceiptHandshaker interface {
+	ReceiptProvider
+	Handshake(r *http.Request) (string, error)
+}
