@@ -57,3 +57,22 @@ func RemoveInvalid(p *schemas.Profile, channel string, invalid []schemas.Invalid
 	}
 	return changed
 }
+
+// MoveTargets rewrites addresses a provider says moved (a chat id that
+// changed): every chat entry of the platform holding From holds To instead.
+// It tells whether the profile changed; p is modified in place.
+func MoveTargets(p *schemas.Profile, moved []schemas.MovedTarget) bool {
+	changed := false
+	for _, m := range moved {
+		if m.From == "" || m.To == "" {
+			continue
+		}
+		for k, v := range p.Chat[m.Platform] {
+			if v == m.From {
+				p.Chat[m.Platform][k] = m.To
+				changed = true
+			}
+		}
+	}
+	return changed
+}

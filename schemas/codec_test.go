@@ -46,7 +46,7 @@ func TestRoundTripEveryRecord(t *testing.T) {
 	check("Notification", func() ([]byte, error) { return NotificationCodec.Encode(n) },
 		func(b []byte) (any, error) { return NotificationCodec.Decode(b) }, n)
 	fb := &DeliveryFeedback{NotificationID: "n1", Channel: "push", Status: "failed", Invalid: []InvalidTarget{{Platform: "apns", Token: "x"}},
-		Unsubscribe: true, Reason: "r"}
+		Unsubscribe: true, Moved: []MovedTarget{{Platform: "telegram", From: "-1", To: "-1001"}}, Reason: "r"}
 	check("DeliveryFeedback", func() ([]byte, error) { return FeedbackCodec.Encode(fb) },
 		func(b []byte) (any, error) { return FeedbackCodec.Decode(b) }, fb)
 	dl := &DeadLetter{Topic: "notify.ingest", Key: []byte{1}, Value: []byte{0, 255}, Reason: "bad"}

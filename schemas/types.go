@@ -253,8 +253,17 @@ type DeliveryFeedback struct {
 	Invalid []InvalidTarget `avro:"invalid"`
 	// Unsubscribe: the recipient asked the provider to stop (SMS STOP): the
 	// deliver group opts the profile out of the channel.
-	Unsubscribe bool   `avro:"unsubscribe"`
-	Reason      string `avro:"reason"`
+	Unsubscribe bool `avro:"unsubscribe"`
+	// Moved are addresses the provider says moved (since delivery_feedback.v2).
+	Moved  []MovedTarget `avro:"moved"`
+	Reason string        `avro:"reason"`
+}
+
+// MovedTarget is an address that moved: the profile's From becomes To.
+type MovedTarget struct {
+	Platform string `avro:"platform"`
+	From     string `avro:"from"`
+	To       string `avro:"to"`
 }
 
 // InvalidTarget names a device, subscription, chat or number to remove.

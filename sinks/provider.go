@@ -442,3 +442,20 @@ type ReceiptHandshaker interface {
 	ReceiptProvider
 	Handshake(r *http.Request) (string, error)
 }
+
+// MovedError accompanies an accepted message whose address moved (a Telegram
+// group upgraded to a supergroup answers with its new chat id): the provider
+// sent to the new address, and the profile's address is rewritten. Send
+// returns it with the message id.
+type MovedError struct {
+	Platform, From, To string
+}
+
+func (e *MovedError) Error() string {
+	return fmt.Sprintf("%s address moved to a new one", e.Platform)
+}
+
+// Moved is the error to return, with the message id, for a moved address.
+func Moved(platform, from, to string) error {
+	return &MovedError{Platform: platform, From: from, To: to}
+}

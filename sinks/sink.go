@@ -603,6 +603,7 @@ type job struct {
 	ids         []string
 	acceptedBy  []string
 	invalid     []schemas.InvalidTarget
+	moved       []schemas.MovedTarget
 	unsubscribe bool
 	// after is the longest Retry-After a provider asked for in this round.
 	after     time.Duration
@@ -732,6 +733,11 @@ func (s *Sink) serve(l *lane, j *job) {
 				err = nil // delivered to the other targets
 			}
 		}
+		var mv *MovedError
+		if errors.As(err, &mv) && msgID != "" {
+			j.moved = append(j.moved, schemas.MovedTarget{Platform: mv.Platform, From: mv.From, To: mv.To})
+			err = nil // delivered to the new address
+		}
 		if err == nil {
 			j.accepted(name, msgID, n.Targets)
 			if len(j.remaining) > 0 {
@@ -835,7 +841,7 @@ func (s *Sink) succeed(j *job, provider, msgID string) {
 		reason = joinNote(reason, fmt.Sprintf("not delivered to %s: %s", describeTargets(j.remaining), errString(j.lastErr)))
 	}
 	s.event(j, s.notificationEvent(n, processors.StatusSent, provider, reason, n.Attempts+j.calls, msgID))
-	if len(j.invalid) > 0 {
+	if len(j.invalid) > 0 || len(j.moved) > 0 {
 		s.feedback(j, processors.StatusSent)
 	}
 	s.Metrics.sent(s.Channel, provider, now.Sub(time.UnixMilli(n.AcceptedAt)))
@@ -924,7 +930,7 @@ func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
 // the same content is not suppressed as a duplicate of it.
 func (s *Sink) feedback(j *job, status string) {
 	b, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
-		Status: status, At: s.now().UnixMilli(), Invalid: j.invalid, Unsubscribe: j.unsubscribe,
+		Status: status, At: s.now().UnixMilli(), Invalid: j.invalid, Unsubscribe: j.unsubscribe, Moved: j.moved,
 		Reason: processors.Clip(errString(j.lastErr), processors.MaxReason)})
 	if err != nil || !processors.ValidID(j.n.UserID) {
 		return
@@ -986,10 +992,18 @@ func sameTarget(t schemas.Target, it schemas.InvalidTarget) bool {
 	return t.Platform == it.Platform && t.Token == it.Token && t.Endpoint == it.Endpoint
 }
 
-// targetsNote says which targets are removed from the profile.
+// targetsNote says which targets are removed from (or moved in) the profile.
 func (j *job) targetsNote() string {
+	var moved []string
+	for _, m := range j.moved {
+		moved = append(moved, describeTarget(m.Platform, m.From, "")+" → "+describeTarget(m.Platform, m.To, ""))
+	}
+	note := ""
+	if len(moved) > 0 {
+		note = "moved in the profile: " + strings.Join(moved, ", ")
+	}
 	if len(j.invalid) == 0 {
-		return ""
+		return note
 	}
 	var names []string
 	for _, t := range j.invalid {
@@ -999,7 +1013,7 @@ func (j *job) targetsNote() string {
 	if j.unsubscribe {
 		what = "recipient unsubscribed at the provider; channel opted out in the profile: "
 	}
-	return what + strings.Join(names, ", ")
+	return joinNote(note, what+strings.Join(names, ", "))
 }
 
 func describeTargets(ts []schemas.Target) string {

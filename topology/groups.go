@@ -329,7 +329,7 @@ func (p *Pipeline) feedback(ctx goka.Context, msg any) {
 		p.deadLetterOnly(ctx, raw, "deliver.feedback", err)
 		return
 	}
-	if len(fb.Invalid) > 0 || fb.Unsubscribe {
+	if len(fb.Invalid) > 0 || fb.Unsubscribe || len(fb.Moved) > 0 {
 		p.removeInvalid(ctx, fb)
 	}
 	if fb.Status == processors.StatusSent {
@@ -365,7 +365,8 @@ func (p *Pipeline) removeInvalid(ctx goka.Context, fb *schemas.DeliveryFeedback)
 	for cat, m := range d.V.Preferences.Categories {
 		prof.Preferences.Categories[cat] = maps.Clone(m)
 	}
-	if !processors.RemoveInvalid(&prof, fb.Channel, fb.Invalid, fb.Unsubscribe) {
+	moved := processors.MoveTargets(&prof, fb.Moved)
+	if !processors.RemoveInvalid(&prof, fb.Channel, fb.Invalid, fb.Unsubscribe) && !moved {
 		return
 	}
 	prof.UpdatedAt = p.now().UnixMilli()

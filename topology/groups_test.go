@@ -601,7 +601,8 @@ func TestInboxGroupAppliesCommandsAndDeadLettersBadOnes(t *testing.T) {
 
 // A sink's invalid-recipient feedback makes the deliver group write the
 // profile without the dead device (the others stay); a STOP opts the user out
-// of the channel; feedback for a user with no stored profile writes nothing.
+// of the channel; a moved chat id is rewritten; feedback for a user with no
+// stored profile writes nothing.
 func TestDeliverGroupRemovesInvalidTargetsFromTheProfile(t *testing.T) {
 	tt := tester.New(t)
 	clk := &clock{time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)}
@@ -637,6 +638,15 @@ func TestDeliverGroupRemovesInvalidTargetsFromTheProfile(t *testing.T) {
 	if prof = v.(schemas.Decoded[schemas.Profile]).V; prof.Preferences.Categories["*"]["sms"] || prof.Phone == "" ||
 		processors.Suppression(prof, "marketing", "sms") == "" || processors.Suppression(prof, "transactional", "sms") != "" {
 		t.Fatalf("after STOP %+v", prof)
+	}
+	tt.SetTableValue(Profiles, "u", prof)
+	prof.Chat = map[string]map[string]string{"telegram": {"chatId": "-100"}}
+	tt.SetTableValue(Profiles, "u", prof)
+	fb("u", &schemas.DeliveryFeedback{NotificationID: "n5", Channel: "telegram", Status: processors.StatusSent,
+		Moved: []schemas.MovedTarget{{Platform: "telegram", From: "-100", To: "-1001234"}}})
+	_, v, _ = profiles.Next()
+	if prof = v.(schemas.Decoded[schemas.Profile]).V; prof.Chat["telegram"]["chatId"] != "-1001234" {
+		t.Fatalf("moved chat %+v", prof.Chat)
 	}
 	fb("nobody", &schemas.DeliveryFeedback{NotificationID: "n4", Channel: "push", Status: processors.StatusFailed,
 		Invalid: []schemas.InvalidTarget{{Platform: "fcm", Token: "x"}}})
