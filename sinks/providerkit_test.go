@@ -421,3 +421,25 @@ func TestComposeConfigBuilds(t *testing.T) {
 		t.Fatalf("compose config without the inbox: %+v %q", cfg.Channels, cfg.Inbox.Secret)
 	}
 }
+
+// A provider's Retry-After longer than the next tier picks the shortest tier
+// that waits at least that long (the longest when none does); a shorter one
+// keeps the tier's delay.
+func TestPlanRetryHonoursRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	r := config.Retry{Tiers: []time.Duration{10 * time.Second, time.Minute, 10 * time.Minute},
+		Horizon: map[string]time.Duration{"normal": 24 * time.Hour}}
+	n := &schemas.Notification{ID: "n", Priority: "normal", AcceptedAt: now.UnixMilli()}
+	for after, want := range map[time.Duration]time.Duration{0: 10 * time.Second, 5 * time.Second: 10 * time.Second,
+		30 * time.Second: time.Minute, 5 * time.Minute: 10 * time.Minute, 2 * time.Hour: 10 * time.Minute} {
+		if got := PlanRetryAfter(n, now, r, after).Delay; got != want {
+			t.Errorf("Retry-After %s: delay %s, want %s", after, got, want)
+		}
+	}
+	// Never past the deadline: an expiry in 2 minutes takes the 1m tier.
+	soon := *n
+	soon.ExpiresAt = now.Add(2 * time.Minute).UnixMilli()
+	if got := PlanRetryAfter(&soon, now, r, 5*time.Minute); got.Delay != time.Minute {
+		t.Errorf("before the expiry: %+v", got)
+	}
+}
