@@ -5,11 +5,8 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -231,16 +228,7 @@ func SignAPNsToken(key *ecdsa.PrivateKey, keyID, teamID string, iat time.Time) (
 		Iss string `json:"iss"`
 		Iat int64  `json:"iat"`
 	}{teamID, iat.Unix()})
-	signing := base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(c)
-	digest := sha256.Sum256([]byte(signing))
-	r, s, err := ecdsa.Sign(rand.Reader, key, digest[:])
-	if err != nil {
-		return "", err
-	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return signing + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return signES256JWT(key, h, c)
 }
 
 func (p *apnsProvider) Name() string        { return p.name }
@@ -335,11 +323,7 @@ func apnsHeaders(n *schemas.Notification, topic string) (http.Header, error) {
 	h.Set("Content-Type", "application/json")
 	h.Set("apns-topic", topic)
 	h.Set("apns-push-type", "alert")
-	if n.Priority == "high" || n.OTP {
-		h.Set("apns-priority", "10")
-	} else {
-		h.Set("apns-priority", "5")
-	}
+	h.Set("apns-priority", apnsPriority(n))
 	exp := int64(0)
 	if n.ExpiresAt > 0 {
 		exp = n.ExpiresAt / 1000
@@ -368,12 +352,7 @@ func apnsDeviceToken(t string) bool {
 }
 
 func (p *apnsProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	var targets []schemas.Target
-	for _, t := range n.Targets {
-		if t.Platform == "apns" {
-			targets = append(targets, t)
-		}
-	}
+	targets := pushTargets(n, "apns")
 	if len(targets) == 0 {
 		return "", Permanent(fmt.Errorf("apns: notification %s has no apns device target", n.ID))
 	}

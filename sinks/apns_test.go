@@ -189,12 +189,9 @@ func TestAPNsPermanentFailureHasTheReason(t *testing.T) {
 	settings := strings.Replace(apnsYAML(t, srv, srv.KeyPEM(), ""), "topic: "+apnsTopic, "topic: com.example.other", 1)
 	p := buildProvider(t, "push", "apns", settings)
 	d := deliverThroughSink(t, apnsNotification("n-apns-topic", apnsTok1, apnsTok2), p)
-	if d.Final.Status != processors.StatusFailed || !strings.Contains(d.Final.Reason, "BadTopic") ||
-		slices.Contains(d.Statuses(), processors.StatusRetrying) {
-		t.Fatalf("statuses %v reason %q", d.Statuses(), d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 || len(srv.Pushes()) != 0 {
-		t.Fatalf("dead letters %d, pushes %d", len(d.DeadLetters), len(srv.Pushes()))
+	wantFailed(t, d, "BadTopic")
+	if len(srv.Pushes()) != 0 {
+		t.Fatalf("pushes %d", len(srv.Pushes()))
 	}
 	// A topic error is the same for every device: the second is not tried.
 	if r := srv.Rejections(); len(r) != 1 {
@@ -207,11 +204,8 @@ func TestAPNsUnregisteredDeviceIsInvalid(t *testing.T) {
 	p := buildProvider(t, "push", "apns", apnsYAML(t, srv, srv.KeyPEM(), ""))
 	srv.Unregister(apnsTok1)
 	d := deliverThroughSink(t, apnsNotification("n-apns-gone", apnsTok1), p)
-	if d.Final.Status != processors.StatusFailed || !strings.Contains(d.Final.Reason, "Unregistered") {
-		t.Fatalf("status %s reason %q", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 ||
-		d.Feedback.Invalid[0] != (schemas.InvalidTarget{Platform: "apns", Token: apnsTok1}) {
+	wantInvalid(t, d, schemas.InvalidTarget{Platform: "apns", Token: apnsTok1}, "Unregistered")
+	if len(d.Feedback.Invalid) != 1 {
 		t.Fatalf("feedback %+v", d.Feedback)
 	}
 }
@@ -221,13 +215,11 @@ func TestAPNsMultiDeviceOneUnregisteredIsSentAndNamesTheGoneToken(t *testing.T) 
 	p := buildProvider(t, "push", "apns", apnsYAML(t, srv, srv.KeyPEM(), ""))
 	srv.Unregister(apnsTok2)
 	d := deliverThroughSink(t, apnsNotification("n-apns-two", apnsTok1, apnsTok2), p)
-	if d.Final.Status != processors.StatusSent {
-		t.Fatalf("status %s reason %q", d.Final.Status, d.Final.Reason)
-	}
 	pushes := srv.Pushes()
-	if len(pushes) != 1 || pushes[0].Token != apnsTok1 || d.Final.ProviderMessageID != pushes[0].ID {
-		t.Fatalf("pushes %+v id %q", pushes, d.Final.ProviderMessageID)
+	if len(pushes) != 1 || pushes[0].Token != apnsTok1 {
+		t.Fatalf("pushes %+v; status %s reason %q", pushes, d.Final.Status, d.Final.Reason)
 	}
+	wantSent(t, d, pushes[0].ID)
 	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 ||
 		d.Feedback.Invalid[0] != (schemas.InvalidTarget{Platform: "apns", Token: apnsTok2}) {
 		t.Fatalf("feedback %+v", d.Feedback)
@@ -245,10 +237,7 @@ func TestAPNsWrongSigningKeyIsRejected(t *testing.T) {
 		"key: |\n  " + strings.ReplaceAll(strings.TrimSpace(other), "\n", "\n  ") + "\n"
 	p := buildProvider(t, "push", "apns", settings)
 	d := deliverThroughSink(t, apnsNotification("n-apns-key", apnsTok1), p)
-	if d.Final.Status != processors.StatusFailed || !strings.Contains(d.Final.Reason, "403 InvalidProviderToken") ||
-		len(d.DeadLetters) != 1 {
-		t.Fatalf("status %s reason %q", d.Final.Status, d.Final.Reason)
-	}
+	wantFailed(t, d, "403 InvalidProviderToken")
 	if len(srv.Pushes()) != 0 || srv.ProviderTokens() != 0 {
 		t.Fatal("the server accepted a token signed by another key")
 	}
@@ -416,12 +405,11 @@ func TestAPNsSettingsValidation(t *testing.T) {
 		{map[string]string{"caFile": junk}, "no PEM certificate"},
 		{map[string]string{"bundle": "x"}, "field bundle not found"},
 	} {
-		_, err := BuildProviders("push", []config.Provider{providerConfig(t, "apns", yamlOf(tc.over))}, Deps{})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := buildErr(t, "push", "apns", yamlOf(tc.over)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v, want %q", tc.over, err, tc.want)
 		}
 	}
-	if _, err := BuildProviders("sms", []config.Provider{providerConfig(t, "apns", yamlOf(nil))}, Deps{}); err == nil {
+	if err := buildErr(t, "sms", "apns", yamlOf(nil)); err == nil {
 		t.Error("apns built for the sms channel")
 	}
 	ps, err := BuildProviders("push", []config.Provider{providerConfig(t, "apns", yamlOf(nil))}, Deps{})
@@ -459,7 +447,7 @@ func TestAPNsClassifiesAnswers(t *testing.T) {
 		{404, ``, "permanent"},
 	} {
 		_, err := classifyAPNs(tc.status, http.Header{}, []byte(tc.body), tg, now)
-		if got := apnsClass(err); got != tc.class {
+		if got := pushOutcome(err); got != tc.class {
 			t.Errorf("%d %s: %s (%v), want %s", tc.status, tc.body, got, err, tc.class)
 		}
 	}
@@ -468,7 +456,10 @@ func TestAPNsClassifiesAnswers(t *testing.T) {
 	}
 }
 
-func apnsClass(err error) string {
+// pushOutcome names the outcome class of a push provider's answer: ok,
+// invalid (recipient), permanent, retry (later), or plain (an unclassified
+// error).
+func pushOutcome(err error) string {
 	var ir *InvalidRecipientError
 	switch {
 	case err == nil:
@@ -499,7 +490,7 @@ func FuzzAPNsClassify(f *testing.F) {
 		h.Set("Retry-After", ra)
 		h.Set("apns-id", "X")
 		id, err := classifyAPNs(status, h, []byte(body), tg, now)
-		c := apnsClass(err)
+		c := pushOutcome(err)
 		switch {
 		case status == 200:
 			if c != "ok" || id != "X" {

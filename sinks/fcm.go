@@ -128,8 +128,8 @@ func newFCMProvider(s Spec) (Provider, error) {
 	if base == "" {
 		base = fcmDefaultBaseURL
 	}
-	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("fcm: baseUrl %q is not an http(s) URL", base)
+	if err := checkHTTPURL("baseUrl", base); err != nil {
+		return nil, fmt.Errorf("fcm: %w", err)
 	}
 	if st.Timeout < 0 {
 		return nil, fmt.Errorf("fcm: timeout %s is negative", st.Timeout)
@@ -179,8 +179,8 @@ func parseFCMServiceAccount(raw []byte) (*fcmServiceAccount, error) {
 	if sa.TokenURI == "" {
 		sa.TokenURI = fcmDefaultTokenURI
 	}
-	if u, err := url.Parse(sa.TokenURI); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("fcm: the service-account token_uri %q is not an http(s) URL", sa.TokenURI)
+	if err := checkHTTPURL("the service-account token_uri", sa.TokenURI); err != nil {
+		return nil, fmt.Errorf("fcm: %w", err)
 	}
 	return &sa, nil
 }
@@ -343,13 +343,11 @@ func fcmBuild(n *schemas.Notification, now time.Time) *fcmMessage {
 	}
 	m.Data["notificationId"] = n.ID
 
-	high := n.Priority == "high" || n.OTP
 	a := &fcmAndroid{Priority: "normal", CollapseKey: c.CollapseKey}
-	apnsHeaders := map[string]string{"apns-priority": "5"}
-	if high {
+	if pushUrgent(n) {
 		a.Priority = "high"
-		apnsHeaders["apns-priority"] = "10"
 	}
+	apnsHeaders := map[string]string{"apns-priority": apnsPriority(n)}
 	var webHeaders map[string]string
 	if n.ExpiresAt > 0 {
 		left := time.UnixMilli(n.ExpiresAt).Sub(now)
@@ -363,7 +361,7 @@ func fcmBuild(n *schemas.Notification, now time.Time) *fcmMessage {
 		}
 		webHeaders = map[string]string{"TTL": strconv.FormatInt(secs, 10)}
 	}
-	if c.CollapseKey != "" && len(c.CollapseKey) <= 64 {
+	if c.CollapseKey != "" && len(c.CollapseKey) <= apnsMaxCollapseID {
 		apnsHeaders["apns-collapse-id"] = c.CollapseKey
 	}
 	if c.Sound != "" {
@@ -394,12 +392,7 @@ func fcmBuild(n *schemas.Notification, now time.Time) *fcmMessage {
 
 // Send posts one message per fcm target of n.
 func (p *fcmProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	var targets []schemas.Target
-	for _, t := range n.Targets {
-		if t.Platform == "fcm" {
-			targets = append(targets, t)
-		}
-	}
+	targets := pushTargets(n, "fcm")
 	if len(n.Targets) == 0 && n.Address != "" {
 		targets = []schemas.Target{{Platform: "fcm", Token: n.Address}}
 	}

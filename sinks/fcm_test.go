@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks/fcmtest"
 )
@@ -66,16 +65,14 @@ func TestFCMDeliversTheDocumentedMessage(t *testing.T) {
 	n.Content.ActionURL = "https://shop.example.com/orders/42"
 	n.Content.Data = map[string]string{"orderId": "42"}
 	d := deliverThroughSink(t, n, p)
-	if d.Final.Status != "sent" {
-		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
-	}
 	msgs := srv.Messages()
 	if len(msgs) != 1 {
-		t.Fatalf("server accepted %d messages, want 1", len(msgs))
+		t.Fatalf("server accepted %d messages, want 1; status %s (%s)", len(msgs), d.Final.Status, d.Final.Reason)
 	}
 	m := msgs[0]
-	if d.Final.ProviderMessageID != m.Name || !strings.HasPrefix(m.Name, "projects/notifyd-test/messages/") {
-		t.Fatalf("provider message id %q, server named the message %q", d.Final.ProviderMessageID, m.Name)
+	wantSent(t, d, m.Name)
+	if !strings.HasPrefix(m.Name, "projects/notifyd-test/messages/") {
+		t.Fatalf("the server named the message %q", m.Name)
 	}
 	if m.Token != "dev-a:APA91b_tok-1" {
 		t.Fatalf("token %q", m.Token)
@@ -122,18 +119,14 @@ func TestFCMRetriesAfterUnavailable(t *testing.T) {
 	p := fcmProviderFor(t, srv, nil)
 	srv.FailNext(1, fcmtest.Unavailable("1"))
 	d := deliverThroughSink(t, fcmPush("n-fcm-retry", "tok-retry"), p)
-	if d.Final.Status != "sent" {
-		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
-	}
-	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
+	wantRetriedThenSent(t, d)
+	if st := d.Statuses(); st[len(st)-1] != "sent" {
 		t.Fatalf("statuses %v, want retrying then sent", st)
 	}
 	if got := len(srv.Messages()); got != 1 || srv.Requests() != 2 {
 		t.Fatalf("server accepted %d of %d requests, want 1 of 2", got, srv.Requests())
 	}
-	if d.Final.ProviderMessageID != srv.Messages()[0].Name {
-		t.Fatalf("provider message id %q", d.Final.ProviderMessageID)
-	}
+	wantSent(t, d, srv.Messages()[0].Name)
 }
 
 // (c) FCM refusing the message (a reserved data key) fails it, with FCM's
@@ -144,16 +137,8 @@ func TestFCMPermanentFailure(t *testing.T) {
 	n := fcmPush("n-fcm-perm", "tok-perm")
 	n.Content.Data = map[string]string{"from": "shop"}
 	d := deliverThroughSink(t, n, p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "INVALID_ARGUMENT") ||
-		!strings.Contains(d.Final.Reason, "Invalid data payload key: from") {
-		t.Fatalf("status %s (%s), want failed with FCM's INVALID_ARGUMENT", d.Final.Status, d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 {
-		t.Fatalf("dead letters %d", len(d.DeadLetters))
-	}
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a bad message removed the device: %+v", d.Feedback.Invalid)
-	}
+	wantFailed(t, d, "INVALID_ARGUMENT", "Invalid data payload key: from")
+	wantNoInvalid(t, d)
 	if len(srv.Messages()) != 0 || srv.Requests() != 1 {
 		t.Fatalf("server accepted %d of %d requests, want 0 of 1 (no retry)", len(srv.Messages()), srv.Requests())
 	}
@@ -165,11 +150,8 @@ func TestFCMInvalidRecipient(t *testing.T) {
 	p := fcmProviderFor(t, srv, nil)
 	srv.Unregister("tok-gone")
 	d := deliverThroughSink(t, fcmPush("n-fcm-gone", "tok-gone"), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "UNREGISTERED") {
-		t.Fatalf("status %s (%s), want failed UNREGISTERED", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 ||
-		d.Feedback.Invalid[0] != (schemas.InvalidTarget{Platform: "fcm", Token: "tok-gone"}) {
+	wantInvalid(t, d, schemas.InvalidTarget{Platform: "fcm", Token: "tok-gone"}, "UNREGISTERED")
+	if len(d.Feedback.Invalid) != 1 {
 		t.Fatalf("feedback %+v, want tok-gone invalid", d.Feedback)
 	}
 }
@@ -205,13 +187,7 @@ func TestFCMBadCredential(t *testing.T) {
 	}
 	p := fcmProviderFor(t, srv, foreign)
 	d := deliverThroughSink(t, fcmPush("n-fcm-badkey", "tok-a"), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "invalid_grant") ||
-		!strings.Contains(d.Final.Reason, "Invalid JWT Signature") {
-		t.Fatalf("status %s (%s), want failed with invalid_grant", d.Final.Status, d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 {
-		t.Fatalf("dead letters %d", len(d.DeadLetters))
-	}
+	wantFailed(t, d, "invalid_grant", "Invalid JWT Signature")
 	if srv.Requests() != 0 || len(srv.Messages()) != 0 || srv.AuthRejected() != 0 {
 		t.Fatalf("messages:send reached without a token: %d", srv.Requests())
 	}
@@ -299,8 +275,7 @@ func TestFCMSettingsValidation(t *testing.T) {
 		{"credentialsFile: " + keyPath + "\nbaseUrl: fcm.googleapis.com", "baseUrl"},
 		{"credentialsFile: " + keyPath + "\napiKey: x", "field apiKey not found"},
 	} {
-		c := providerConfig(t, "fcm", tc.yaml)
-		_, err := BuildProviders("push", []config.Provider{c}, Deps{})
+		err := buildErr(t, "push", "fcm", tc.yaml)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.want)
 		}
@@ -308,7 +283,7 @@ func TestFCMSettingsValidation(t *testing.T) {
 			t.Errorf("%q: the error quotes the key: %v", tc.yaml, err)
 		}
 	}
-	if _, err := BuildProviders("sms", []config.Provider{providerConfig(t, "fcm", "credentialsFile: "+keyPath)}, Deps{}); err == nil {
+	if err := buildErr(t, "sms", "fcm", "credentialsFile: "+keyPath); err == nil {
 		t.Error("fcm built for the sms channel")
 	}
 	p := buildProvider(t, "push", "fcm", "credentialsFile: "+noProject+"\nprojectId: other-project")
@@ -332,19 +307,19 @@ func fcmBody(code int, status, errorCode, msg string) []byte {
 func TestFCMClassify(t *testing.T) {
 	now := time.Now()
 	tg := schemas.Target{Platform: "fcm", Token: "tok"}
-	type class int
+	// The classes of pushOutcome.
 	const (
-		sent class = iota
-		retry
-		permanent
-		gone
+		sent      = "ok"
+		retry     = "retry"
+		permanent = "permanent"
+		gone      = "invalid"
 	)
 	for _, tc := range []struct {
 		name       string
 		status     int
 		retryAfter string
 		body       []byte
-		want       class
+		want       string
 		after      time.Duration
 		reason     string
 	}{
@@ -372,22 +347,12 @@ func TestFCMClassify(t *testing.T) {
 			}
 			id, err := fcmClassify(tc.status, h, tc.body, tg, now)
 			var ir *InvalidRecipientError
-			var got class
-			switch {
-			case err == nil:
-				got = sent
-			case errors.As(err, &ir):
-				got = gone
-				if len(ir.Targets) != 1 || ir.Targets[0] != DeviceTarget(tg) {
-					t.Fatalf("invalid targets %+v", ir.Targets)
-				}
-			case IsPermanent(err):
-				got = permanent
-			default:
-				got = retry
+			if errors.As(err, &ir) && (len(ir.Targets) != 1 || ir.Targets[0] != DeviceTarget(tg)) {
+				t.Fatalf("invalid targets %+v", ir.Targets)
 			}
+			got := pushOutcome(err)
 			if got != tc.want {
-				t.Fatalf("class %d (%v), want %d", got, err, tc.want)
+				t.Fatalf("class %s (%v), want %s", got, err, tc.want)
 			}
 			if got == sent && id != "projects/p/messages/0:1%ab" {
 				t.Fatalf("id %q", id)

@@ -132,8 +132,8 @@ func newWebpushProvider(s Spec) (Provider, error) {
 	if err := webpushCheckSubject(p.subject); err != nil {
 		return nil, err
 	}
-	if p.ttl < 0 {
-		return nil, errors.New("webpush: ttl must not be negative")
+	if err := notNegative("ttl", float64(p.ttl)); err != nil {
+		return nil, fmt.Errorf("webpush: %w", err)
 	}
 	if p.ttl == 0 {
 		p.ttl = webpushDefaultTTL
@@ -144,8 +144,8 @@ func newWebpushProvider(s Spec) (Provider, error) {
 	if p.maxPayload <= webpushOverhead {
 		return nil, fmt.Errorf("webpush: maxPayload %d leaves no room for a message (the encryption takes %d bytes)", p.maxPayload, webpushOverhead)
 	}
-	if c.Timeout < 0 {
-		return nil, errors.New("webpush: timeout must not be negative")
+	if err := notNegative("timeout", float64(c.Timeout)); err != nil {
+		return nil, fmt.Errorf("webpush: %w", err)
 	}
 	timeout := c.Timeout
 	if timeout == 0 {
@@ -247,12 +247,7 @@ type webpushHeaders struct {
 }
 
 func (p *webpushProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	var targets []schemas.Target
-	for _, t := range n.Targets {
-		if t.Platform == webpushPlatform {
-			targets = append(targets, t)
-		}
-	}
+	targets := pushTargets(n, webpushPlatform)
 	if len(targets) == 0 {
 		return "", Permanent(errors.New("webpush: the notification has no webpush subscription to send to"))
 	}
@@ -418,7 +413,6 @@ func webpushClean(s string, n int) string {
 
 // vapidToken is the ES256 JWT of RFC 8292 §2 for the push service at origin.
 func (p *webpushProvider) vapidToken(origin string, now time.Time) (string, error) {
-	header := base64.RawURLEncoding.EncodeToString([]byte(`{"typ":"JWT","alg":"ES256"}`))
 	claims, err := json.Marshal(struct {
 		Aud string `json:"aud"`
 		Exp int64  `json:"exp"`
@@ -427,16 +421,7 @@ func (p *webpushProvider) vapidToken(origin string, now time.Time) (string, erro
 	if err != nil {
 		return "", err
 	}
-	signed := header + "." + base64.RawURLEncoding.EncodeToString(claims)
-	digest := sha256.Sum256([]byte(signed))
-	r, s, err := ecdsa.Sign(rand.Reader, p.key, digest[:])
-	if err != nil {
-		return "", err
-	}
-	sig := make([]byte, 64) // JWS ES256: R‖S, 32 bytes each (RFC 7518 §3.4)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return signed + "." + base64.RawURLEncoding.EncodeToString(sig), nil
+	return signES256JWT(p.key, []byte(`{"typ":"JWT","alg":"ES256"}`), claims)
 }
 
 // webpushEncrypt encrypts plaintext for the user agent key uaPublic and auth

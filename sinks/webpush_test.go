@@ -121,9 +121,7 @@ func TestWebPushRetriesAfterThrottling(t *testing.T) {
 	n.Priority = "low"
 	n.Content.CollapseKey = "order #1 / shipped (a key far longer than thirty-two characters)"
 	d := deliverThroughSink(t, n, e.p)
-	if st := d.Statuses(); d.Final.Status != "sent" || !slices.Contains(st, "retrying") {
-		t.Fatalf("statuses %v (%s), want retrying then sent", st, d.Final.Reason)
-	}
+	wantRetriedThenSent(t, d)
 	rej := e.srv.Rejections()
 	if len(rej) != 1 || rej[0].Status != http.StatusTooManyRequests {
 		t.Fatalf("rejections %v, want the one 429", rej)
@@ -145,11 +143,9 @@ func TestWebPushPayloadTooLargeFailsPermanently(t *testing.T) {
 	n := webpushNotification("wp-large", webpushTarget(e.sub))
 	n.Content.Body = strings.Repeat("a", 5000)
 	d := deliverThroughSink(t, n, e.p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "payload too large") || !strings.Contains(d.Final.Reason, "413") {
-		t.Fatalf("final %s %q, want failed: payload too large (HTTP 413)", d.Final.Status, d.Final.Reason)
-	}
-	if slices.Contains(d.Statuses(), "retrying") || len(d.DeadLetters) != 1 || len(e.srv.Messages()) != 0 {
-		t.Fatalf("statuses %v, dead letters %d, messages %d", d.Statuses(), len(d.DeadLetters), len(e.srv.Messages()))
+	wantFailed(t, d, "payload too large", "413")
+	if len(e.srv.Messages()) != 0 {
+		t.Fatalf("messages %d", len(e.srv.Messages()))
 	}
 	if r := e.srv.Rejections(); len(r) != 1 || r[0].Status != http.StatusRequestEntityTooLarge {
 		t.Fatalf("rejections %v", r)
@@ -184,12 +180,10 @@ func TestWebPushWrongVAPIDKeyIsRejected(t *testing.T) {
 	public, private := vapidKeys(t)
 	p := buildProvider(t, "webpush", "webpush", webpushYAML(public, private))
 	d := deliverThroughSink(t, webpushNotification("wp-badkey", webpushTarget(sub)), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "HTTP 403") || !strings.Contains(d.Final.Reason, "VAPID") ||
-		!strings.Contains(d.Final.Reason, "applicationServerKey") {
-		t.Fatalf("final %s %q, want failed: HTTP 403 VAPID rejected", d.Final.Status, d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 || len(srv.Messages()) != 0 || (d.Feedback != nil && len(d.Feedback.Invalid) > 0) {
-		t.Fatalf("dead letters %d, messages %d, feedback %+v", len(d.DeadLetters), len(srv.Messages()), d.Feedback)
+	wantFailed(t, d, "HTTP 403", "VAPID", "applicationServerKey")
+	wantNoInvalid(t, d)
+	if len(srv.Messages()) != 0 {
+		t.Fatalf("messages %d", len(srv.Messages()))
 	}
 }
 
@@ -237,12 +231,11 @@ func TestWebPushSettingsValidation(t *testing.T) {
 		{"vapidPrivateKey: " + private + "\nsubject: mailto:a@b.c\nttl: -1s", "ttl must not be negative"},
 		{"vapidPrivateKey: " + private + "\nsubject: mailto:a@b.c\nvapidKey: x", "field vapidKey not found"},
 	} {
-		_, err := BuildProviders("webpush", []config.Provider{providerConfig(t, "webpush", tc.yaml)}, Deps{})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := buildErr(t, "webpush", "webpush", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.want)
 		}
 	}
-	if _, err := BuildProviders("push", []config.Provider{providerConfig(t, "webpush", webpushYAML(public, private))}, Deps{}); err == nil ||
+	if err := buildErr(t, "push", "webpush", webpushYAML(public, private)); err == nil ||
 		!strings.Contains(err.Error(), "serves webpush, not push") {
 		t.Errorf("wrong channel: %v", err)
 	}

@@ -9,14 +9,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -24,6 +22,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/pushfake"
 )
 
 // Options configure a server.
@@ -98,12 +98,13 @@ type Server struct {
 	key *ecdsa.PrivateKey
 	now func() time.Time
 
+	pushes     pushfake.Log[Push]
+	rejections pushfake.Log[Rejection]
+	failNext   pushfake.Queue[failure]
+
 	mu           sync.Mutex
-	pushes       []Push
-	rejections   []Rejection
 	unregistered map[string]time.Time
 	badTokens    map[string]bool
-	failNext     []failure
 	tokens       map[string]bool // provider tokens that authorized a request
 	expired      map[string]bool
 	lastNewToken time.Time
@@ -177,11 +178,7 @@ func (s *Server) BadDeviceToken(token string) {
 // (e.g. 429 TooManyRequests, 503 ServiceUnavailable, 400 BadTopic), with a
 // Retry-After header when retryAfter is not empty.
 func (s *Server) FailNext(n, status int, reason, retryAfter string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for range n {
-		s.failNext = append(s.failNext, failure{status, reason, retryAfter})
-	}
+	s.failNext.PushN(n, failure{status, reason, retryAfter})
 }
 
 // ExpireProviderTokens makes every provider token seen so far answer 403
@@ -196,18 +193,10 @@ func (s *Server) ExpireProviderTokens() {
 }
 
 // Pushes are the accepted notifications, in arrival order.
-func (s *Server) Pushes() []Push {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Push(nil), s.pushes...)
-}
+func (s *Server) Pushes() []Push { return s.pushes.All() }
 
 // Rejections are the requests answered with an error, in arrival order.
-func (s *Server) Rejections() []Rejection {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Rejection(nil), s.rejections...)
-}
+func (s *Server) Rejections() []Rejection { return s.rejections.All() }
 
 // ProviderTokens counts the distinct provider tokens that verified.
 func (s *Server) ProviderTokens() int {
@@ -223,9 +212,7 @@ var pushTypes = map[string]bool{"alert": true, "background": true, "location": t
 	"fileprovider": true, "mdm": true, "liveactivity": true, "pushtotalk": true, "widgets": true, "controls": true}
 
 func (s *Server) reject(w http.ResponseWriter, status int, reason, token string, extra map[string]any) {
-	s.mu.Lock()
-	s.rejections = append(s.rejections, Rejection{Status: status, Reason: reason, Token: token})
-	s.mu.Unlock()
+	s.rejections.Add(Rejection{Status: status, Reason: reason, Token: token})
 	body := map[string]any{"reason": reason}
 	for k, v := range extra {
 		body[k] = v
@@ -353,11 +340,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	gone, isGone := s.unregistered[strings.ToLower(token)]
 	bad := s.badTokens[strings.ToLower(token)]
-	var f *failure
-	if len(s.failNext) > 0 {
-		f = &s.failNext[0]
-		s.failNext = s.failNext[1:]
-	}
+	f, failing := s.failNext.Pop()
 	s.mu.Unlock()
 	switch {
 	case !hexRE.MatchString(token) || bad:
@@ -366,7 +349,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case isGone:
 		s.reject(w, http.StatusGone, "Unregistered", token, map[string]any{"timestamp": gone.UnixMilli()})
 		return
-	case f != nil:
+	case failing:
 		if f.retryAfter != "" {
 			w.Header().Set("Retry-After", f.retryAfter)
 		}
@@ -378,10 +361,8 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	hdr := r.Header.Clone()
 	hdr.Del("authorization")
-	s.mu.Lock()
-	s.pushes = append(s.pushes, Push{Token: token, ID: id, Header: hdr, Payload: payload, APS: *env.APS, Raw: raw,
+	s.pushes.Add(Push{Token: token, ID: id, Header: hdr, Payload: payload, APS: *env.APS, Raw: raw,
 		Proto: r.Proto, TokenIssuedAt: iat})
-	s.mu.Unlock()
 	w.Header().Set("apns-id", id)
 	w.WriteHeader(http.StatusOK)
 }
@@ -399,7 +380,7 @@ func (s *Server) verify(jwt string) (time.Time, string) {
 	hb, err1 := base64.RawURLEncoding.DecodeString(parts[0])
 	cb, err2 := base64.RawURLEncoding.DecodeString(parts[1])
 	sig, err3 := base64.RawURLEncoding.DecodeString(parts[2])
-	if err1 != nil || err2 != nil || err3 != nil || len(sig) != 64 {
+	if err1 != nil || err2 != nil || err3 != nil {
 		return time.Time{}, "InvalidProviderToken"
 	}
 	var h struct {
@@ -414,9 +395,7 @@ func (s *Server) verify(jwt string) (time.Time, string) {
 		c.Iss != s.TeamID || c.Iat == nil {
 		return time.Time{}, "InvalidProviderToken"
 	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	rr, ss := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-	if !ecdsa.Verify(&s.key.PublicKey, digest[:], rr, ss) {
+	if !pushfake.ES256Valid(&s.key.PublicKey, parts[0]+"."+parts[1], sig) {
 		return time.Time{}, "InvalidProviderToken"
 	}
 	iat := time.Unix(int64(*c.Iat), 0)

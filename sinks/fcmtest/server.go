@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/notifyd/notifyd/sinks/internal/pushfake"
 )
 
 const (
@@ -200,16 +202,17 @@ type Server struct {
 
 	key *rsa.PrivateKey
 
+	tokenRejected pushfake.Log[string] // the error_description of each refused assertion
+	messages      pushfake.Log[Message]
+	next          pushfake.Queue[Failure]
+	tokenRequests pushfake.Counter
+	requests      pushfake.Counter // authorised messages:send requests
+	authRejected  pushfake.Counter
+
 	mu            sync.Mutex
 	tokenLifetime time.Duration
 	tokens        map[string]time.Time // access token → expiry
-	tokenRequests int
-	tokenRejected []string // the error_description of each refused assertion
-	requests      int      // authorised messages:send requests
-	authRejected  int
-	messages      []Message
-	gone          map[string]string // token → UNREGISTERED | SENDER_ID_MISMATCH
-	next          []Failure
+	gone          map[string]string    // token → UNREGISTERED | SENDER_ID_MISMATCH
 	always        *Failure
 	seq           int
 }
@@ -302,13 +305,7 @@ func (s *Server) setGone(token, code string) {
 }
 
 // FailNext answers the next n authorised messages:send requests with f.
-func (s *Server) FailNext(n int, f Failure) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for range n {
-		s.next = append(s.next, f)
-	}
-}
+func (s *Server) FailNext(n int, f Failure) { s.next.PushN(n, f) }
 
 // FailAlways answers every authorised messages:send request with f (nil: stop).
 func (s *Server) FailAlways(f *Failure) {
@@ -318,39 +315,19 @@ func (s *Server) FailAlways(f *Failure) {
 }
 
 // Messages are the accepted messages, in order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *Server) Messages() []Message { return s.messages.All() }
 
 // Requests counts the authorised messages:send requests, accepted or not.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
+func (s *Server) Requests() int { return s.requests.Get() }
 
 // TokenRequests counts the token endpoint's requests.
-func (s *Server) TokenRequests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tokenRequests
-}
+func (s *Server) TokenRequests() int { return s.tokenRequests.Get() }
 
 // TokenRejections are the reasons the token endpoint refused assertions.
-func (s *Server) TokenRejections() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.tokenRejected...)
-}
+func (s *Server) TokenRejections() []string { return s.tokenRejected.All() }
 
 // AuthRejected counts messages:send requests refused for their bearer token.
-func (s *Server) AuthRejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.authRejected
-}
+func (s *Server) AuthRejected() int { return s.authRejected.Get() }
 
 // ---- the token endpoint (Google OAuth2, JWT bearer grant)
 
@@ -360,9 +337,7 @@ type assertionClaims struct {
 }
 
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	s.tokenRequests++
-	s.mu.Unlock()
+	s.tokenRequests.Inc()
 	if r.Method != http.MethodPost {
 		oauthError(w, http.StatusMethodNotAllowed, "invalid_request", "POST required")
 		return
@@ -403,9 +378,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, jwt.ErrTokenInvalidAudience):
 			desc = "Invalid JWT: aud is not the token endpoint"
 		}
-		s.mu.Lock()
-		s.tokenRejected = append(s.tokenRejected, desc)
-		s.mu.Unlock()
+		s.tokenRejected.Add(desc)
 		oauthError(w, http.StatusBadRequest, "invalid_grant", desc)
 		return
 	}
@@ -442,9 +415,7 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.authorised(r.Header.Get("Authorization")) {
-		s.mu.Lock()
-		s.authRejected++
-		s.mu.Unlock()
+		s.authRejected.Inc()
 		rpcError(w, Failure{HTTP: 401, Status: "UNAUTHENTICATED",
 			Message: "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."})
 		return
@@ -454,18 +425,15 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf("Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager.googleapis.com/projects/%s' (or it may not exist).", p)})
 		return
 	}
+	s.requests.Inc()
+	fail, failing := s.next.Pop()
 	s.mu.Lock()
-	s.requests++
-	var fail *Failure
-	if len(s.next) > 0 {
-		fail = &s.next[0]
-		s.next = s.next[1:]
-	} else if s.always != nil {
-		fail = s.always
+	if !failing && s.always != nil {
+		fail, failing = *s.always, true
 	}
 	s.mu.Unlock()
-	if fail != nil {
-		rpcError(w, *fail)
+	if failing {
+		rpcError(w, fail)
 		return
 	}
 	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
@@ -507,7 +475,7 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 	s.seq++
 	m.Name = fmt.Sprintf("projects/%s/messages/0:%d%%%s", s.ProjectID, 1700000000000000+s.seq, randomHex(8))
 	if !req.ValidateOnly {
-		s.messages = append(s.messages, *m)
+		s.messages.Add(*m)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"name": m.Name})
 }

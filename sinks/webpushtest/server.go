@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/pushfake"
 )
 
 // DefaultMaxBody is the largest message body the service accepts (RFC 8030
@@ -72,13 +74,14 @@ type Server struct {
 	// MaxBody is the largest body accepted; 0 = DefaultMaxBody.
 	MaxBody int
 
-	mu       sync.Mutex
-	subs     map[string]*subscription // by path
-	messages []Message
-	rejected []Rejection
-	next     []forced
-	requests int
-	seq      int
+	messages pushfake.Log[Message]
+	rejected pushfake.Log[Rejection]
+	next     pushfake.Queue[forced]
+	requests pushfake.Counter
+
+	mu   sync.Mutex
+	subs map[string]*subscription // by path
+	seq  int
 }
 
 // Start runs a push service.
@@ -143,33 +146,17 @@ func (s *Server) Throttle(n int, retryAfter time.Duration) {
 // FailNext answers the next n requests with status (a 5xx, or any permanent
 // error), with Retry-After when retryAfter > 0.
 func (s *Server) FailNext(n, status int, retryAfter time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for range n {
-		s.next = append(s.next, forced{status, retryAfter})
-	}
+	s.next.PushN(n, forced{status, retryAfter})
 }
 
 // Messages are the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *Server) Messages() []Message { return s.messages.All() }
 
 // Rejections are the refused requests, in arrival order.
-func (s *Server) Rejections() []Rejection {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Rejection(nil), s.rejected...)
-}
+func (s *Server) Rejections() []Rejection { return s.rejected.All() }
 
 // Requests counts every request received.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
+func (s *Server) Requests() int { return s.requests.Get() }
 
 // errorBody is autopush's error answer.
 type errorBody struct {
@@ -184,21 +171,15 @@ var topicRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	s.requests.Inc()
+	f, forcedAnswer := s.next.Pop()
 	s.mu.Lock()
-	s.requests++
-	var f *forced
-	if len(s.next) > 0 {
-		f = &s.next[0]
-		s.next = s.next[1:]
-	}
 	sub := s.subs[r.URL.Path]
 	maxBody := s.MaxBody
 	s.mu.Unlock()
 	endpoint := s.URL + r.URL.Path
 	reject := func(status, errno int, msg string) {
-		s.mu.Lock()
-		s.rejected = append(s.rejected, Rejection{Endpoint: endpoint, Status: status, Reason: msg})
-		s.mu.Unlock()
+		s.rejected.Add(Rejection{Endpoint: endpoint, Status: status, Reason: msg})
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(errorBody{Code: status, Errno: errno, Error: http.StatusText(status), Message: msg,
@@ -208,7 +189,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		reject(http.StatusBadRequest, 999, "unreadable body")
 		return
 	}
-	if f != nil {
+	if forcedAnswer {
 		if f.retryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int((f.retryAfter+time.Second-1)/time.Second)))
 		}
@@ -282,7 +263,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.seq++
 	loc := fmt.Sprintf("%s/m/%d", s.URL, s.seq)
-	s.messages = append(s.messages, Message{Endpoint: endpoint, Location: loc, Plaintext: plaintext, TTL: ttl,
+	s.messages.Add(Message{Endpoint: endpoint, Location: loc, Plaintext: plaintext, TTL: ttl,
 		Urgency: urgency, Topic: topic, VAPIDKey: base64.RawURLEncoding.EncodeToString(v.Key), Subject: v.Subject})
 	s.mu.Unlock()
 	w.Header().Set("Location", loc)

@@ -3,14 +3,14 @@ package webpushtest
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/big"
 	"strings"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/pushfake"
 )
 
 // VAPID is a verified "vapid" authorization (RFC 8292).
@@ -88,8 +88,7 @@ func VerifyVAPID(authorization, origin string, now time.Time) (*VAPID, error) {
 	if err != nil || len(sig) != 64 {
 		return nil, errors.New("the JWT signature is not a 64-byte ES256 R‖S")
 	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	if !ecdsa.Verify(pub, digest[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+	if !pushfake.ES256Valid(pub, parts[0]+"."+parts[1], sig) {
 		return nil, errors.New("the JWT signature does not verify with k")
 	}
 	var claims struct {
