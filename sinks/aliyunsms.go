@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -46,14 +45,10 @@ type AliyunSMSSettings struct {
 	SignName string `yaml:"signName"`
 	// TemplateCode is the approved template used when the notification's
 	// content names none (content.templateId).
-	TemplateCode string        `yaml:"templateCode"`
-	BaseURL      string        `yaml:"baseUrl"`
-	Timeout      time.Duration `yaml:"timeout"`
-	// PerNumberPerMinute bounds the messages to one number a minute on this
-	// instance (0 = no limit), PerNumberBurst at once. Alibaba itself allows
-	// one verification code a minute per number and signature.
-	PerNumberPerMinute float64 `yaml:"perNumberPerMinute"`
-	PerNumberBurst     int     `yaml:"perNumberBurst"`
+	TemplateCode string `yaml:"templateCode"`
+	// baseUrl, timeout, perNumberPerMinute, perNumberBurst. Alibaba itself
+	// allows one verification code a minute per number and signature.
+	SMSVendorSettings `yaml:",inline"`
 }
 
 const (
@@ -66,12 +61,9 @@ const (
 )
 
 type aliyunSMSProvider struct {
-	name     string
+	smsVendor
 	s        AliyunSMSSettings
 	endpoint *url.URL
-	client   *http.Client
-	perTo    *KeyLimiter
-	now      func() time.Time
 }
 
 func init() {
@@ -79,65 +71,20 @@ func init() {
 }
 
 func newAliyunSMSProvider(spec Spec) (Provider, error) {
-	var s AliyunSMSSettings
-	if err := spec.Settings(&s); err != nil {
+	s, err := smsDecodeSettings[AliyunSMSSettings](spec, "aliyunsms")
+	if err != nil {
 		return nil, err
 	}
-	if err := s.validate(); err != nil {
-		return nil, fmt.Errorf("aliyunsms: %w", err)
-	}
-	base := s.BaseURL
-	if base == "" {
-		base = aliyunSMSDefaultBaseURL
-	}
-	u, _ := url.Parse(base) // validated
-	u.Path, u.RawPath, u.RawQuery, u.Fragment = "/", "", "", ""
-	return &aliyunSMSProvider{name: spec.Name, s: s, endpoint: u,
-		client: newHTTPClient(s.Timeout, nil),
-		perTo:  NewKeyLimiter(s.PerNumberPerMinute, s.PerNumberBurst),
-		now:    spec.Deps.now}, nil
+	return &aliyunSMSProvider{smsVendor: newSMSVendor(spec, "aliyunsms", s.SMSVendorSettings), s: s,
+		endpoint: smsRootEndpoint(s.BaseURL, aliyunSMSDefaultBaseURL)}, nil
 }
 
 func (s AliyunSMSSettings) validate() error {
-	var missing []string
-	if s.AccessKeyID == "" {
-		missing = append(missing, "accessKeyId")
-	}
-	if s.AccessKeySecret == "" {
-		missing = append(missing, "accessKeySecret")
-	}
-	if s.SignName == "" {
-		missing = append(missing, "signName")
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
-	}
-	if err := smsBaseURLCheck(s.BaseURL); err != nil {
+	if err := requireSettings("accessKeyId", s.AccessKeyID, "accessKeySecret", s.AccessKeySecret, "signName", s.SignName); err != nil {
 		return err
 	}
-	if s.Timeout < 0 || s.PerNumberPerMinute < 0 || s.PerNumberBurst < 0 {
-		return errors.New("timeout, perNumberPerMinute and perNumberBurst must not be negative")
-	}
-	return nil
+	return s.checkRootAPI()
 }
-
-// smsBaseURLCheck accepts an empty baseUrl (the default) or an absolute
-// http(s) URL without a path beyond "/" (both APIs are called at "/").
-func smsBaseURLCheck(v string) error {
-	if v == "" {
-		return nil
-	}
-	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fmt.Errorf("baseUrl %q is not an http(s) URL", v)
-	}
-	if u.Path != "" && u.Path != "/" {
-		return fmt.Errorf("baseUrl %q has a path; the API is called at /", v)
-	}
-	return nil
-}
-
-func (p *aliyunSMSProvider) Name() string { return p.name }
 
 // aliyunPhone is n's number as Alibaba takes it: digits only, with the
 // country code (86… for mainland China, which Alibaba also takes bare).
@@ -148,26 +95,10 @@ func aliyunPhone(address string) (string, bool) {
 	if strings.HasPrefix(num, "00") {
 		num = num[2:]
 	}
-	if len(num) < 5 || len(num) > 20 {
+	if !smsDigits(num) {
 		return "", false
 	}
-	for _, c := range num {
-		if c < '0' || c > '9' {
-			return "", false
-		}
-	}
 	return num, true
-}
-
-// smsStripPhone drops the formatting characters people put in numbers.
-func smsStripPhone(address string) string {
-	return strings.Map(func(r rune) rune {
-		switch r {
-		case ' ', '-', '.', '(', ')', '\t':
-			return -1
-		}
-		return r
-	}, strings.TrimSpace(address))
 }
 
 // aliyunTemplateParam is the TemplateParam of n: its template parameters as
@@ -186,27 +117,18 @@ func aliyunTemplateParam(params map[string]string) (string, error) {
 }
 
 func (p *aliyunSMSProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	phone, ok := aliyunPhone(n.Address)
-	if !ok {
-		if n.Address == "" {
-			return "", Permanent(errors.New("aliyunsms: the notification has no phone number"))
-		}
-		return "", InvalidRecipient(errors.New("aliyunsms: the address is not a phone number"), AddressTarget(n))
-	}
-	template := n.Content.TemplateID
-	if template == "" {
-		template = p.s.TemplateCode
-	}
-	if template == "" {
-		return "", Permanent(errors.New("aliyunsms: no template code: Alibaba sends only approved templates; set the content's templateId or aliyunsms.templateCode"))
+	phone, template, err := p.addressee(n, aliyunPhone, p.s.TemplateCode,
+		"aliyunsms: no template code: Alibaba sends only approved templates; set the content's templateId or aliyunsms.templateCode")
+	if err != nil {
+		return "", err
 	}
 	param, err := aliyunTemplateParam(n.Content.TemplateParams)
 	if err != nil {
 		return "", Permanent(fmt.Errorf("aliyunsms: template parameters: %w", err))
 	}
 	now := p.now()
-	if d := p.perTo.Take(phone, now); d > 0 {
-		return "", RetryLater(fmt.Errorf("aliyunsms: over the per-number limit of %g a minute", p.s.PerNumberPerMinute), d)
+	if err := p.takeNumber(phone, now); err != nil {
+		return "", err
 	}
 	form := map[string]string{"PhoneNumbers": phone, "SignName": p.s.SignName, "TemplateCode": template}
 	if param != "" {
@@ -231,15 +153,6 @@ func (p *aliyunSMSProvider) Send(ctx context.Context, n *schemas.Notification) (
 	}
 	answer := readBody(resp)
 	return classifyAliyunSMS(resp.StatusCode, resp.Header, answer, p.now(), n)
-}
-
-// smsTransportError is err without the request's URL (an url.Error prints it).
-func smsTransportError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
-	}
-	return err
 }
 
 func aliyunNonce() (string, error) {
@@ -384,13 +297,7 @@ func classifyAliyunSMS(status int, h http.Header, body []byte, now time.Time, n 
 	}
 	msg := smsClip(a.Message)
 	err := fmt.Errorf("aliyunsms: %s: %s (HTTP %d, request %s)", a.Code, msg, status, smsClip(a.RequestID))
-	retry := func(def time.Duration) error {
-		after := ParseRetryAfter(h.Get("Retry-After"), now)
-		if after == 0 {
-			after = def
-		}
-		return RetryLater(err, after)
-	}
+	retry := func(def time.Duration) error { return smsRetry(err, h, now, def) }
 	switch code := a.Code; {
 	case code == aliyunCodeMobileIllegal || code == "isv.PHONE_NUMBER_ILLEGAL":
 		return "", InvalidRecipient(err, AddressTarget(n))
@@ -427,13 +334,4 @@ func aliyunLimitWait(msg string) time.Duration {
 		return time.Hour
 	}
 	return time.Minute
-}
-
-// smsClip bounds a provider's text put in an error.
-func smsClip(s string) string {
-	s = strings.TrimSpace(s)
-	if len(s) > 300 {
-		s = strings.ToValidUTF8(s[:300], "")
-	}
-	return s
 }

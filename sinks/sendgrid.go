@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/mail"
-	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -49,12 +48,9 @@ func init() {
 }
 
 func newSendGridProvider(spec Spec) (Provider, error) {
-	var s SendGridSettings
-	if err := spec.Settings(&s); err != nil {
+	s, err := smsDecodeSettings[SendGridSettings](spec, "sendgrid")
+	if err != nil {
 		return nil, err
-	}
-	if err := s.validate(); err != nil {
-		return nil, fmt.Errorf("sendgrid: %w", err)
 	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	if base == "" {
@@ -65,15 +61,8 @@ func newSendGridProvider(spec Spec) (Provider, error) {
 }
 
 func (s SendGridSettings) validate() error {
-	var missing []string
-	if s.APIKey == "" {
-		missing = append(missing, "apiKey")
-	}
-	if s.FromEmail == "" {
-		missing = append(missing, "fromEmail")
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	if err := requireSettings("apiKey", s.APIKey, "fromEmail", s.FromEmail); err != nil {
+		return err
 	}
 	for key, v := range map[string]string{"fromEmail": s.FromEmail, "replyTo": s.ReplyTo} {
 		if v == "" {
@@ -83,18 +72,13 @@ func (s SendGridSettings) validate() error {
 			return fmt.Errorf("%s %q is not a bare email address", key, v)
 		}
 	}
-	if s.BaseURL != "" {
-		if u, err := url.Parse(s.BaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return fmt.Errorf("baseUrl %q is not an http(s) URL", s.BaseURL)
-		}
+	if err := checkHTTPURL("baseUrl", s.BaseURL); err != nil {
+		return err
 	}
 	if len(s.Categories) > 10 {
 		return errors.New("at most 10 categories")
 	}
-	if s.Timeout < 0 {
-		return errors.New("timeout must not be negative")
-	}
-	return nil
+	return notNegative("timeout", float64(s.Timeout))
 }
 
 func (p *sendGridProvider) Name() string { return p.name }

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -54,14 +53,10 @@ type TencentSMSSettings struct {
 	// content names none (content.templateId).
 	TemplateID string `yaml:"templateId"`
 	// Region is the X-TC-Region (default ap-guangzhou).
-	Region  string        `yaml:"region"`
-	BaseURL string        `yaml:"baseUrl"`
-	Timeout time.Duration `yaml:"timeout"`
-	// PerNumberPerMinute bounds the messages to one number a minute on this
-	// instance (0 = no limit), PerNumberBurst at once. Tencent's defaults
-	// allow one message per number every 30 seconds.
-	PerNumberPerMinute float64 `yaml:"perNumberPerMinute"`
-	PerNumberBurst     int     `yaml:"perNumberBurst"`
+	Region string `yaml:"region"`
+	// baseUrl, timeout, perNumberPerMinute, perNumberBurst. Tencent's
+	// defaults allow one message per number every 30 seconds.
+	SMSVendorSettings `yaml:",inline"`
 }
 
 const (
@@ -75,12 +70,9 @@ const (
 )
 
 type tencentSMSProvider struct {
-	name     string
+	smsVendor
 	s        TencentSMSSettings
 	endpoint *url.URL
-	client   *http.Client
-	perTo    *KeyLimiter
-	now      func() time.Time
 }
 
 func init() {
@@ -88,52 +80,23 @@ func init() {
 }
 
 func newTencentSMSProvider(spec Spec) (Provider, error) {
-	var s TencentSMSSettings
-	if err := spec.Settings(&s); err != nil {
+	s, err := smsDecodeSettings[TencentSMSSettings](spec, "tencentsms")
+	if err != nil {
 		return nil, err
-	}
-	if err := s.validate(); err != nil {
-		return nil, fmt.Errorf("tencentsms: %w", err)
 	}
 	if s.Region == "" {
 		s.Region = tencentSMSDefaultRegion
 	}
-	base := s.BaseURL
-	if base == "" {
-		base = tencentSMSDefaultBaseURL
-	}
-	u, _ := url.Parse(base) // validated
-	u.Path, u.RawPath, u.RawQuery, u.Fragment = "/", "", "", ""
-	return &tencentSMSProvider{name: spec.Name, s: s, endpoint: u,
-		client: newHTTPClient(s.Timeout, nil),
-		perTo:  NewKeyLimiter(s.PerNumberPerMinute, s.PerNumberBurst),
-		now:    spec.Deps.now}, nil
+	return &tencentSMSProvider{smsVendor: newSMSVendor(spec, "tencentsms", s.SMSVendorSettings), s: s,
+		endpoint: smsRootEndpoint(s.BaseURL, tencentSMSDefaultBaseURL)}, nil
 }
 
 func (s TencentSMSSettings) validate() error {
-	var missing []string
-	if s.SecretID == "" {
-		missing = append(missing, "secretId")
-	}
-	if s.SecretKey == "" {
-		missing = append(missing, "secretKey")
-	}
-	if s.SmsSdkAppID == "" {
-		missing = append(missing, "smsSdkAppId")
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
-	}
-	if err := smsBaseURLCheck(s.BaseURL); err != nil {
+	if err := requireSettings("secretId", s.SecretID, "secretKey", s.SecretKey, "smsSdkAppId", s.SmsSdkAppID); err != nil {
 		return err
 	}
-	if s.Timeout < 0 || s.PerNumberPerMinute < 0 || s.PerNumberBurst < 0 {
-		return errors.New("timeout, perNumberPerMinute and perNumberBurst must not be negative")
-	}
-	return nil
+	return s.checkRootAPI()
 }
-
-func (p *tencentSMSProvider) Name() string { return p.name }
 
 // tencentPhone is the number as Tencent takes it: E.164 (+86…), or the bare
 // national number, which Tencent reads as mainland China. Spaces, dashes,
@@ -143,14 +106,8 @@ func tencentPhone(address string) (string, bool) {
 	if strings.HasPrefix(num, "00") {
 		num = "+" + num[2:]
 	}
-	digits := strings.TrimPrefix(num, "+")
-	if len(digits) < 5 || len(digits) > 20 {
+	if !smsDigits(strings.TrimPrefix(num, "+")) {
 		return "", false
-	}
-	for _, c := range digits {
-		if c < '0' || c > '9' {
-			return "", false
-		}
 	}
 	return num, true
 }
@@ -228,27 +185,18 @@ type tencentSendSms struct {
 }
 
 func (p *tencentSMSProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	phone, ok := tencentPhone(n.Address)
-	if !ok {
-		if n.Address == "" {
-			return "", Permanent(errors.New("tencentsms: the notification has no phone number"))
-		}
-		return "", InvalidRecipient(errors.New("tencentsms: the address is not a phone number"), AddressTarget(n))
-	}
-	template := n.Content.TemplateID
-	if template == "" {
-		template = p.s.TemplateID
-	}
-	if template == "" {
-		return "", Permanent(errors.New("tencentsms: no template id: Tencent sends only approved templates; set the content's templateId or tencentsms.templateId"))
+	phone, template, err := p.addressee(n, tencentPhone, p.s.TemplateID,
+		"tencentsms: no template id: Tencent sends only approved templates; set the content's templateId or tencentsms.templateId")
+	if err != nil {
+		return "", err
 	}
 	params, err := TencentTemplateParamSet(n.Content.TemplateParams)
 	if err != nil {
 		return "", Permanent(fmt.Errorf("tencentsms: %w", err))
 	}
 	now := p.now()
-	if d := p.perTo.Take(phone, now); d > 0 {
-		return "", RetryLater(fmt.Errorf("tencentsms: over the per-number limit of %g a minute", p.s.PerNumberPerMinute), d)
+	if err := p.takeNumber(phone, now); err != nil {
+		return "", err
 	}
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
@@ -366,13 +314,7 @@ const (
 func tencentCodeError(code, message, requestID string, status int, h http.Header, now time.Time, n *schemas.Notification) error {
 	msg := smsClip(message)
 	err := fmt.Errorf("tencentsms: %s: %s (request %s)", code, msg, smsClip(requestID))
-	retry := func(def time.Duration) error {
-		after := ParseRetryAfter(h.Get("Retry-After"), now)
-		if after == 0 {
-			after = def
-		}
-		return RetryLater(err, after)
-	}
+	retry := func(def time.Duration) error { return smsRetry(err, h, now, def) }
 	switch {
 	case code == tencentCodeIncorrectPhone:
 		return InvalidRecipient(err, AddressTarget(n))

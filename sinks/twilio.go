@@ -33,13 +33,8 @@ type TwilioSettings struct {
 	From                string `yaml:"from"`
 	MessagingServiceSID string `yaml:"messagingServiceSid"`
 	// StatusCallbackURL receives Twilio's delivery status callbacks.
-	StatusCallbackURL string        `yaml:"statusCallbackUrl"`
-	BaseURL           string        `yaml:"baseUrl"`
-	Timeout           time.Duration `yaml:"timeout"`
-	// PerNumberPerMinute bounds the messages to one recipient number a minute
-	// on this instance (0 = no limit), PerNumberBurst at once.
-	PerNumberPerMinute float64 `yaml:"perNumberPerMinute"`
-	PerNumberBurst     int     `yaml:"perNumberBurst"`
+	StatusCallbackURL string `yaml:"statusCallbackUrl"`
+	SMSVendorSettings `yaml:",inline"`
 }
 
 const (
@@ -59,12 +54,9 @@ const (
 )
 
 type twilioProvider struct {
-	name     string
+	smsVendor
 	s        TwilioSettings
 	endpoint string
-	client   *http.Client
-	perTo    *KeyLimiter
-	now      func() time.Time
 }
 
 func init() {
@@ -72,37 +64,22 @@ func init() {
 }
 
 func newTwilioProvider(spec Spec) (Provider, error) {
-	var s TwilioSettings
-	if err := spec.Settings(&s); err != nil {
+	s, err := smsDecodeSettings[TwilioSettings](spec, "twilio")
+	if err != nil {
 		return nil, err
-	}
-	if err := s.validate(); err != nil {
-		return nil, fmt.Errorf("twilio: %w", err)
 	}
 	base := strings.TrimRight(s.BaseURL, "/")
 	if base == "" {
 		base = twilioDefaultBaseURL
 	}
-	return &twilioProvider{name: spec.Name, s: s,
-		endpoint: base + "/2010-04-01/Accounts/" + url.PathEscape(s.AccountSID) + "/Messages.json",
-		client:   newHTTPClient(s.Timeout, nil),
-		perTo:    NewKeyLimiter(s.PerNumberPerMinute, s.PerNumberBurst),
-		now:      spec.Deps.now}, nil
+	return &twilioProvider{smsVendor: newSMSVendor(spec, "twilio", s.SMSVendorSettings), s: s,
+		endpoint: base + "/2010-04-01/Accounts/" + url.PathEscape(s.AccountSID) + "/Messages.json"}, nil
 }
 
 func (s TwilioSettings) validate() error {
-	var missing []string
-	if s.AccountSID == "" {
-		missing = append(missing, "accountSid")
-	}
-	if s.AuthToken == "" {
-		missing = append(missing, "authToken")
-	}
-	if s.From == "" && s.MessagingServiceSID == "" {
-		missing = append(missing, "from or messagingServiceSid")
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("missing %s", strings.Join(missing, ", "))
+	if err := requireSettings("accountSid", s.AccountSID, "authToken", s.AuthToken,
+		"from or messagingServiceSid", s.From+s.MessagingServiceSID); err != nil {
+		return err
 	}
 	if !strings.HasPrefix(s.AccountSID, "AC") {
 		return errors.New("accountSid must be an account SID (AC…)")
@@ -111,20 +88,12 @@ func (s TwilioSettings) validate() error {
 		return errors.New("messagingServiceSid must be a Messaging Service SID (MG…)")
 	}
 	for key, v := range map[string]string{"baseUrl": s.BaseURL, "statusCallbackUrl": s.StatusCallbackURL} {
-		if v == "" {
-			continue
-		}
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return fmt.Errorf("%s %q is not an http(s) URL", key, v)
+		if err := checkHTTPURL(key, v); err != nil {
+			return err
 		}
 	}
-	if s.Timeout < 0 || s.PerNumberPerMinute < 0 || s.PerNumberBurst < 0 {
-		return errors.New("timeout, perNumberPerMinute and perNumberBurst must not be negative")
-	}
-	return nil
+	return s.checkNotNegative()
 }
-
-func (p *twilioProvider) Name() string { return p.name }
 
 // twilioText is the SMS body of n: its text, or its body.
 func twilioText(n *schemas.Notification) string {
@@ -145,8 +114,8 @@ func (p *twilioProvider) Send(ctx context.Context, n *schemas.Notification) (str
 	if c := utf8.RuneCountInString(text); c > TwilioMaxBody {
 		return "", Permanent(fmt.Errorf("twilio: the body is %d characters, Twilio takes at most %d", c, TwilioMaxBody))
 	}
-	if d := p.perTo.Take(n.Address, p.now()); d > 0 {
-		return "", RetryLater(fmt.Errorf("twilio: over the per-number limit of %g a minute", p.s.PerNumberPerMinute), d)
+	if err := p.takeNumber(n.Address, p.now()); err != nil {
+		return "", err
 	}
 	form := url.Values{"To": {n.Address}, "Body": {text}}
 	if p.s.From != "" {
@@ -232,7 +201,7 @@ func twilioCodeError(status int, h http.Header, a twilioAnswer, now time.Time, n
 		msg = msg[:300]
 	}
 	err := fmt.Errorf("twilio: HTTP %d error %d: %s", status, a.Code, msg)
-	retry := func() error { return RetryLater(err, ParseRetryAfter(h.Get("Retry-After"), now)) }
+	retry := func() error { return smsRetry(err, h, now, 0) }
 	switch a.Code {
 	case twilioCodeUnsubscribed:
 		return Unsubscribed(err, AddressTarget(n))

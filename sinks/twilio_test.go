@@ -49,14 +49,7 @@ func TestTwilioAcceptedThroughSink(t *testing.T) {
 	srv := startTwilio(t)
 	p := buildProvider(t, "sms", "twilio", twilioSettings(srv, "statusCallbackUrl: https://notifyd.example.com/receipts/twilio"))
 	d := deliverThroughSink(t, sms("tw-ok", "+14155550100", "Your code is 123456 — ne le partagez pas"), p)
-	if d.Final.Status != "sent" {
-		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
-	}
-	msgs := srv.Messages()
-	if len(msgs) != 1 {
-		t.Fatalf("server accepted %d messages, want 1", len(msgs))
-	}
-	m := msgs[0]
+	m := vendorOneAccepted(t, d, srv.Messages())
 	if d.Final.ProviderMessageID != m.Sid || !strings.HasPrefix(m.Sid, "SM") {
 		t.Fatalf("provider message id %q, server sid %q", d.Final.ProviderMessageID, m.Sid)
 	}
@@ -72,10 +65,7 @@ func TestTwilioThrottledIsRetriedLater(t *testing.T) {
 	srv.Throttle(1, time.Second)
 	p := buildProvider(t, "sms", "twilio", twilioSettings(srv))
 	d := deliverThroughSink(t, sms("tw-429", "+14155550101", "hello"), p)
-	st := d.Statuses()
-	if d.Final.Status != "sent" || !slices.Contains(st, "retrying") || slices.Index(st, "retrying") > slices.Index(st, "sent") {
-		t.Fatalf("statuses %v (%s), want retrying then sent", st, d.Final.Reason)
-	}
+	vendorRetryingBeforeSent(t, d)
 	if msgs := srv.Messages(); len(msgs) != 1 || msgs[0].Sid != d.Final.ProviderMessageID {
 		t.Fatalf("server accepted %+v, want exactly one with sid %s", msgs, d.Final.ProviderMessageID)
 	}
@@ -89,18 +79,11 @@ func TestTwilioPermanentFailureThroughSink(t *testing.T) {
 	srv.FailNext(-1, twiliotest.Failure{Status: 400, Code: 21606, Message: "The From phone number is not a valid, SMS-capable inbound phone number"})
 	p := buildProvider(t, "sms", "twilio", twilioSettings(srv))
 	d := deliverThroughSink(t, sms("tw-perm", "+14155550102", "hello"), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "21606") || !strings.Contains(d.Final.Reason, "not a valid, SMS-capable") {
-		t.Fatalf("final %s %q, want failed naming error 21606", d.Final.Status, d.Final.Reason)
+	wantFailed(t, d, "21606", "not a valid, SMS-capable")
+	if srv.Requests() != 1 {
+		t.Fatalf("a permanent failure was retried: %d requests", srv.Requests())
 	}
-	if len(d.DeadLetters) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(d.DeadLetters))
-	}
-	if slices.Contains(d.Statuses(), "retrying") || srv.Requests() != 1 {
-		t.Fatalf("a permanent failure was retried: statuses %v, %d requests", d.Statuses(), srv.Requests())
-	}
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a sender misconfiguration removed the recipient: %+v", d.Feedback)
-	}
+	wantNoInvalid(t, d)
 }
 
 func TestTwilioNotMobileIsAnInvalidRecipient(t *testing.T) {
@@ -108,13 +91,7 @@ func TestTwilioNotMobileIsAnInvalidRecipient(t *testing.T) {
 	srv.NotMobile("+14155550103")
 	p := buildProvider(t, "sms", "twilio", twilioSettings(srv))
 	d := deliverThroughSink(t, sms("tw-landline", "+14155550103", "hello"), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "21614") {
-		t.Fatalf("final %s %q, want failed with 21614", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 || d.Feedback.Unsubscribe ||
-		d.Feedback.Invalid[0] != (schemas.InvalidTarget{Platform: "sms", Token: "+14155550103"}) {
-		t.Fatalf("feedback %+v, want the number as invalid (not an unsubscribe)", d.Feedback)
-	}
+	vendorOnlyInvalid(t, d, "21614", schemas.InvalidTarget{Platform: "sms", Token: "+14155550103"})
 	if len(srv.Messages()) != 0 {
 		t.Fatal("the server kept a refused message")
 	}
@@ -125,12 +102,7 @@ func TestTwilioStopIsAnUnsubscribe(t *testing.T) {
 	srv.Unsubscribe("+14155550104")
 	p := buildProvider(t, "sms", "twilio", twilioSettings(srv))
 	d := deliverThroughSink(t, sms("tw-stop", "+14155550104", "hello"), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "21610") {
-		t.Fatalf("final %s %q, want failed with 21610", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || !d.Feedback.Unsubscribe || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0].Token != "+14155550104" {
-		t.Fatalf("feedback %+v, want an unsubscribe of the number", d.Feedback)
-	}
+	vendorUnsubscribed(t, d, "21610", "+14155550104")
 }
 
 func TestTwilioBadCredentialsFail(t *testing.T) {
@@ -138,17 +110,12 @@ func TestTwilioBadCredentialsFail(t *testing.T) {
 	settings := strings.Replace(twilioSettings(srv), "authToken: "+twilioTestToken, "authToken: wrong-token", 1)
 	p := buildProvider(t, "sms", "twilio", settings)
 	d := deliverThroughSink(t, sms("tw-auth", "+14155550105", "hello"), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "authentication failed") || !strings.Contains(d.Final.Reason, "20003") {
-		t.Fatalf("final %s %q, want failed: authentication failed, 20003", d.Final.Status, d.Final.Reason)
-	}
+	wantFailed(t, d, "authentication failed", "20003")
 	if strings.Contains(d.Final.Reason, "wrong-token") {
 		t.Fatal("the reason carries the auth token")
 	}
 	if srv.Rejected() != 1 || len(srv.Messages()) != 0 {
 		t.Fatalf("server rejected %d, accepted %d; want 1 and 0", srv.Rejected(), len(srv.Messages()))
-	}
-	if len(d.DeadLetters) != 1 {
-		t.Fatalf("%d dead letters, want 1", len(d.DeadLetters))
 	}
 }
 
@@ -238,7 +205,7 @@ func TestTwilioPerNumberLimit(t *testing.T) {
 }
 
 func TestTwilioSettingsValidation(t *testing.T) {
-	for _, tc := range []struct{ yaml, want string }{
+	vendorSettingsRefused(t, "sms", "twilio", []vendorSettingsCase{
 		{"from: \"+15005550006\"", "missing accountSid, authToken"},
 		{"accountSid: AC1\nauthToken: x", "missing from or messagingServiceSid"},
 		{"accountSid: XX1\nauthToken: x\nfrom: a", "accountSid must be an account SID"},
@@ -247,12 +214,7 @@ func TestTwilioSettingsValidation(t *testing.T) {
 		{"accountSid: AC1\nauthToken: x\nfrom: a\nbaseUrl: ftp://x", "baseUrl"},
 		{"accountSid: AC1\nauthToken: x\nfrom: a\nperNumberPerMinute: -1", "must not be negative"},
 		{"accountSid: AC1\nauthToken: x\nfrom: a\napiKey: k", "field apiKey not found"},
-	} {
-		_, err := BuildProviders("sms", []config.Provider{providerConfig(t, "twilio", tc.yaml)}, Deps{})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: error %v, want %q", tc.yaml, err, tc.want)
-		}
-	}
+	})
 	if _, err := BuildProviders("email", []config.Provider{providerConfig(t, "twilio", "accountSid: AC1\nauthToken: x\nfrom: a")}, Deps{}); err == nil {
 		t.Error("twilio was accepted on the email channel")
 	}
@@ -489,4 +451,71 @@ func twilioProviderForFuzz(f *testing.F) ReceiptProvider {
 		f.Fatal(err)
 	}
 	return ps[0].(ReceiptProvider)
+}
+
+// ---- assertions shared by the twilio, aliyunsms, tencentsms and sendgrid tests
+
+// vendorOneAccepted: the delivery was sent and the vendor's stand-in
+// accepted exactly one message, which it returns.
+func vendorOneAccepted[M any](t *testing.T, d delivery, msgs []M) M {
+	t.Helper()
+	if d.Final.Status != "sent" {
+		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
+	}
+	if len(msgs) != 1 {
+		t.Fatalf("server accepted %d messages, want 1", len(msgs))
+	}
+	return msgs[0]
+}
+
+// vendorRetryingBeforeSent: the delivery was retried, then sent.
+func vendorRetryingBeforeSent(t *testing.T, d delivery) {
+	t.Helper()
+	st := d.Statuses()
+	if d.Final.Status != "sent" || !slices.Contains(st, "retrying") || slices.Index(st, "retrying") > slices.Index(st, "sent") {
+		t.Fatalf("statuses %v (%s), want retrying then sent", st, d.Final.Reason)
+	}
+}
+
+// vendorOnlyInvalid: the delivery failed with a reason saying reason, and
+// its feedback names target, and only it, as invalid, and unsubscribes
+// nothing.
+func vendorOnlyInvalid(t *testing.T, d delivery, reason string, target schemas.InvalidTarget) {
+	t.Helper()
+	vendorFailedSaying(t, d, reason)
+	if d.Feedback == nil || d.Feedback.Unsubscribe || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0] != target {
+		t.Fatalf("feedback %+v, want %+v invalid (not an unsubscribe)", d.Feedback, target)
+	}
+}
+
+// vendorUnsubscribed: the delivery failed with a reason saying reason, and
+// its feedback is an unsubscribe of the number, only it.
+func vendorUnsubscribed(t *testing.T, d delivery, reason, number string) {
+	t.Helper()
+	vendorFailedSaying(t, d, reason)
+	if d.Feedback == nil || !d.Feedback.Unsubscribe || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0].Token != number {
+		t.Fatalf("feedback %+v, want an unsubscribe of %s", d.Feedback, number)
+	}
+}
+
+func vendorFailedSaying(t *testing.T, d delivery, reason string) {
+	t.Helper()
+	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, reason) {
+		t.Fatalf("final %s %q, want failed saying %q", d.Final.Status, d.Final.Reason, reason)
+	}
+}
+
+// vendorSettingsCase is a settings section and what its error must say.
+type vendorSettingsCase struct{ yaml, want string }
+
+// vendorSettingsRefused: a provider of type typ is refused on channel from
+// each section, with an error naming the type and saying the case's want.
+func vendorSettingsRefused(t *testing.T, channel, typ string, cases []vendorSettingsCase) {
+	t.Helper()
+	for _, tc := range cases {
+		err := buildErr(t, channel, typ, tc.yaml)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), typ) {
+			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
+		}
+	}
 }

@@ -14,11 +14,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
 )
 
 // Message is one accepted SendSms call.
@@ -61,21 +64,22 @@ type Server struct {
 	keys      map[string]string // AccessKeyId → secret
 	signs     map[string]bool
 	templates map[string]bool
-	invalid   map[string]bool
+	invalid   fakeapi.Set
 	nonces    map[string]bool
-	queued    []Answer
-	always    *Answer
-	msgs      []Message
-	requests  int
-	rejected  int
 	seq       int
+
+	// Messages, Requests, Rejected.
+	fakeapi.Recorder[Message]
+	// FailNext and FailAlways answer the next (or every) signed request
+	// with an Answer instead.
+	fakeapi.Script[Answer]
 }
 
 // Start runs a server that knows the access key id with secret, and accepts
 // the given sign names and template codes (any when none is given).
 func Start(keyID, secret string) *Server {
 	s := &Server{keys: map[string]string{keyID: secret}, signs: map[string]bool{}, templates: map[string]bool{},
-		invalid: map[string]bool{}, nonces: map[string]bool{}}
+		nonces: map[string]bool{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -99,56 +103,13 @@ func (s *Server) Approve(signName string, templateCodes ...string) {
 
 // MarkInvalid makes numbers (as sent: digits with the country code) answer
 // isv.MOBILE_NUMBER_ILLEGAL.
-func (s *Server) MarkInvalid(numbers ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, n := range numbers {
-		s.invalid[n] = true
-	}
-}
-
-// FailNext answers the next n signed requests with a.
-func (s *Server) FailNext(n int, a Answer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for range n {
-		s.queued = append(s.queued, a)
-	}
-}
-
-// FailAlways answers every signed request with a (nil: stop).
-func (s *Server) FailAlways(a *Answer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.always = a
-}
-
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.msgs...)
-}
-
-// Requests counts every request; Rejected those whose signature failed.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
-
-// Rejected counts the requests refused for their authentication.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) MarkInvalid(numbers ...string) { s.invalid.Add(numbers...) }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests++
+	s.CountRequest()
 	s.seq++
 	reqID := fmt.Sprintf("REQ-%04d", s.seq)
 	if err != nil {
@@ -156,7 +117,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a, ok := s.authenticate(r, body); !ok {
-		s.rejected++
+		s.CountRejected()
 		answer(w, reqID, a)
 		return
 	}
@@ -194,13 +155,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if s.always != nil {
-		answer(w, reqID, *s.always)
-		return
-	}
-	if len(s.queued) > 0 {
-		a := s.queued[0]
-		s.queued = s.queued[1:]
+	if a, ok := s.Next(); ok {
 		answer(w, reqID, a)
 		return
 	}
@@ -215,7 +170,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, num := range strings.Split(m.PhoneNumbers, ",") {
-		if s.invalid[num] || !validNumber(num) {
+		if s.invalid.Has(num) || !validNumber(num) {
 			answer(w, reqID, Answer{Status: http.StatusOK, Code: "isv.MOBILE_NUMBER_ILLEGAL", Message: "非法手机号"})
 			return
 		}
@@ -227,23 +182,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	m.BizID = fmt.Sprintf("%d^0", 900000000000000000+s.seq)
-	s.msgs = append(s.msgs, m)
+	s.Accept(m)
 	writeJSON(w, http.StatusOK, map[string]string{"Code": "OK", "Message": "OK", "BizId": m.BizID, "RequestId": reqID})
 }
 
 // validNumber: digits, optionally +86/0086/86-prefixed for mainland China.
-func validNumber(n string) bool {
-	n = strings.TrimPrefix(n, "+")
-	if len(n) < 5 || len(n) > 20 {
-		return false
-	}
-	for _, c := range n {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
+func validNumber(n string) bool { return fakeapi.Digits(strings.TrimPrefix(n, "+"), 5, 20) }
 
 func answer(w http.ResponseWriter, reqID string, a Answer) {
 	if a.RetryAfter != "" {
@@ -318,7 +262,7 @@ func (s *Server) authenticate(r *http.Request, body []byte) (Answer, bool) {
 		}
 	}
 	for _, name := range must {
-		if !contains(signed, name) {
+		if !slices.Contains(signed, name) {
 			return Answer{Status: http.StatusBadRequest, Code: "SignatureDoesNotMatch",
 				Message: "Header " + name + " is not in SignedHeaders."}, false
 		}
@@ -365,15 +309,6 @@ func (s *Server) authenticate(r *http.Request, body []byte) (Answer, bool) {
 	}
 	s.nonces[nonce] = true
 	return Answer{}, true
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // rfc3986 percent-encodes everything but A-Z a-z 0-9 - _ . ~, in upper-case hex.

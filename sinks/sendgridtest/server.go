@@ -21,6 +21,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
 )
 
 // Message is one message the server accepted.
@@ -54,10 +56,10 @@ type Server struct {
 	*httptest.Server
 	APIKey string
 
+	// Messages, Requests, Rejected.
+	fakeapi.Recorder[Message]
+
 	mu          sync.Mutex
-	msgs        []Message
-	requests    int
-	rejected    int
 	throttle    int
 	throttleFor time.Duration
 	retryAfter  bool
@@ -65,12 +67,12 @@ type Server struct {
 	failNext    int
 	failStatus  int
 	failErrors  []Error
-	invalid     map[string]bool
+	invalid     fakeapi.Set
 }
 
 // Start runs a server on loopback accepting apiKey.
 func Start(apiKey string) *Server {
-	s := &Server{APIKey: apiKey, invalid: map[string]bool{}}
+	s := &Server{APIKey: apiKey}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -105,32 +107,7 @@ func (s *Server) FailNext(n, status int, errs ...Error) {
 // InvalidAddress makes the server refuse addr as SendGrid refuses an address
 // it does not take: 400 "Does not contain a valid address." for the field
 // personalizations.0.to.0.email.
-func (s *Server) InvalidAddress(addr string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.invalid[strings.ToLower(addr)] = true
-}
-
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.msgs...)
-}
-
-// Requests counts every request answered.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
-
-// Rejected counts requests refused for a bad API key.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) InvalidAddress(addr string) { s.invalid.Add(strings.ToLower(addr)) }
 
 // FieldError is an error about field.
 func FieldError(field, message string) Error { return Error{Message: message, Field: &field} }
@@ -170,9 +147,7 @@ func validEmail(a string) bool {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	s.requests++
-	s.mu.Unlock()
+	s.CountRequest()
 	if r.URL.Path != "/v3/mail/send" {
 		writeErrors(w, http.StatusNotFound, Error{Message: "Not Found"})
 		return
@@ -183,9 +158,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	auth := r.Header.Get("Authorization")
 	if !strings.HasPrefix(auth, "Bearer ") || !hmac.Equal([]byte(strings.TrimPrefix(auth, "Bearer ")), []byte(s.APIKey)) {
-		s.mu.Lock()
-		s.rejected++
-		s.mu.Unlock()
+		s.CountRejected()
 		writeErrors(w, http.StatusUnauthorized, Error{Message: "The provided authorization grant is invalid, expired, or revoked"})
 		return
 	}
@@ -262,9 +235,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			m.HTML = c.Value
 		}
 	}
-	s.mu.Lock()
-	s.msgs = append(s.msgs, m)
-	s.mu.Unlock()
+	s.Accept(m)
 	w.Header().Set("X-Message-Id", m.ID)
 	w.WriteHeader(http.StatusAccepted)
 }
@@ -282,7 +253,7 @@ func (s *Server) validate(req *request) []Error {
 			errs = append(errs, FieldError(fmt.Sprintf("personalizations.%d.to", i), "The to array is required for all personalization objects, and must have at least one email object with a valid email address."))
 		}
 		for j, to := range p.To {
-			if !validEmail(to.Email) || s.invalid[strings.ToLower(to.Email)] {
+			if !validEmail(to.Email) || s.invalid.Has(strings.ToLower(to.Email)) {
 				errs = append(errs, FieldError(fmt.Sprintf("personalizations.%d.to.%d.email", i, j), "Does not contain a valid address."))
 			}
 		}

@@ -13,10 +13,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
 )
 
 // Message is one number of an accepted SendSms call.
@@ -60,21 +63,22 @@ type Server struct {
 	appID       string
 	signs       map[string]bool
 	templates   map[string]int // TemplateId → number of parameters
-	invalid     map[string]bool
-	blacklisted map[string]bool
-	queued      []Answer
-	always      *Answer
-	msgs        []Message
-	requests    int
-	rejected    int
+	invalid     fakeapi.Set
+	blacklisted fakeapi.Set
 	seq         int
+
+	// Messages, Requests, Rejected.
+	fakeapi.Recorder[Message]
+	// FailNext and FailAlways answer the next (or every) authenticated request
+	// with an Answer instead.
+	fakeapi.Script[Answer]
 }
 
 // Start runs a server that knows secretID with secretKey and the SMS
 // application appID.
 func Start(secretID, secretKey, appID string) *Server {
 	s := &Server{keys: map[string]string{secretID: secretKey}, appID: appID, signs: map[string]bool{},
-		templates: map[string]int{}, invalid: map[string]bool{}, blacklisted: map[string]bool{}}
+		templates: map[string]int{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -101,60 +105,11 @@ func (s *Server) Template(id string, params int) {
 }
 
 // MarkInvalid makes numbers (E.164) answer InvalidParameterValue.IncorrectPhoneNumber.
-func (s *Server) MarkInvalid(numbers ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, n := range numbers {
-		s.invalid[n] = true
-	}
-}
+func (s *Server) MarkInvalid(numbers ...string) { s.invalid.Add(numbers...) }
 
 // Blacklist makes numbers answer FailedOperation.PhoneNumberInBlacklist (the
 // recipient unsubscribed).
-func (s *Server) Blacklist(numbers ...string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, n := range numbers {
-		s.blacklisted[n] = true
-	}
-}
-
-// FailNext answers the next n authenticated requests with a.
-func (s *Server) FailNext(n int, a Answer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for range n {
-		s.queued = append(s.queued, a)
-	}
-}
-
-// FailAlways answers every authenticated request with a (nil: stop).
-func (s *Server) FailAlways(a *Answer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.always = a
-}
-
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.msgs...)
-}
-
-// Requests counts every request.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
-
-// Rejected counts the requests refused for their authentication.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) Blacklist(numbers ...string) { s.blacklisted.Add(numbers...) }
 
 type sendSms struct {
 	PhoneNumberSet   []string `json:"PhoneNumberSet"`
@@ -181,7 +136,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests++
+	s.CountRequest()
 	s.seq++
 	reqID := fmt.Sprintf("00000000-0000-4000-8000-%012d", s.seq)
 	if err != nil {
@@ -190,7 +145,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	secretID, a, ok := s.authenticate(r, body)
 	if !ok {
-		s.rejected++
+		s.CountRejected()
 		fail(w, reqID, a)
 		return
 	}
@@ -220,13 +175,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		fail(w, reqID, Answer{ErrorCode: "UnauthorizedOperation.SmsSdkAppIdVerifyFail", Message: "SmsSdkAppId 校验失败"})
 		return
 	}
-	if s.always != nil {
-		fail(w, reqID, *s.always)
+	if a, ok := s.Always(); ok {
+		fail(w, reqID, a)
 		return
 	}
-	if len(s.queued) > 0 {
-		q := s.queued[0]
-		s.queued = s.queued[1:]
+	if q, ok := s.Pop(); ok {
 		if q.StatusCode != "" {
 			var set []sendStatus
 			for _, num := range req.PhoneNumberSet {
@@ -261,14 +214,14 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			e164 = "+86" + e164
 		}
 		switch {
-		case s.invalid[e164] || !validNumber(e164):
+		case s.invalid.Has(e164) || !validNumber(e164):
 			st.Code, st.Message = "InvalidParameterValue.IncorrectPhoneNumber", "手机号格式错误"
-		case s.blacklisted[e164]:
+		case s.blacklisted.Has(e164):
 			st.Code, st.Message = "FailedOperation.PhoneNumberInBlacklist", "手机号在免打扰名单库中"
 		default:
 			st.Code, st.Message, st.Fee = "Ok", "send success", 1
 			st.SerialNo = fmt.Sprintf("3369:%020d", 10000000000+s.seq)
-			s.msgs = append(s.msgs, Message{SecretID: secretID, Region: region, PhoneNumber: num, SmsSdkAppID: req.SmsSdkAppID,
+			s.Accept(Message{SecretID: secretID, Region: region, PhoneNumber: num, SmsSdkAppID: req.SmsSdkAppID,
 				SignName: req.SignName, TemplateID: req.TemplateID, TemplateParamSet: req.TemplateParamSet,
 				SessionContext: req.SessionContext, SerialNo: st.SerialNo, At: time.Now()})
 		}
@@ -277,18 +230,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"Response": map[string]any{"SendStatusSet": set, "RequestId": reqID}})
 }
 
-func validNumber(e164 string) bool {
-	d := strings.TrimPrefix(e164, "+")
-	if len(d) < 6 || len(d) > 16 {
-		return false
-	}
-	for _, c := range d {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
+func validNumber(e164 string) bool { return fakeapi.Digits(strings.TrimPrefix(e164, "+"), 6, 16) }
 
 func fail(w http.ResponseWriter, reqID string, a Answer) {
 	status := a.Status
@@ -352,7 +294,7 @@ func (s *Server) authenticate(r *http.Request, body []byte) (string, Answer, boo
 		return "", Answer{ErrorCode: "AuthFailure.SignatureFailure", Message: "Credential date is not the date of X-TC-Timestamp."}, false
 	}
 	signed := strings.Split(fields["SignedHeaders"], ";")
-	if !contains(signed, "content-type") || !contains(signed, "host") {
+	if !slices.Contains(signed, "content-type") || !slices.Contains(signed, "host") {
 		return "", invalidAuth, false
 	}
 	var canonHeaders strings.Builder
@@ -379,13 +321,4 @@ func (s *Server) authenticate(r *http.Request, body []byte) (string, Answer, boo
 			Message: "The provided credentials could not be validated. Please check your signature is correct."}, false
 	}
 	return secretID, Answer{}, true
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -28,6 +28,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
 )
 
 // Message is one message the server accepted.
@@ -63,10 +65,10 @@ type Server struct {
 	AccountSid string
 	AuthToken  string
 
+	// Messages, Requests, Rejected.
+	fakeapi.Recorder[Message]
+
 	mu           sync.Mutex
-	msgs         []Message
-	requests     int
-	rejected     int
 	throttle     int
 	throttleWait time.Duration
 	unavailable  int
@@ -131,27 +133,6 @@ func (s *Server) setNumber(number string, code int) {
 	s.numbers[number] = code
 }
 
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.msgs...)
-}
-
-// Requests counts every request the server answered.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
-
-// Rejected counts requests refused for bad credentials.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
-
 var e164 = regexp.MustCompile(`^\+[1-9][0-9]{1,14}$`)
 
 func writeError(w http.ResponseWriter, status, code int, message string) {
@@ -162,9 +143,7 @@ func writeError(w http.ResponseWriter, status, code int, message string) {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	s.requests++
-	s.mu.Unlock()
+	s.CountRequest()
 	want := "/2010-04-01/Accounts/" + s.AccountSid + "/Messages.json"
 	if r.URL.Path != want {
 		writeError(w, http.StatusNotFound, 20404, "The requested resource "+r.URL.Path+" was not found")
@@ -176,9 +155,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	user, pass, ok := r.BasicAuth()
 	if !ok || !hmac.Equal([]byte(user), []byte(s.AccountSid)) || !hmac.Equal([]byte(pass), []byte(s.AuthToken)) {
-		s.mu.Lock()
-		s.rejected++
-		s.mu.Unlock()
+		s.CountRejected()
 		w.Header().Set("WWW-Authenticate", `Basic realm="Twilio API"`)
 		writeError(w, http.StatusUnauthorized, CodeAuthenticate, "Authenticate")
 		return
@@ -274,9 +251,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	m := Message{Sid: newSid("SM"), To: to, From: from, MessagingServiceSid: svc, Body: body,
 		StatusCallback: form.Get("StatusCallback"), ValidityPeriod: form.Get("ValidityPeriod"), At: time.Now()}
-	s.mu.Lock()
-	s.msgs = append(s.msgs, m)
-	s.mu.Unlock()
+	s.Accept(m)
 	now := m.At.UTC().Format(time.RFC1123Z)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
