@@ -106,7 +106,8 @@ const maxCallbackBytes = 64 << 10
 // say) at POST /v1/receipts/{provider}: not an API key but the provider's
 // signature authenticates it. Each receipt about a notification notifyd knows
 // becomes a status event; an unsubscribe (SMS STOP) also opts the user out of
-// the channel. Unknown notifications answer 404 and record nothing.
+// the channel. Receipts for notifications notifyd does not know record
+// nothing; a callback with none it knows answers 404.
 func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("provider")
 	src, ok := s.ReceiptProviders[name]
@@ -130,15 +131,23 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var recs []*kgo.Record
+	recorded, unknown := 0, 0
+	var firstUnknown string
 	for _, rc := range receipts {
 		if rc.Status == "" {
 			continue
 		}
 		lc := s.lifecycle(r.Context(), rc.NotificationID)
 		if lc == nil {
-			writeError(w, notFound("notification", rc.NotificationID))
-			return
+			// Not a notification notifyd sent: nothing is recorded for it. A
+			// batch (SendGrid posts many events at once) goes on with the rest.
+			unknown++
+			if firstUnknown == "" {
+				firstUnknown = rc.NotificationID
+			}
+			continue
 		}
+		recorded++
 		at := rc.At
 		if at.IsZero() {
 			at = s.now()
@@ -162,13 +171,17 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	if unknown > 0 && recorded == 0 {
+		writeError(w, notFound("notification", firstUnknown))
+		return
+	}
 	if len(recs) > 0 {
 		if err := s.Producer.ProduceSync(r.Context(), recs...).FirstErr(); err != nil {
 			writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "could not record receipts: " + err.Error()})
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"accepted": len(receipts)})
+	writeJSON(w, http.StatusOK, map[string]int{"accepted": recorded, "unknown": unknown})
 }
 
 // providerHandshake answers a provider's GET check of its callback URL

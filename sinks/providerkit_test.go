@@ -19,6 +19,7 @@ import (
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks/apnstest"
 	"github.com/notifyd/notifyd/sinks/fcmtest"
+	"github.com/notifyd/notifyd/sinks/sendgridtest"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -287,8 +288,11 @@ func TestDocumentedProvidersBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	public, private := vapidKeys(t)
+	sg := sendgridtest.Start("SG.k")
+	defer sg.Close()
+	sendgridKey := sg.EventWebhookPublicKey()
 	env := map[string]string{"FCM_CREDENTIALS_FILE": fcmKey, "APNS_KEY_FILE": apnsFile, "VAPID_PUBLIC_KEY": public,
-		"VAPID_PRIVATE_KEY": private, "TWILIO_AUTH_TOKEN": "tw-token", "SENDGRID_API_KEY": "SG.k", "ALIYUN_SECRET": "a", "TENCENT_SECRET": "t",
+		"VAPID_PRIVATE_KEY": private, "TWILIO_AUTH_TOKEN": "tw-token", "SENDGRID_API_KEY": "SG.k", "SENDGRID_EVENTS_KEY": sendgridKey, "ALIYUN_SECRET": "a", "TENCENT_SECRET": "t",
 		"SLACK_BOT_TOKEN": "xoxb-1", "TELEGRAM_BOT_TOKEN": "123:abc", "WHATSAPP_TOKEN": "w", "DINGTALK_TOKEN": "d",
 		"DINGTALK_SECRET": "SECd", "WECOM_KEY": "k-1", "FEISHU_HOOK": "h-1", "FEISHU_SECRET": "f", "INBOX_SECRET": "inbox-secret-0123456789",
 		"NOTIFYD_BACKEND_KEY": "backend-key-0001", "SMTP_PASSWORD": "p", "WEBHOOK_SECRET": "s"}

@@ -3,6 +3,11 @@ package sinks
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +36,10 @@ type SendGridSettings struct {
 	Categories []string      `yaml:"categories"`
 	BaseURL    string        `yaml:"baseUrl"` // https://api.sendgrid.com; https://api.eu.sendgrid.com for EU subusers
 	Timeout    time.Duration `yaml:"timeout"`
+	// EventWebhookPublicKey is the verification key of the Signed Event
+	// Webhook (base64 DER, as SendGrid's settings show it); with it, events
+	// posted to /v1/receipts/{name} become receipts. Unsigned events are refused.
+	EventWebhookPublicKey string `yaml:"eventWebhookPublicKey"`
 }
 
 const sendGridDefaultBaseURL = "https://api.sendgrid.com"
@@ -41,6 +50,7 @@ type sendGridProvider struct {
 	endpoint string
 	client   *http.Client
 	now      func() time.Time
+	events   *ecdsa.PublicKey // nil: no event webhook
 }
 
 func init() {
@@ -56,8 +66,101 @@ func newSendGridProvider(spec Spec) (Provider, error) {
 	if base == "" {
 		base = sendGridDefaultBaseURL
 	}
-	return &sendGridProvider{name: spec.Name, s: s, endpoint: base + "/v3/mail/send",
-		client: newHTTPClient(s.Timeout, nil), now: spec.Deps.now}, nil
+	p := &sendGridProvider{name: spec.Name, s: s, endpoint: base + "/v3/mail/send",
+		client: newHTTPClient(s.Timeout, nil), now: spec.Deps.now}
+	if s.EventWebhookPublicKey != "" {
+		if p.events, err = parseSendGridKey(s.EventWebhookPublicKey); err != nil {
+			return nil, fmt.Errorf("sendgrid: eventWebhookPublicKey: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// parseSendGridKey reads the Signed Event Webhook's verification key: a
+// base64 DER SubjectPublicKeyInfo of a P-256 key (PEM armour accepted).
+func parseSendGridKey(v string) (*ecdsa.PublicKey, error) {
+	v = strings.TrimSpace(v)
+	v = strings.TrimPrefix(v, "-----BEGIN PUBLIC KEY-----")
+	v = strings.TrimSuffix(v, "-----END PUBLIC KEY-----")
+	der, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(v), ""))
+	if err != nil {
+		return nil, fmt.Errorf("not base64: %w", err)
+	}
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		return nil, err
+	}
+	k, ok := pub.(*ecdsa.PublicKey)
+	if !ok || k.Curve != elliptic.P256() {
+		return nil, errors.New("not an ECDSA P-256 key")
+	}
+	return k, nil
+}
+
+// SendGrid's Signed Event Webhook headers.
+const (
+	SendGridSignatureHeader = "X-Twilio-Email-Event-Webhook-Signature"
+	SendGridTimestampHeader = "X-Twilio-Email-Event-Webhook-Timestamp"
+)
+
+// sendGridEvent is one event of SendGrid's Event Webhook; notification_id is
+// the custom argument every message carries.
+type sendGridEvent struct {
+	Event          string `json:"event"`
+	NotificationID string `json:"notification_id"`
+	SGMessageID    string `json:"sg_message_id"`
+	Timestamp      int64  `json:"timestamp"`
+	Reason         string `json:"reason"`
+}
+
+// sendGridEventStatus maps an Event Webhook event to a receipt status ("" =
+// nothing to record: processed, deferred).
+var sendGridEventStatus = map[string]string{"delivered": "delivered", "bounce": "failed", "dropped": "failed",
+	"open": "opened", "click": "clicked", "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed",
+	"spamreport": "unsubscribed"}
+
+// maxSendGridEvents bounds the events of one callback.
+const maxSendGridEvents = 1000
+
+// Receipts reads a post of SendGrid's Signed Event Webhook: the ECDSA
+// signature (base64 DER) over the timestamp header followed by the raw body
+// must verify with eventWebhookPublicKey. Events of messages notifyd did not
+// send (no notification_id) are skipped.
+func (p *sendGridProvider) Receipts(r *http.Request, body []byte) ([]Receipt, error) {
+	if p.events == nil {
+		return nil, errors.New("sendgrid: eventWebhookPublicKey is not configured, so no event webhook is expected")
+	}
+	sig, err := base64.StdEncoding.DecodeString(r.Header.Get(SendGridSignatureHeader))
+	if err != nil || len(sig) == 0 {
+		return nil, ErrBadSignature
+	}
+	digest := sha256.Sum256(append([]byte(r.Header.Get(SendGridTimestampHeader)), body...))
+	if !ecdsa.VerifyASN1(p.events, digest[:], sig) {
+		return nil, ErrBadSignature
+	}
+	var events []sendGridEvent
+	if err := json.Unmarshal(body, &events); err != nil {
+		return nil, fmt.Errorf("sendgrid: events are not a JSON array of events: %w", err)
+	}
+	if len(events) > maxSendGridEvents {
+		return nil, fmt.Errorf("sendgrid: %d events in one post, at most %d", len(events), maxSendGridEvents)
+	}
+	var out []Receipt
+	for _, ev := range events {
+		if ev.NotificationID == "" {
+			continue
+		}
+		rc := Receipt{NotificationID: ev.NotificationID, ProviderMessageID: ev.SGMessageID,
+			Status: sendGridEventStatus[ev.Event], At: time.Unix(ev.Timestamp, 0)}
+		if ev.Timestamp <= 0 {
+			rc.At = p.now()
+		}
+		if ev.Reason != "" {
+			rc.Reason = "sendgrid " + ev.Event + ": " + ev.Reason
+		}
+		out = append(out, rc)
+	}
+	return out, nil
 }
 
 func (s SendGridSettings) validate() error {

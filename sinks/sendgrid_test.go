@@ -1,15 +1,19 @@
 package sinks
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
@@ -233,4 +237,50 @@ func FuzzSendGridClassify(f *testing.F) {
 			t.Fatalf("retry after %s", d)
 		}
 	})
+}
+
+// Any post to the event webhook either fails (bad signature, not events) or
+// yields receipts that name a notification, whatever the body.
+func FuzzSendGridReceipts(f *testing.F) {
+	srv := sendgridtest.Start("SG.k")
+	defer srv.Close()
+	p := buildSendGridForFuzz(f, srv.EventWebhookPublicKey())
+	f.Add([]byte(`[{"event":"delivered","notification_id":"n1","timestamp":1}]`), "MEUCIQ==", "1")
+	f.Add([]byte(`not json`), "", "")
+	f.Fuzz(func(t *testing.T, body []byte, sig, ts string) {
+		post := func(sig string) ([]Receipt, error) {
+			r := httptest.NewRequest("POST", "/v1/receipts/sendgrid", bytes.NewReader(body))
+			r.Header.Set(SendGridSignatureHeader, sig)
+			r.Header.Set(SendGridTimestampHeader, ts)
+			return p.Receipts(r, body)
+		}
+		if rs, err := post(sig); err == nil {
+			t.Fatalf("unsigned body accepted: %q → %+v", body, rs)
+		}
+		rs, err := post(srv.Sign(ts, body)) // signed: read as events, or refused as not events
+		if err != nil {
+			if errors.Is(err, ErrBadSignature) {
+				t.Fatalf("a signed body was refused as unsigned: %v", err)
+			}
+			return
+		}
+		for _, rc := range rs {
+			if rc.NotificationID == "" {
+				t.Fatalf("a receipt names no notification: %+v", rc)
+			}
+		}
+	})
+}
+
+func buildSendGridForFuzz(f *testing.F, key string) ReceiptProvider {
+	var node yaml.Node
+	if err := yaml.Unmarshal([]byte("apiKey: SG.k\nfromEmail: a@example.com\neventWebhookPublicKey: "+key), &node); err != nil {
+		f.Fatal(err)
+	}
+	ps, err := BuildProviders("email", []config.Provider{{Name: "sendgrid", Type: "sendgrid",
+		Settings: map[string]yaml.Node{"sendgrid": *node.Content[0]}}}, Deps{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	return ps[0].(ReceiptProvider)
 }

@@ -7,8 +7,14 @@
 package sendgridtest
 
 import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -55,6 +61,9 @@ type Error struct {
 type Server struct {
 	*httptest.Server
 	APIKey string
+	// events signs Event Webhook posts (SendGrid keeps the private key; the
+	// customer configures the public one).
+	events *ecdsa.PrivateKey
 
 	// Messages, Requests, Rejected.
 	fakeapi.Recorder[Message]
@@ -72,7 +81,11 @@ type Server struct {
 
 // Start runs a server on loopback accepting apiKey.
 func Start(apiKey string) *Server {
-	s := &Server{APIKey: apiKey}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	s := &Server{APIKey: apiKey, events: key}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
@@ -299,4 +312,80 @@ func newID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// EventWebhookPublicKey is the Signed Event Webhook's verification key as
+// SendGrid's settings show it: base64 DER (SubjectPublicKeyInfo).
+func (s *Server) EventWebhookPublicKey() string {
+	der, err := x509.MarshalPKIXPublicKey(&s.events.PublicKey)
+	if err != nil {
+		panic(err)
+	}
+	return base64.StdEncoding.EncodeToString(der)
+}
+
+// Event is one Event Webhook event: event (delivered, bounce, open…),
+// the message's custom args (notification_id), sg_message_id, timestamp.
+type Event map[string]any
+
+// EventsFor builds an event of type event for an accepted message, with its
+// custom arguments, as SendGrid posts them.
+func EventsFor(m Message, event string, extra map[string]any) Event {
+	ev := Event{"email": m.To[0], "timestamp": time.Now().Unix(), "event": event,
+		"sg_message_id": m.ID + ".filter0001.1.0", "sg_event_id": newID()}
+	for k, v := range m.CustomArgs {
+		ev[k] = v
+	}
+	for k, v := range extra {
+		ev[k] = v
+	}
+	return ev
+}
+
+// PostEvents posts events to url as the Signed Event Webhook does: a JSON
+// array, with the ECDSA (P-256, SHA-256, ASN.1 DER, base64) signature of the
+// timestamp header followed by the body. It returns the answer's status.
+func (s *Server) PostEvents(ctx context.Context, url string, events ...Event) (int, error) {
+	body, err := json.Marshal(events)
+	if err != nil {
+		return 0, err
+	}
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	return s.postEvents(ctx, url, body, ts, s.Sign(ts, body))
+}
+
+// Sign is the signature header SendGrid sends with body posted at ts.
+func (s *Server) Sign(ts string, body []byte) string {
+	digest := sha256.Sum256(append([]byte(ts), body...))
+	sig, err := ecdsa.SignASN1(rand.Reader, s.events, digest[:])
+	if err != nil {
+		panic(err)
+	}
+	return base64.StdEncoding.EncodeToString(sig)
+}
+
+// PostEventsSignedWith posts events with the given signature (a forgery).
+func (s *Server) PostEventsSignedWith(ctx context.Context, url, signature string, events ...Event) (int, error) {
+	body, err := json.Marshal(events)
+	if err != nil {
+		return 0, err
+	}
+	return s.postEvents(ctx, url, body, strconv.FormatInt(time.Now().Unix(), 10), signature)
+}
+
+func (s *Server) postEvents(ctx context.Context, url string, body []byte, ts, sig string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Twilio-Email-Event-Webhook-Signature", sig)
+	req.Header.Set("X-Twilio-Email-Event-Webhook-Timestamp", ts)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
 }

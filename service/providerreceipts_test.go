@@ -1,0 +1,58 @@
+package service_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/sinks/sendgridtest"
+)
+
+// SendGrid's Signed Event Webhook posted to /v1/receipts/{provider}: events
+// of notifyd's messages become delivered / opened / clicked / unsubscribed
+// (a spam report opts the user out of email); a forged post records nothing
+// (403); events of messages notifyd did not send are skipped, and a post of
+// only those answers 404.
+func TestSendGridEventWebhookReceipts(t *testing.T) {
+	sg := sendgridtest.Start("SG.test-key")
+	t.Cleanup(sg.Close)
+	h := newHarness(t)
+	h.cfg.Channels["email"] = []config.Provider{providerYAML(t, "sendgrid", "sendgrid", fmt.Sprintf(
+		"apiKey: SG.test-key\nfromEmail: no-reply@example.com\nbaseUrl: %s\neventWebhookPublicKey: %s", sg.URL, sg.EventWebhookPublicKey()))}
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("orders"))
+	h.mustCall(http.StatusOK, "PUT", "/v1/profiles/sg-user", map[string]any{"email": "sg@example.com"})
+	id := h.send(map[string]any{"template": "order-shipped", "data": map[string]any{"orderId": 7, "eta": "now"},
+		"recipients": []any{map[string]any{"userId": "sg-user"}}})["sg-user"]
+	h.waitStatus(id, processors.StatusSent)
+	m := sg.Messages()
+	if len(m) != 1 || m[0].CustomArgs["notification_id"] != id {
+		t.Fatalf("sendgrid got %+v", m)
+	}
+	url := h.base + "/v1/receipts/sendgrid"
+	ctx := context.Background()
+	if code, err := sg.PostEventsSignedWith(ctx, url, "MEUCIQ==", sendgridtest.EventsFor(m[0], "delivered", nil)); err != nil || code != http.StatusForbidden {
+		t.Fatalf("forged events: %d %v", code, err)
+	}
+	stranger := sendgridtest.EventsFor(m[0], "delivered", map[string]any{"notification_id": "not-ours"})
+	if code, err := sg.PostEvents(ctx, url, stranger); err != nil || code != http.StatusNotFound {
+		t.Fatalf("events of unknown notifications only: %d %v", code, err)
+	}
+	code, err := sg.PostEvents(ctx, url, sendgridtest.EventsFor(m[0], "processed", nil), sendgridtest.EventsFor(m[0], "delivered", nil),
+		sendgridtest.EventsFor(m[0], "open", nil), sendgridtest.EventsFor(m[0], "click", nil), stranger,
+		sendgridtest.EventsFor(m[0], "spamreport", nil))
+	if err != nil || code != http.StatusOK {
+		t.Fatalf("events: %d %v", code, err)
+	}
+	for _, st := range []string{processors.StatusDelivered, processors.StatusOpened, processors.StatusClicked, processors.StatusUnsubscribed} {
+		h.waitHistory(id, "email", st)
+	}
+	h.waitProfile("sg-user", func(p map[string]any) bool {
+		cats, _ := p["preferences"].(map[string]any)["categories"].(map[string]any)
+		star, _ := cats["*"].(map[string]any)
+		return star["email"] == false
+	})
+}
