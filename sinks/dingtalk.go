@@ -1,7 +1,6 @@
 package sinks
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -11,12 +10,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/notifyd/notifyd/schemas"
 )
@@ -51,14 +46,10 @@ const (
 )
 
 // DingTalkSettings is the `dingtalk:` section of a provider.
+// (PerRobotPerMinute defaults to 20).
 type DingTalkSettings struct {
-	BaseURL string                   `yaml:"baseUrl"`
-	Robots  map[string]DingTalkRobot `yaml:"robots"`
-	// PerRobotPerMinute bounds the messages a minute to one robot on this
-	// instance (default 20; 0 = no limit).
-	PerRobotPerMinute *float64      `yaml:"perRobotPerMinute"`
-	PerRobotBurst     int           `yaml:"perRobotBurst"`
-	Timeout           time.Duration `yaml:"timeout"`
+	GroupRobotSettings `yaml:",inline"`
+	Robots             map[string]DingTalkRobot `yaml:"robots"`
 }
 
 // DingTalkRobot is one robot: the access_token of its webhook URL and, when
@@ -77,13 +68,12 @@ func DingTalkSign(secret string, timestampMillis int64) string {
 }
 
 type dingTalkProvider struct {
-	name    string
-	baseURL string
-	robots  map[string]DingTalkRobot
-	limit   *KeyLimiter
-	client  *http.Client
-	now     func() time.Time
+	groupRobot
+	robots map[string]DingTalkRobot
 }
+
+var dingTalkKind = groupRobotKind{typ: "dingtalk", noun: "robot", credential: "accessToken", baseURL: dingTalkDefaultBaseURL,
+	perMinute: dingTalkDefaultPerMinute, burst: 1, limitWhat: "messages a minute per robot"}
 
 func init() {
 	Register("dingtalk", Type{Channels: []string{"dingtalk"}, New: newDingTalkProvider})
@@ -94,36 +84,13 @@ func newDingTalkProvider(s Spec) (Provider, error) {
 	if err := s.Settings(&c); err != nil {
 		return nil, err
 	}
-	base, err := groupRobotBaseURL("dingtalk", c.BaseURL, dingTalkDefaultBaseURL)
+	g, err := newGroupRobot(s, dingTalkKind, c.GroupRobotSettings, c.Robots,
+		func(r DingTalkRobot) (string, string) { return r.AccessToken, r.Secret })
 	if err != nil {
 		return nil, err
 	}
-	if len(c.Robots) == 0 {
-		return nil, errors.New("dingtalk: robots is empty: name at least one robot with its accessToken")
-	}
-	for name, r := range c.Robots {
-		if err := groupRobotName("dingtalk", name); err != nil {
-			return nil, err
-		}
-		if err := groupRobotCredential("dingtalk", name, "accessToken", r.AccessToken); err != nil {
-			return nil, err
-		}
-		if r.Secret != "" && strings.TrimSpace(r.Secret) != r.Secret {
-			return nil, fmt.Errorf("dingtalk: robots.%s.secret has leading or trailing spaces", name)
-		}
-	}
-	limit, err := groupRobotLimiter("dingtalk", c.PerRobotPerMinute, c.PerRobotBurst, dingTalkDefaultPerMinute, 1)
-	if err != nil {
-		return nil, err
-	}
-	if c.Timeout < 0 {
-		return nil, errors.New("dingtalk: timeout is negative")
-	}
-	return &dingTalkProvider{name: s.Name, baseURL: base, robots: c.Robots, limit: limit,
-		client: newHTTPClient(c.Timeout, nil), now: s.Deps.now}, nil
+	return &dingTalkProvider{groupRobot: g, robots: c.Robots}, nil
 }
-
-func (p *dingTalkProvider) Name() string { return p.name }
 
 // dingTalkMessage is the body of a text or markdown message.
 type dingTalkMessage struct {
@@ -161,18 +128,17 @@ func dingTalkBody(c schemas.Content) ([]byte, error) {
 }
 
 func (p *dingTalkProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	robot, ok := p.robots[n.Address]
-	if !ok {
-		return "", InvalidRecipient(fmt.Errorf("dingtalk: the profile names robot %q, which is not configured in provider %s (robots: %s)",
-			n.Address, p.name, groupRobotNames(p.robots)), AddressTarget(n))
+	robot, err := groupRobotOf(&p.groupRobot, p.robots, n)
+	if err != nil {
+		return "", err
 	}
 	body, err := dingTalkBody(n.Content)
 	if err != nil {
 		return "", err
 	}
 	now := p.now()
-	if d := p.limit.Take(n.Address, now); d > 0 {
-		return "", RetryLater(fmt.Errorf("dingtalk robot %q: over %s's limit of messages a minute per robot", n.Address, p.name), d)
+	if err := p.take(n, now); err != nil {
+		return "", err
 	}
 	q := url.Values{"access_token": {robot.AccessToken}}
 	if robot.Secret != "" {
@@ -180,20 +146,7 @@ func (p *dingTalkProvider) Send(ctx context.Context, n *schemas.Notification) (s
 		q.Set("timestamp", strconv.FormatInt(ts, 10))
 		q.Set("sign", DingTalkSign(robot.Secret, ts))
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.baseURL+"/robot/send?"+q.Encode(), bytes.NewReader(body))
-	if err != nil {
-		return "", Permanent(fmt.Errorf("dingtalk robot %q: %v", n.Address, groupRobotURLError(err)))
-	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("dingtalk robot %q: POST /robot/send: %v", n.Address, groupRobotURLError(err))
-	}
-	raw := readBody(resp)
-	if err := classifyDingTalk(resp.StatusCode, resp.Header, raw, n.Address, p.now()); err != nil {
-		return "", err
-	}
-	return n.Address + ":" + n.ID, nil
+	return p.post(ctx, n, p.baseURL+"/robot/send?"+q.Encode(), "/robot/send", body, classifyDingTalk)
 }
 
 // classifyDingTalk reads DingTalk's answer: nil when errcode is 0.
@@ -230,146 +183,4 @@ func classifyDingTalk(status int, h http.Header, body []byte, robot string, now 
 	default:
 		return Permanent(errors.New(what))
 	}
-}
-
-// ---- shared by the group robot providers (dingtalk.go, wecom.go, feishu.go)
-
-// groupRobotBaseURL checks a baseUrl setting, the default when empty.
-func groupRobotBaseURL(typ, v, def string) (string, error) {
-	if v == "" {
-		return def, nil
-	}
-	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return "", fmt.Errorf("%s: baseUrl %q is not an http(s) URL like %s", typ, v, def)
-	}
-	return strings.TrimRight(v, "/"), nil
-}
-
-// groupRobotName checks a robot's name: what profiles name it by.
-func groupRobotName(typ, name string) error {
-	if name == "" || strings.TrimSpace(name) != name || len(name) > 128 {
-		return fmt.Errorf("%s: robot name %q must be non-empty, at most 128 bytes, without leading or trailing spaces", typ, name)
-	}
-	for _, r := range name {
-		if unicode.IsControl(r) {
-			return fmt.Errorf("%s: robot name %q has a control character", typ, name)
-		}
-	}
-	return nil
-}
-
-// groupRobotCredential checks a robot's required credential.
-func groupRobotCredential(typ, name, key, v string) error {
-	switch {
-	case v == "":
-		return fmt.Errorf("%s: robots.%s.%s is required", typ, name, key)
-	case strings.Contains(v, "://") || strings.ContainsAny(v, "/?&#= \t\r\n"):
-		return fmt.Errorf("%s: robots.%s.%s must be the token of the webhook URL, not the URL or a part with /?&#= or spaces", typ, name, key)
-	}
-	return nil
-}
-
-// groupRobotLimiter is the per-robot limiter: perMinute nil = the default, 0 = none.
-func groupRobotLimiter(typ string, perMinute *float64, burst int, defPerMinute float64, defBurst int) (*KeyLimiter, error) {
-	pm := defPerMinute
-	if perMinute != nil {
-		pm = *perMinute
-	}
-	if pm < 0 {
-		return nil, fmt.Errorf("%s: perRobotPerMinute is negative", typ)
-	}
-	if burst < 0 {
-		return nil, fmt.Errorf("%s: perRobotBurst is negative", typ)
-	}
-	if burst == 0 {
-		burst = defBurst
-	}
-	return NewKeyLimiter(pm, burst), nil
-}
-
-func groupRobotNames[R any](robots map[string]R) string {
-	names := make([]string, 0, len(robots))
-	for n := range robots {
-		names = append(names, n)
-	}
-	if len(names) > 10 {
-		return fmt.Sprintf("%d configured", len(names))
-	}
-	slices.Sort(names)
-	return strings.Join(names, ", ")
-}
-
-// groupRobotText is the plain text of c: Text, else Body, with the Title on
-// the first line.
-func groupRobotText(c schemas.Content) string {
-	text := c.Text
-	if text == "" {
-		text = c.Body
-	}
-	switch {
-	case c.Title == "":
-		return text
-	case text == "":
-		return c.Title
-	}
-	return c.Title + "\n" + text
-}
-
-// groupRobotTitle is the title of a markdown message: the Title, else the
-// markdown's first non-empty line without its heading marks.
-func groupRobotTitle(c schemas.Content) string {
-	if c.Title != "" {
-		return c.Title
-	}
-	for _, line := range strings.Split(c.Markdown, "\n") {
-		line = strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(line), "#>*-"))
-		if line != "" {
-			return groupRobotTruncate(line, 128)
-		}
-	}
-	return "notification"
-}
-
-// groupRobotTruncate cuts s to at most n bytes on a rune boundary.
-func groupRobotTruncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
-}
-
-// groupRobotClip bounds an error message of the provider for a reason.
-func groupRobotClip(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) > 300 {
-		return groupRobotTruncate(s, 300) + "…"
-	}
-	return s
-}
-
-// groupRobotHTTP classifies the HTTP status: 408/425/429/5xx retry later
-// (honouring Retry-After), other non-2xx permanent; what names the failure.
-func groupRobotHTTP(status int, h http.Header, now time.Time, what string) error {
-	resp := &http.Response{StatusCode: status, Header: h}
-	if resp.Header == nil {
-		resp.Header = http.Header{}
-	}
-	return HTTPStatus(resp, now, what)
-}
-
-// groupRobotURLError is err without the request URL, which holds the robot's
-// token: only the cause is kept.
-func groupRobotURLError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		if ue.Timeout() {
-			return fmt.Errorf("timeout: %v", ue.Err)
-		}
-		return ue.Err
-	}
-	return err
 }

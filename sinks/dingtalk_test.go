@@ -27,6 +27,198 @@ func groupRobotWantInvalid(t *testing.T, d delivery, channel, robot string) {
 	wantInvalid(t, d, schemas.InvalidTarget{Platform: channel, Token: robot}, "not configured")
 }
 
+// groupRobotFake is what the group robot test servers have in common.
+type groupRobotFake interface {
+	chatFake
+	Throttle(n int)
+	FailWith(code int, msg string)
+}
+
+// groupRobotRetriesWhenThrottled: a message the robot throttles once is
+// retried, then sent.
+func groupRobotRetriesWhenThrottled(t *testing.T, srv groupRobotFake, p Provider, channel, id string) {
+	t.Helper()
+	srv.Throttle(1)
+	d := deliverThroughSink(t, groupRobotNotification(channel, id, "ops", schemas.Content{Text: "hello"}), p)
+	wantSent(t, d, "ops:"+id)
+	wantThrottledThenSent(t, d, srv)
+}
+
+// groupRobotFailsPermanently: a message the robot refuses with code and msg
+// fails at once, its reason saying each of reason, the robot kept.
+func groupRobotFailsPermanently(t *testing.T, srv groupRobotFake, p Provider, channel, id string, code int, msg string,
+	reason ...string) {
+	t.Helper()
+	srv.FailWith(code, msg)
+	d := deliverThroughSink(t, groupRobotNotification(channel, id, "ops", schemas.Content{Text: "hello"}), p)
+	wantFailed(t, d, reason...)
+	wantNoInvalid(t, d)
+	wantServed(t, srv, 0, 1)
+}
+
+// groupRobotUnknownIsInvalid: a robot name the provider does not have is an
+// invalid recipient, and nothing is sent.
+func groupRobotUnknownIsInvalid(t *testing.T, srv chatFake, p Provider, channel, id string) {
+	t.Helper()
+	d := deliverThroughSink(t, groupRobotNotification(channel, id, "nosuch", schemas.Content{Text: "hello"}), p)
+	groupRobotWantInvalid(t, d, channel, "nosuch")
+	wantRequests(t, srv, 0)
+}
+
+// groupRobotRefused: a message to the robot "ops" with a wrong credential
+// fails at once, its reason saying each of reason; the robot is kept and the
+// server refused it for its credential.
+func groupRobotRefused(t *testing.T, srv groupRobotFake, p Provider, channel, id string, reason ...string) {
+	t.Helper()
+	d := deliverThroughSink(t, groupRobotNotification(channel, id, "ops", schemas.Content{Text: "hello"}), p)
+	wantRefused(t, d, srv, "", reason...)
+	wantNoInvalid(t, d)
+}
+
+// groupRobotWantRemoved: err, of a message to a robot removed from its group,
+// is a permanent failure saying each of says, not an invalid recipient (the
+// robot is the provider's configuration, not the profile's).
+func groupRobotWantRemoved(t *testing.T, err error, says ...string) {
+	t.Helper()
+	var ir *InvalidRecipientError
+	if !IsPermanent(err) || errors.As(err, &ir) {
+		t.Fatalf("removed robot: %v", err)
+	}
+	for _, w := range says {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("removed robot: %v, want it to say %q", err, w)
+		}
+	}
+}
+
+// wantTransportError: err, of a request the server never answered, is to be
+// retried and names none of secrets.
+func wantTransportError(t *testing.T, err error, secrets ...string) {
+	t.Helper()
+	if err == nil || IsPermanent(err) {
+		t.Fatalf("transport error: %v", err)
+	}
+	for _, s := range secrets {
+		if strings.Contains(err.Error(), s) {
+			t.Fatalf("transport error: %v names %q", err, s)
+		}
+	}
+}
+
+// ---- shared by the chat tests (slack, telegram, whatsapp and the group robots)
+
+// chatFake is what every chat test server counts.
+type chatFake interface {
+	Accepted() int
+	Requests() int
+	Rejected() int
+}
+
+// wantServed: srv accepted accepted messages in requests requests.
+func wantServed(t *testing.T, srv chatFake, accepted, requests int) {
+	t.Helper()
+	if srv.Accepted() != accepted || srv.Requests() != requests {
+		t.Fatalf("accepted %d of %d requests, want %d of %d", srv.Accepted(), srv.Requests(), accepted, requests)
+	}
+}
+
+// wantThrottledThenSent: the delivery, throttled once by srv, was retried
+// and then sent, srv accepting it the second time.
+func wantThrottledThenSent(t *testing.T, d delivery, srv chatFake) {
+	t.Helper()
+	if d.Final.Status != "sent" {
+		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
+	}
+	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
+		t.Fatalf("statuses %v, want retrying then sent", st)
+	}
+	wantServed(t, srv, 1, 2)
+}
+
+// wantRefused: the delivery failed at once, its reason saying each of reason
+// and not secret (when not empty), srv having refused it for its credentials.
+func wantRefused(t *testing.T, d delivery, srv chatFake, secret string, reason ...string) {
+	t.Helper()
+	wantFailed(t, d, reason...)
+	if secret != "" && strings.Contains(d.Final.Reason, secret) {
+		t.Fatalf("the reason carries the secret: %s", d.Final.Reason)
+	}
+	if srv.Rejected() != 1 || srv.Accepted() != 0 {
+		t.Fatalf("rejected %d, accepted %d", srv.Rejected(), srv.Accepted())
+	}
+}
+
+// wantOnlyInvalid: the delivery failed and its feedback names target, and
+// only target, as invalid.
+func wantOnlyInvalid(t *testing.T, d delivery, target schemas.InvalidTarget, reason ...string) {
+	t.Helper()
+	wantInvalid(t, d, target, reason...)
+	if len(d.Feedback.Invalid) != 1 {
+		t.Fatalf("feedback %+v, want only %+v invalid", d.Feedback, target)
+	}
+}
+
+// wantRequests: srv received n requests.
+func wantRequests(t *testing.T, srv chatFake, n int) {
+	t.Helper()
+	if srv.Requests() != n {
+		t.Fatalf("%d requests, want %d", srv.Requests(), n)
+	}
+}
+
+// wantBuildErr: building a provider of type typ (for its own channel) from
+// settingsYAML fails, saying want; the error is returned for more checks.
+func wantBuildErr(t *testing.T, typ, settingsYAML, want string) error {
+	t.Helper()
+	err := buildErr(t, typ, typ, settingsYAML)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%q: %v, want %q", settingsYAML, err, want)
+	}
+	return err
+}
+
+// wantRetryAfter: err is a retry-later error whose wait is in (lo, hi].
+func wantRetryAfter(t *testing.T, err error, lo, hi time.Duration) {
+	t.Helper()
+	if d := retryAfter(err); IsPermanent(err) || d <= lo || d > hi {
+		t.Fatalf("%v (after %s), want a retry after (%s, %s]", err, d, lo, hi)
+	}
+}
+
+// The outcomes every group robot provider has: a throttled message is
+// retried then sent; a message the robot refuses (DingTalk's and Feishu's
+// keyword check, WeCom's message check) fails at once, the robot kept; a
+// robot name the provider does not have is an invalid recipient.
+func TestGroupRobotSharedOutcomes(t *testing.T) {
+	for _, tc := range []struct {
+		channel string
+		setup   func(t *testing.T) (groupRobotFake, Provider)
+		code    int
+		msg     string
+		reason  []string
+	}{
+		{"dingtalk", func(t *testing.T) (groupRobotFake, Provider) { return dingTalkSetup(t, "") },
+			310000, "keywords not in content", []string{"errcode 310000", "keywords not in content", `"ops"`}},
+		{"wecom", func(t *testing.T) (groupRobotFake, Provider) { return weComSetup(t, "") },
+			40008, "invalid message type", []string{"errcode 40008", "invalid message type", `"ops"`}},
+		{"feishu", func(t *testing.T) (groupRobotFake, Provider) { return feishuSetup(t, "") },
+			19024, "Key Words Not Found", []string{"code 19024", "Key Words Not Found", `"ops"`}},
+	} {
+		t.Run(tc.channel+"/throttled", func(t *testing.T) {
+			srv, p := tc.setup(t)
+			groupRobotRetriesWhenThrottled(t, srv, p, tc.channel, tc.channel+"-throttled")
+		})
+		t.Run(tc.channel+"/refused", func(t *testing.T) {
+			srv, p := tc.setup(t)
+			groupRobotFailsPermanently(t, srv, p, tc.channel, tc.channel+"-perm", tc.code, tc.msg, tc.reason...)
+		})
+		t.Run(tc.channel+"/unknown robot", func(t *testing.T) {
+			srv, p := tc.setup(t)
+			groupRobotUnknownIsInvalid(t, srv, p, tc.channel, tc.channel+"-invalid")
+		})
+	}
+}
+
 // ---- DingTalk
 
 const dingTalkSecret = "SEC0123456789abcdef"
@@ -101,50 +293,12 @@ func TestDingTalkSendsMarkdownAndUnsigned(t *testing.T) {
 	}
 }
 
-func TestDingTalkRetriesWhenThrottled(t *testing.T) {
-	srv, p := dingTalkSetup(t, "")
-	srv.Throttle(1)
-	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-throttled", "ops", schemas.Content{Text: "hello"}), p)
-	wantSent(t, d, "ops:dt-throttled")
-	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
-		t.Fatalf("statuses %v", st)
-	}
-	if n := len(srv.Messages()); n != 1 || srv.Requests() != 2 {
-		t.Fatalf("accepted %d of %d requests", n, srv.Requests())
-	}
-}
-
-func TestDingTalkKeywordRefusalFailsPermanently(t *testing.T) {
-	srv, p := dingTalkSetup(t, "")
-	srv.FailWith(310000, "keywords not in content")
-	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-perm", "ops", schemas.Content{Text: "hello"}), p)
-	wantFailed(t, d, "errcode 310000", "keywords not in content", `"ops"`)
-	wantNoInvalid(t, d)
-	if len(srv.Messages()) != 0 || srv.Requests() != 1 {
-		t.Fatalf("accepted %d of %d requests", len(srv.Messages()), srv.Requests())
-	}
-}
-
-func TestDingTalkUnknownRobotIsInvalidRecipient(t *testing.T) {
-	srv, p := dingTalkSetup(t, "")
-	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-invalid", "nosuch", schemas.Content{Text: "hello"}), p)
-	groupRobotWantInvalid(t, d, "dingtalk", "nosuch")
-	if srv.Requests() != 0 {
-		t.Fatalf("%d requests for an unknown robot", srv.Requests())
-	}
-}
-
 func TestDingTalkWrongSecretIsRefused(t *testing.T) {
 	srv := dingtalktest.Start()
 	t.Cleanup(srv.Close)
 	srv.AddRobot("tok-ops", dingTalkSecret)
 	p := buildProvider(t, "dingtalk", "dingtalk", "baseUrl: "+srv.URL+"\nrobots:\n  ops: {accessToken: tok-ops, secret: SECwrong}")
-	d := deliverThroughSink(t, groupRobotNotification("dingtalk", "dt-badsign", "ops", schemas.Content{Text: "hello"}), p)
-	wantFailed(t, d, "errcode 310000", "sign not match", "secret")
-	wantNoInvalid(t, d)
-	if srv.Rejected() != 1 || len(srv.Messages()) != 0 {
-		t.Fatalf("rejected %d, accepted %d", srv.Rejected(), len(srv.Messages()))
-	}
+	groupRobotRefused(t, srv, p, "dingtalk", "dt-badsign", "errcode 310000", "sign not match", "secret")
 	// Unsigned to a signing robot is refused as well.
 	p = buildProvider(t, "dingtalk", "dingtalk", "baseUrl: "+srv.URL+"\nrobots:\n  ops: {accessToken: tok-ops}")
 	if _, err := p.Send(context.Background(), groupRobotNotification("dingtalk", "x", "ops", schemas.Content{Text: "hi"})); !IsPermanent(err) ||
@@ -158,10 +312,7 @@ func TestDingTalkRemovedRobotAndServerErrors(t *testing.T) {
 	ctx := context.Background()
 	srv.RemoveRobot("tok-ops")
 	_, err := p.Send(ctx, groupRobotNotification("dingtalk", "r1", "ops", schemas.Content{Text: "hi"}))
-	var ir *InvalidRecipientError
-	if !IsPermanent(err) || errors.As(err, &ir) || !strings.Contains(err.Error(), "300001") || !strings.Contains(err.Error(), "robots.ops") {
-		t.Fatalf("removed robot: %v", err)
-	}
+	groupRobotWantRemoved(t, err, "300001", "robots.ops")
 	srv.Unavailable(1, "7")
 	_, err = p.Send(ctx, groupRobotNotification("dingtalk", "r2", "plain", schemas.Content{Text: "hi"}))
 	if IsPermanent(err) || retryAfter(err) != 7*time.Second {
@@ -170,9 +321,7 @@ func TestDingTalkRemovedRobotAndServerErrors(t *testing.T) {
 	// A transport failure names neither the token nor the sign.
 	srv.Close()
 	_, err = p.Send(ctx, groupRobotNotification("dingtalk", "r3", "plain", schemas.Content{Text: "hi"}))
-	if err == nil || IsPermanent(err) || strings.Contains(err.Error(), "tok-plain") || strings.Contains(err.Error(), "access_token") {
-		t.Fatalf("transport error: %v", err)
-	}
+	wantTransportError(t, err, "tok-plain", "access_token")
 }
 
 func TestDingTalkPerRobotLimit(t *testing.T) {
@@ -182,15 +331,11 @@ func TestDingTalkPerRobotLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := p.Send(ctx, groupRobotNotification("dingtalk", "l2", "ops", schemas.Content{Text: "2"}))
-	if d := retryAfter(err); IsPermanent(err) || d <= 50*time.Second || d > time.Minute {
-		t.Fatalf("over the limit: %v (after %s)", err, d)
-	}
+	wantRetryAfter(t, err, 50*time.Second, time.Minute)
 	if _, err := p.Send(ctx, groupRobotNotification("dingtalk", "l3", "plain", schemas.Content{Text: "3"})); err != nil {
 		t.Fatalf("another robot was limited: %v", err)
 	}
-	if srv.Requests() != 2 {
-		t.Fatalf("%d requests, want 2 (none over the limit)", srv.Requests())
-	}
+	wantRequests(t, srv, 2) // none over the limit
 }
 
 func TestDingTalkSettingsValidation(t *testing.T) {
@@ -203,9 +348,7 @@ func TestDingTalkSettingsValidation(t *testing.T) {
 		{"perRobotPerMinute: -1\nrobots:\n  ops: {accessToken: a}", "perRobotPerMinute is negative"},
 		{"robots:\n  ' ops': {accessToken: a}", "robot name"},
 	} {
-		if err := buildErr(t, "dingtalk", "dingtalk", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
-		}
+		wantBuildErr(t, "dingtalk", tc.yaml, tc.want)
 	}
 	if err := buildErr(t, "sms", "dingtalk", "robots:\n  ops: {accessToken: a}"); err == nil {
 		t.Error("dingtalk served sms")

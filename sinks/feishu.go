@@ -1,7 +1,6 @@
 package sinks
 
 import (
-	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/notifyd/notifyd/schemas"
@@ -49,14 +47,10 @@ const (
 )
 
 // FeishuSettings is the `feishu:` section of a provider.
+// (PerRobotPerMinute defaults to 100, with a burst of 5).
 type FeishuSettings struct {
-	BaseURL string                 `yaml:"baseUrl"`
-	Robots  map[string]FeishuRobot `yaml:"robots"`
-	// PerRobotPerMinute bounds the messages a minute to one bot on this
-	// instance (default 100, with a burst of 5; 0 = no limit).
-	PerRobotPerMinute *float64      `yaml:"perRobotPerMinute"`
-	PerRobotBurst     int           `yaml:"perRobotBurst"`
-	Timeout           time.Duration `yaml:"timeout"`
+	GroupRobotSettings `yaml:",inline"`
+	Robots             map[string]FeishuRobot `yaml:"robots"`
 }
 
 // FeishuRobot is one bot: the id at the end of its webhook URL and, when its
@@ -74,13 +68,12 @@ func FeishuSign(secret string, timestamp int64) string {
 }
 
 type feishuProvider struct {
-	name    string
-	baseURL string
-	robots  map[string]FeishuRobot
-	limit   *KeyLimiter
-	client  *http.Client
-	now     func() time.Time
+	groupRobot
+	robots map[string]FeishuRobot
 }
+
+var feishuKind = groupRobotKind{typ: "feishu", noun: "bot", credential: "hookId", baseURL: feishuDefaultBaseURL,
+	perMinute: feishuDefaultPerMinute, burst: feishuDefaultBurst, limitWhat: "messages per bot"}
 
 func init() {
 	Register("feishu", Type{Channels: []string{"feishu"}, New: newFeishuProvider})
@@ -91,36 +84,13 @@ func newFeishuProvider(s Spec) (Provider, error) {
 	if err := s.Settings(&c); err != nil {
 		return nil, err
 	}
-	base, err := groupRobotBaseURL("feishu", c.BaseURL, feishuDefaultBaseURL)
+	g, err := newGroupRobot(s, feishuKind, c.GroupRobotSettings, c.Robots,
+		func(r FeishuRobot) (string, string) { return r.HookID, r.Secret })
 	if err != nil {
 		return nil, err
 	}
-	if len(c.Robots) == 0 {
-		return nil, errors.New("feishu: robots is empty: name at least one bot with its hookId")
-	}
-	for name, r := range c.Robots {
-		if err := groupRobotName("feishu", name); err != nil {
-			return nil, err
-		}
-		if err := groupRobotCredential("feishu", name, "hookId", r.HookID); err != nil {
-			return nil, err
-		}
-		if r.Secret != "" && strings.TrimSpace(r.Secret) != r.Secret {
-			return nil, fmt.Errorf("feishu: robots.%s.secret has leading or trailing spaces", name)
-		}
-	}
-	limit, err := groupRobotLimiter("feishu", c.PerRobotPerMinute, c.PerRobotBurst, feishuDefaultPerMinute, feishuDefaultBurst)
-	if err != nil {
-		return nil, err
-	}
-	if c.Timeout < 0 {
-		return nil, errors.New("feishu: timeout is negative")
-	}
-	return &feishuProvider{name: s.Name, baseURL: base, robots: c.Robots, limit: limit,
-		client: newHTTPClient(c.Timeout, nil), now: s.Deps.now}, nil
+	return &feishuProvider{groupRobot: g, robots: c.Robots}, nil
 }
-
-func (p *feishuProvider) Name() string { return p.name }
 
 // feishuMessage is a request body.
 type feishuMessage struct {
@@ -175,18 +145,17 @@ func feishuMessageFor(c schemas.Content) (feishuMessage, error) {
 }
 
 func (p *feishuProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	robot, ok := p.robots[n.Address]
-	if !ok {
-		return "", InvalidRecipient(fmt.Errorf("feishu: the profile names bot %q, which is not configured in provider %s (robots: %s)",
-			n.Address, p.name, groupRobotNames(p.robots)), AddressTarget(n))
+	robot, err := groupRobotOf(&p.groupRobot, p.robots, n)
+	if err != nil {
+		return "", err
 	}
 	m, err := feishuMessageFor(n.Content)
 	if err != nil {
 		return "", err
 	}
 	now := p.now()
-	if d := p.limit.Take(n.Address, now); d > 0 {
-		return "", RetryLater(fmt.Errorf("feishu bot %q: over %s's limit of messages per bot", n.Address, p.name), d)
+	if err := p.take(n, now); err != nil {
+		return "", err
 	}
 	if robot.Secret != "" {
 		ts := now.Unix()
@@ -198,20 +167,7 @@ func (p *feishuProvider) Send(ctx context.Context, n *schemas.Notification) (str
 		return "", Permanent(fmt.Errorf("feishu bot %q: %w", n.Address, err))
 	}
 	u := p.baseURL + "/open-apis/bot/v2/hook/" + url.PathEscape(robot.HookID)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
-	if err != nil {
-		return "", Permanent(fmt.Errorf("feishu bot %q: %v", n.Address, groupRobotURLError(err)))
-	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("feishu bot %q: POST /open-apis/bot/v2/hook/…: %v", n.Address, groupRobotURLError(err))
-	}
-	raw := readBody(resp)
-	if err := classifyFeishu(resp.StatusCode, resp.Header, raw, n.Address, p.now()); err != nil {
-		return "", err
-	}
-	return n.Address + ":" + n.ID, nil
+	return p.post(ctx, n, u, "/open-apis/bot/v2/hook/…", body, classifyFeishu)
 }
 
 // classifyFeishu reads Feishu's answer: nil when code (or the older

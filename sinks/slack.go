@@ -82,12 +82,9 @@ func newSlackProvider(s Spec) (Provider, error) {
 	if err := s.Settings(&cfg); err != nil {
 		return nil, err
 	}
-	if cfg.BaseURL == "" {
-		cfg.BaseURL = slackDefaultBaseURL
-	}
-	base, err := url.Parse(cfg.BaseURL)
-	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
-		return nil, fmt.Errorf("slack: baseUrl %q is not an http(s) URL", cfg.BaseURL)
+	base, err := chatBaseURL("slack", cfg.BaseURL, slackDefaultBaseURL)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.BotToken != "" && !strings.HasPrefix(cfg.BotToken, "xox") {
 		return nil, errors.New("slack: botToken must be a Slack token (xoxb-…)")
@@ -103,23 +100,16 @@ func newSlackProvider(s Spec) (Provider, error) {
 		}
 		hosts[h] = true
 	}
-	perMin := 60.0
-	if cfg.PerChannelPerMinute != nil {
-		perMin = *cfg.PerChannelPerMinute
+	perMin, err := chatPerMinute("slack", "perChannelPerMinute", cfg.PerChannelPerMinute, 60)
+	if err != nil {
+		return nil, err
 	}
-	if perMin < 0 {
-		return nil, fmt.Errorf("slack: perChannelPerMinute must be >= 0, got %v", perMin)
+	if err := chatTimeout("slack", cfg.Timeout); err != nil {
+		return nil, err
 	}
-	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("slack: timeout must be >= 0, got %s", cfg.Timeout)
-	}
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &slackProvider{name: s.Name, apiURL: strings.TrimRight(cfg.BaseURL, "/") + "/api/chat.postMessage",
+	return &slackProvider{name: s.Name, apiURL: base + "/api/chat.postMessage",
 		token: cfg.BotToken, hasToken: cfg.BotToken != "", hosts: hosts, perMin: perMin,
-		limiter: NewKeyLimiter(perMin, 1), client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: log}, nil
+		limiter: NewKeyLimiter(perMin, 1), client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: chatLog(s)}, nil
 }
 
 func (p *slackProvider) Name() string { return p.name }
@@ -136,21 +126,9 @@ func slackText(n *schemas.Notification) string {
 	c := n.Content
 	body := c.Markdown
 	if body == "" {
-		body = c.Text
-		if body == "" {
-			body = c.Body
-		}
-		body = slackEscape(body)
+		body = slackEscape(chatPlainText(c))
 	}
-	title := strings.TrimSpace(strings.Join(strings.Fields(c.Title), " "))
-	if title == "" {
-		return body
-	}
-	title = "*" + slackEscape(title) + "*"
-	if body == "" {
-		return title
-	}
-	return title + "\n" + body
+	return chatBoldTitled(slackEscape(chatTitle(c)), body)
 }
 
 // slackIsWebhook tells whether a Slack address is a webhook URL rather than a

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,15 +78,7 @@ func TestSlackRateLimitedIsRetried(t *testing.T) {
 	// No per-channel limit here: the retry must not wait on this instance's own limiter.
 	p := slackProviderFor(t, srv, slackTestToken, "perChannelPerMinute: 0")
 	d := deliverThroughSink(t, slackNotification("sl-429", "C0RATE", schemas.Content{Text: "hello"}), p)
-	if d.Final.Status != "sent" {
-		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
-	}
-	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
-		t.Fatalf("statuses %v, want retrying then sent", st)
-	}
-	if n := len(srv.Messages()); n != 1 || srv.Requests() != 2 {
-		t.Fatalf("accepted %d messages in %d requests, want 1 in 2", n, srv.Requests())
-	}
+	wantThrottledThenSent(t, d, srv)
 }
 
 func TestSlackPermanentFailure(t *testing.T) {
@@ -96,15 +87,9 @@ func TestSlackPermanentFailure(t *testing.T) {
 	srv.FailPermanently("msg_too_long")
 	p := slackProviderFor(t, srv, slackTestToken, "")
 	d := deliverThroughSink(t, slackNotification("sl-perm", "C0PERM", schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "msg_too_long") {
-		t.Fatalf("status %s (%s), want failed naming msg_too_long", d.Final.Status, d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 || srv.Requests() != 1 {
-		t.Fatalf("dead letters %d, requests %d: want 1 and 1 (not retried)", len(d.DeadLetters), srv.Requests())
-	}
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a permanent failure removed targets: %+v", d.Feedback)
-	}
+	wantFailed(t, d, "msg_too_long")
+	wantRequests(t, srv, 1) // not retried
+	wantNoInvalid(t, d)
 }
 
 func TestSlackArchivedChannelIsInvalidRecipient(t *testing.T) {
@@ -113,13 +98,7 @@ func TestSlackArchivedChannelIsInvalidRecipient(t *testing.T) {
 	srv.ArchiveChannel("C0GONE")
 	p := slackProviderFor(t, srv, slackTestToken, "")
 	d := deliverThroughSink(t, slackNotification("sl-gone", "C0GONE", schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "is_archived") {
-		t.Fatalf("status %s (%s), want failed naming is_archived", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0].Token != "C0GONE" ||
-		d.Feedback.Invalid[0].Platform != "slack" {
-		t.Fatalf("feedback %+v, want C0GONE invalid", d.Feedback)
-	}
+	wantOnlyInvalid(t, d, schemas.InvalidTarget{Platform: "slack", Token: "C0GONE"}, "is_archived")
 }
 
 func TestSlackRevokedWebhookIsInvalidRecipient(t *testing.T) {
@@ -129,12 +108,7 @@ func TestSlackRevokedWebhookIsInvalidRecipient(t *testing.T) {
 	srv.RevokeWebhook(hook)
 	p := slackProviderFor(t, srv, "", "")
 	d := deliverThroughSink(t, slackNotification("sl-revoked", hook, schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "no_service") {
-		t.Fatalf("status %s (%s), want failed naming no_service", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0].Token != hook {
-		t.Fatalf("feedback %+v, want the webhook invalid", d.Feedback)
-	}
+	wantOnlyInvalid(t, d, schemas.InvalidTarget{Platform: "slack", Token: hook}, "no_service")
 	if strings.Contains(d.Final.Reason, hook[strings.LastIndex(hook, "/")+1:]) {
 		t.Fatalf("the reason carries the webhook's secret: %s", d.Final.Reason)
 	}
@@ -145,18 +119,8 @@ func TestSlackBadBotTokenFails(t *testing.T) {
 	defer srv.Close()
 	p := slackProviderFor(t, srv, "xoxb-1111-2222-wrong", "")
 	d := deliverThroughSink(t, slackNotification("sl-auth", "C0AUTH", schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "invalid_auth") {
-		t.Fatalf("status %s (%s), want failed naming invalid_auth", d.Final.Status, d.Final.Reason)
-	}
-	if strings.Contains(d.Final.Reason, "wrong") {
-		t.Fatalf("the reason carries the token: %s", d.Final.Reason)
-	}
-	if srv.Rejected() != 1 || len(srv.Messages()) != 0 || len(d.DeadLetters) != 1 {
-		t.Fatalf("rejected %d, accepted %d, dead letters %d", srv.Rejected(), len(srv.Messages()), len(d.DeadLetters))
-	}
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a bad token removed the channel: %+v", d.Feedback)
-	}
+	wantRefused(t, d, srv, "wrong", "invalid_auth")
+	wantNoInvalid(t, d)
 }
 
 // Direct sends: outcomes the sink tests above do not cover.
@@ -251,15 +215,11 @@ func TestSlackPerChannelLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := p.Send(ctx, slackNotification("b", "C1", schemas.Content{Text: "x"}))
-	if d := retryAfter(err); IsPermanent(err) || d <= 5*time.Second || d > 10*time.Second {
-		t.Fatalf("second message at once: %v, want retry after ~10s", err)
-	}
+	wantRetryAfter(t, err, 5*time.Second, 10*time.Second)
 	if _, err := p.Send(ctx, slackNotification("c", "C2", schemas.Content{Text: "x"})); err != nil {
 		t.Fatalf("another channel: %v", err)
 	}
-	if srv.Requests() != 2 {
-		t.Fatalf("requests %d, want 2 (the limited one not sent)", srv.Requests())
-	}
+	wantRequests(t, srv, 2) // the limited one not sent
 }
 
 func TestSlackSettings(t *testing.T) {
@@ -270,10 +230,7 @@ func TestSlackSettings(t *testing.T) {
 		{"baseUrl: ftp://x", "baseUrl"},
 		{"botTokn: xoxb-1", "field botTokn not found"},
 	} {
-		_, err := BuildProviders("slack", []config.Provider{providerConfig(t, "slack", tc.yaml)}, Deps{})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want %q", tc.yaml, err, tc.want)
-		}
+		wantBuildErr(t, "slack", tc.yaml, tc.want)
 	}
 	_, err := BuildProviders("slack", []config.Provider{{Name: "s", Type: "slack"}}, Deps{})
 	if err == nil || !strings.Contains(err.Error(), "slack section is missing") {

@@ -84,29 +84,19 @@ func newTelegramProvider(s Spec) (Provider, error) {
 	if !telegramTokenRE.MatchString(cfg.BotToken) {
 		return nil, errors.New("telegram: botToken must look like <bot id>:<secret> as @BotFather gives it")
 	}
-	if cfg.BaseURL == "" {
-		cfg.BaseURL = telegramDefaultBaseURL
+	base, err := chatBaseURL("telegram", cfg.BaseURL, telegramDefaultBaseURL)
+	if err != nil {
+		return nil, err
 	}
-	base, err := url.Parse(cfg.BaseURL)
-	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
-		return nil, fmt.Errorf("telegram: baseUrl %q is not an http(s) URL", cfg.BaseURL)
+	perMin, err := chatPerMinute("telegram", "perChatPerMinute", cfg.PerChatPerMinute, 60)
+	if err != nil {
+		return nil, err
 	}
-	perMin := 60.0
-	if cfg.PerChatPerMinute != nil {
-		perMin = *cfg.PerChatPerMinute
+	if err := chatTimeout("telegram", cfg.Timeout); err != nil {
+		return nil, err
 	}
-	if perMin < 0 {
-		return nil, fmt.Errorf("telegram: perChatPerMinute must be >= 0, got %v", perMin)
-	}
-	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("telegram: timeout must be >= 0, got %s", cfg.Timeout)
-	}
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &telegramProvider{name: s.Name, base: strings.TrimRight(cfg.BaseURL, "/") + "/bot", token: cfg.BotToken,
-		limiter: NewKeyLimiter(perMin, 1), perMin: perMin, client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: log}, nil
+	return &telegramProvider{name: s.Name, base: base + "/bot", token: cfg.BotToken,
+		limiter: NewKeyLimiter(perMin, 1), perMin: perMin, client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: chatLog(s)}, nil
 }
 
 func (p *telegramProvider) Name() string { return p.name }
@@ -141,7 +131,7 @@ func telegramEscapeMarkdownV2(s string) string {
 // telegramMessage builds the sendMessage body of n for chat.
 func telegramMessage(n *schemas.Notification, chat string) telegramRequest {
 	c := n.Content
-	title := strings.Join(strings.Fields(c.Title), " ")
+	title := chatTitle(c)
 	req := telegramRequest{ChatID: chat}
 	if c.Markdown != "" {
 		req.ParseMode = "MarkdownV2"
@@ -151,10 +141,7 @@ func telegramMessage(n *schemas.Notification, chat string) telegramRequest {
 		}
 		return req
 	}
-	body := c.Text
-	if body == "" {
-		body = c.Body
-	}
+	body := chatPlainText(c)
 	req.Text = body
 	if title != "" {
 		req.Text = title

@@ -77,15 +77,7 @@ func TestTelegramFloodWaitIsRetried(t *testing.T) {
 	srv.ThrottleNext(1, 1)
 	p := telegramProviderFor(t, srv, telegramTestToken, "perChatPerMinute: 0")
 	d := deliverThroughSink(t, telegramNotification("tg-429", "77", schemas.Content{Text: "hi"}), p)
-	if d.Final.Status != "sent" {
-		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
-	}
-	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
-		t.Fatalf("statuses %v, want retrying then sent", st)
-	}
-	if len(srv.Messages()) != 1 || srv.Requests() != 2 {
-		t.Fatalf("accepted %d in %d requests, want 1 in 2", len(srv.Messages()), srv.Requests())
-	}
+	wantThrottledThenSent(t, d, srv)
 }
 
 func TestTelegramPermanentFailure(t *testing.T) {
@@ -94,15 +86,9 @@ func TestTelegramPermanentFailure(t *testing.T) {
 	srv.FailPermanently("Bad Request: message is too long")
 	p := telegramProviderFor(t, srv, telegramTestToken, "")
 	d := deliverThroughSink(t, telegramNotification("tg-perm", "78", schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "400 Bad Request: message is too long") {
-		t.Fatalf("status %s (%s), want failed with Telegram's description", d.Final.Status, d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 || srv.Requests() != 1 {
-		t.Fatalf("dead letters %d, requests %d: want 1 and 1", len(d.DeadLetters), srv.Requests())
-	}
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a permanent failure removed the chat: %+v", d.Feedback)
-	}
+	wantFailed(t, d, "400 Bad Request: message is too long")
+	wantRequests(t, srv, 1)
+	wantNoInvalid(t, d)
 }
 
 func TestTelegramBlockedBotIsInvalidRecipient(t *testing.T) {
@@ -111,13 +97,7 @@ func TestTelegramBlockedBotIsInvalidRecipient(t *testing.T) {
 	srv.Block("555")
 	p := telegramProviderFor(t, srv, telegramTestToken, "")
 	d := deliverThroughSink(t, telegramNotification("tg-blocked", "555", schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "blocked by the user") {
-		t.Fatalf("status %s (%s), want failed: blocked", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0].Token != "555" ||
-		d.Feedback.Invalid[0].Platform != "telegram" {
-		t.Fatalf("feedback %+v, want chat 555 invalid", d.Feedback)
-	}
+	wantOnlyInvalid(t, d, schemas.InvalidTarget{Platform: "telegram", Token: "555"}, "blocked by the user")
 }
 
 func TestTelegramBadTokenFails(t *testing.T) {
@@ -125,15 +105,7 @@ func TestTelegramBadTokenFails(t *testing.T) {
 	defer srv.Close()
 	p := telegramProviderFor(t, srv, "123456789:WRONGwrongWRONGwrong", "")
 	d := deliverThroughSink(t, telegramNotification("tg-auth", "79", schemas.Content{Text: "x"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "401 Unauthorized") {
-		t.Fatalf("status %s (%s), want failed: 401 Unauthorized", d.Final.Status, d.Final.Reason)
-	}
-	if strings.Contains(d.Final.Reason, "WRONG") {
-		t.Fatalf("the reason carries the token: %s", d.Final.Reason)
-	}
-	if srv.Rejected() != 1 || len(srv.Messages()) != 0 || len(d.DeadLetters) != 1 {
-		t.Fatalf("rejected %d, accepted %d, dead letters %d", srv.Rejected(), len(srv.Messages()), len(d.DeadLetters))
-	}
+	wantRefused(t, d, srv, "WRONG", "401 Unauthorized")
 }
 
 // A group upgraded to a supergroup: the message goes to the new chat in the
@@ -199,9 +171,7 @@ func TestTelegramSendOutcomes(t *testing.T) {
 	// A transport error does not carry the token (it is in the URL).
 	srv.Close()
 	_, err = p.Send(ctx, telegramNotification("f", "3", schemas.Content{Text: "x"}))
-	if err == nil || IsPermanent(err) || strings.Contains(err.Error(), "AAHdq") {
-		t.Fatalf("connection refused: %v", err)
-	}
+	wantTransportError(t, err, "AAHdq")
 }
 
 func TestTelegramPerChatLimit(t *testing.T) {
@@ -213,15 +183,11 @@ func TestTelegramPerChatLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := p.Send(ctx, telegramNotification("b", "9", schemas.Content{Text: "x"}))
-	if d := retryAfter(err); IsPermanent(err) || d <= 0 || d > time.Second {
-		t.Fatalf("second message at once: %v, want retry after <= 1s", err)
-	}
+	wantRetryAfter(t, err, 0, time.Second)
 	if _, err := p.Send(ctx, telegramNotification("c", "10", schemas.Content{Text: "x"})); err != nil {
 		t.Fatalf("another chat: %v", err)
 	}
-	if srv.Requests() != 2 {
-		t.Fatalf("requests %d, want 2", srv.Requests())
-	}
+	wantRequests(t, srv, 2)
 }
 
 func TestTelegramSettings(t *testing.T) {
@@ -232,10 +198,7 @@ func TestTelegramSettings(t *testing.T) {
 		{"botToken: \"1:a\"\nbaseUrl: api.telegram.org", "baseUrl"},
 		{"botToken: \"1:a\"\nparseMode: HTML", "field parseMode not found"},
 	} {
-		_, err := BuildProviders("telegram", []config.Provider{providerConfig(t, "telegram", tc.yaml)}, Deps{})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want %q", tc.yaml, err, tc.want)
-		}
+		err := wantBuildErr(t, "telegram", tc.yaml, tc.want)
 		if err != nil && strings.Contains(err.Error(), "secret-without-id") {
 			t.Errorf("the error shows the token: %v", err)
 		}

@@ -1,7 +1,6 @@
 package sinks
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,14 +40,10 @@ const (
 )
 
 // WeComSettings is the `wecom:` section of a provider.
+// (PerRobotPerMinute defaults to 20).
 type WeComSettings struct {
-	BaseURL string                `yaml:"baseUrl"`
-	Robots  map[string]WeComRobot `yaml:"robots"`
-	// PerRobotPerMinute bounds the messages a minute to one robot on this
-	// instance (default 20; 0 = no limit).
-	PerRobotPerMinute *float64      `yaml:"perRobotPerMinute"`
-	PerRobotBurst     int           `yaml:"perRobotBurst"`
-	Timeout           time.Duration `yaml:"timeout"`
+	GroupRobotSettings `yaml:",inline"`
+	Robots             map[string]WeComRobot `yaml:"robots"`
 }
 
 // WeComRobot is one robot: the key of its webhook URL.
@@ -57,13 +52,12 @@ type WeComRobot struct {
 }
 
 type weComProvider struct {
-	name    string
-	baseURL string
-	robots  map[string]WeComRobot
-	limit   *KeyLimiter
-	client  *http.Client
-	now     func() time.Time
+	groupRobot
+	robots map[string]WeComRobot
 }
+
+var weComKind = groupRobotKind{typ: "wecom", noun: "robot", credential: "key", baseURL: weComDefaultBaseURL,
+	perMinute: weComDefaultPerMinute, burst: 1, limitWhat: "messages a minute per robot"}
 
 func init() {
 	Register("wecom", Type{Channels: []string{"wecom"}, New: newWeComProvider})
@@ -74,33 +68,12 @@ func newWeComProvider(s Spec) (Provider, error) {
 	if err := s.Settings(&c); err != nil {
 		return nil, err
 	}
-	base, err := groupRobotBaseURL("wecom", c.BaseURL, weComDefaultBaseURL)
+	g, err := newGroupRobot(s, weComKind, c.GroupRobotSettings, c.Robots, func(r WeComRobot) (string, string) { return r.Key, "" })
 	if err != nil {
 		return nil, err
 	}
-	if len(c.Robots) == 0 {
-		return nil, errors.New("wecom: robots is empty: name at least one robot with its key")
-	}
-	for name, r := range c.Robots {
-		if err := groupRobotName("wecom", name); err != nil {
-			return nil, err
-		}
-		if err := groupRobotCredential("wecom", name, "key", r.Key); err != nil {
-			return nil, err
-		}
-	}
-	limit, err := groupRobotLimiter("wecom", c.PerRobotPerMinute, c.PerRobotBurst, weComDefaultPerMinute, 1)
-	if err != nil {
-		return nil, err
-	}
-	if c.Timeout < 0 {
-		return nil, errors.New("wecom: timeout is negative")
-	}
-	return &weComProvider{name: s.Name, baseURL: base, robots: c.Robots, limit: limit,
-		client: newHTTPClient(c.Timeout, nil), now: s.Deps.now}, nil
+	return &weComProvider{groupRobot: g, robots: c.Robots}, nil
 }
-
-func (p *weComProvider) Name() string { return p.name }
 
 type weComContent struct {
 	Content string `json:"content"`
@@ -133,33 +106,19 @@ func weComBody(c schemas.Content) ([]byte, error) {
 }
 
 func (p *weComProvider) Send(ctx context.Context, n *schemas.Notification) (string, error) {
-	robot, ok := p.robots[n.Address]
-	if !ok {
-		return "", InvalidRecipient(fmt.Errorf("wecom: the profile names robot %q, which is not configured in provider %s (robots: %s)",
-			n.Address, p.name, groupRobotNames(p.robots)), AddressTarget(n))
+	robot, err := groupRobotOf(&p.groupRobot, p.robots, n)
+	if err != nil {
+		return "", err
 	}
 	body, err := weComBody(n.Content)
 	if err != nil {
 		return "", err
 	}
-	if d := p.limit.Take(n.Address, p.now()); d > 0 {
-		return "", RetryLater(fmt.Errorf("wecom robot %q: over %s's limit of messages a minute per robot", n.Address, p.name), d)
-	}
-	u := p.baseURL + "/cgi-bin/webhook/send?" + url.Values{"key": {robot.Key}}.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
-	if err != nil {
-		return "", Permanent(fmt.Errorf("wecom robot %q: %v", n.Address, groupRobotURLError(err)))
-	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("wecom robot %q: POST /cgi-bin/webhook/send: %v", n.Address, groupRobotURLError(err))
-	}
-	raw := readBody(resp)
-	if err := classifyWeCom(resp.StatusCode, resp.Header, raw, n.Address, p.now()); err != nil {
+	if err := p.take(n, p.now()); err != nil {
 		return "", err
 	}
-	return n.Address + ":" + n.ID, nil
+	u := p.baseURL + "/cgi-bin/webhook/send?" + url.Values{"key": {robot.Key}}.Encode()
+	return p.post(ctx, n, u, "/cgi-bin/webhook/send", body, classifyWeCom)
 }
 
 // classifyWeCom reads WeCom's answer: nil when errcode is 0.

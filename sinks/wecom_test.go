@@ -3,9 +3,7 @@ package sinks
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -71,51 +69,13 @@ func TestWeComSendsMarkdownWithinLimits(t *testing.T) {
 	}
 }
 
-func TestWeComRetriesWhenThrottled(t *testing.T) {
-	srv, p := weComSetup(t, "")
-	srv.Throttle(1)
-	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-throttled", "ops", schemas.Content{Text: "hello"}), p)
-	wantSent(t, d, "ops:wc-throttled")
-	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
-		t.Fatalf("statuses %v", st)
-	}
-	if n := len(srv.Messages()); n != 1 || srv.Requests() != 2 {
-		t.Fatalf("accepted %d of %d requests", n, srv.Requests())
-	}
-}
-
-func TestWeComRefusedMessageFailsPermanently(t *testing.T) {
-	srv, p := weComSetup(t, "")
-	srv.FailWith(40008, "invalid message type")
-	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-perm", "ops", schemas.Content{Text: "hello"}), p)
-	wantFailed(t, d, "errcode 40008", "invalid message type", `"ops"`)
-	wantNoInvalid(t, d)
-	if len(srv.Messages()) != 0 || srv.Requests() != 1 {
-		t.Fatalf("accepted %d of %d requests", len(srv.Messages()), srv.Requests())
-	}
-}
-
-func TestWeComUnknownRobotIsInvalidRecipient(t *testing.T) {
-	srv, p := weComSetup(t, "")
-	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-invalid", "nosuch", schemas.Content{Text: "hello"}), p)
-	groupRobotWantInvalid(t, d, "wecom", "nosuch")
-	if srv.Requests() != 0 {
-		t.Fatalf("%d requests for an unknown robot", srv.Requests())
-	}
-}
-
 // The key is WeCom's only credential: a wrong one is refused with 93000.
 func TestWeComWrongKeyIsRefused(t *testing.T) {
 	srv := wecomtest.Start()
 	t.Cleanup(srv.Close)
 	srv.AddRobot("key-ops")
 	p := buildProvider(t, "wecom", "wecom", "baseUrl: "+srv.URL+"\nrobots:\n  ops: {key: key-wrong}")
-	d := deliverThroughSink(t, groupRobotNotification("wecom", "wc-badkey", "ops", schemas.Content{Text: "hello"}), p)
-	wantFailed(t, d, "errcode 93000", "invalid webhook url", "robots.ops")
-	wantNoInvalid(t, d)
-	if srv.Rejected() != 1 || len(srv.Messages()) != 0 {
-		t.Fatalf("rejected %d, accepted %d", srv.Rejected(), len(srv.Messages()))
-	}
+	groupRobotRefused(t, srv, p, "wecom", "wc-badkey", "errcode 93000", "invalid webhook url", "robots.ops")
 }
 
 func TestWeComRemovedRobotAndServerErrors(t *testing.T) {
@@ -123,10 +83,7 @@ func TestWeComRemovedRobotAndServerErrors(t *testing.T) {
 	ctx := context.Background()
 	srv.RemoveRobot("key-ops")
 	_, err := p.Send(ctx, groupRobotNotification("wecom", "r1", "ops", schemas.Content{Text: "hi"}))
-	var ir *InvalidRecipientError
-	if !IsPermanent(err) || errors.As(err, &ir) || !strings.Contains(err.Error(), "93000") || !strings.Contains(err.Error(), "removed") {
-		t.Fatalf("removed robot: %v", err)
-	}
+	groupRobotWantRemoved(t, err, "93000", "removed")
 	srv.Unavailable(1, "")
 	_, err = p.Send(ctx, groupRobotNotification("wecom", "r2", "dev", schemas.Content{Text: "hi"}))
 	if err == nil || IsPermanent(err) {
@@ -137,9 +94,7 @@ func TestWeComRemovedRobotAndServerErrors(t *testing.T) {
 	}
 	srv.Close()
 	_, err = p.Send(ctx, groupRobotNotification("wecom", "r4", "dev", schemas.Content{Text: "hi"}))
-	if err == nil || IsPermanent(err) || strings.Contains(err.Error(), "key-dev") {
-		t.Fatalf("transport error: %v", err)
-	}
+	wantTransportError(t, err, "key-dev")
 }
 
 func TestWeComPerRobotLimit(t *testing.T) {
@@ -151,12 +106,8 @@ func TestWeComPerRobotLimit(t *testing.T) {
 		}
 	}
 	_, err := p.Send(ctx, groupRobotNotification("wecom", "l3", "ops", schemas.Content{Text: "x"}))
-	if d := retryAfter(err); IsPermanent(err) || d <= 20*time.Second || d > 30*time.Second {
-		t.Fatalf("over the limit: %v", err)
-	}
-	if srv.Requests() != 2 {
-		t.Fatalf("%d requests, want 2", srv.Requests())
-	}
+	wantRetryAfter(t, err, 20*time.Second, 30*time.Second)
+	wantRequests(t, srv, 2)
 }
 
 func TestWeComSettingsValidation(t *testing.T) {
@@ -169,9 +120,7 @@ func TestWeComSettingsValidation(t *testing.T) {
 		{"perRobotBurst: -2\nrobots:\n  ops: {key: k}", "perRobotBurst is negative"},
 		{"timeout: -1s\nrobots:\n  ops: {key: k}", "timeout is negative"},
 	} {
-		if err := buildErr(t, "wecom", "wecom", tc.yaml); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
-		}
+		wantBuildErr(t, "wecom", tc.yaml, tc.want)
 	}
 	p, err := newWeComProvider(Spec{Provider: providerConfig(t, "wecom", "robots:\n  ops: {key: k}\ntimeout: 3s"), Channel: "wecom"})
 	if err != nil {

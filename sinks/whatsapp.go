@@ -116,12 +116,9 @@ func newWhatsAppProvider(s Spec) (Provider, error) {
 	if !whatsappVersionRE.MatchString(cfg.Version) {
 		return nil, fmt.Errorf("whatsapp: version %q must look like v21.0", cfg.Version)
 	}
-	if cfg.BaseURL == "" {
-		cfg.BaseURL = whatsappDefaultBaseURL
-	}
-	base, err := url.Parse(cfg.BaseURL)
-	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" {
-		return nil, fmt.Errorf("whatsapp: baseUrl %q is not an http(s) URL", cfg.BaseURL)
+	base, err := chatBaseURL("whatsapp", cfg.BaseURL, whatsappDefaultBaseURL)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.DefaultLanguage == "" {
 		cfg.DefaultLanguage = whatsappDefaultLanguage
@@ -129,21 +126,17 @@ func newWhatsAppProvider(s Spec) (Provider, error) {
 	if !whatsappLangRE.MatchString(whatsappLanguage(cfg.DefaultLanguage)) {
 		return nil, fmt.Errorf("whatsapp: defaultLanguage %q is not a language code such as en_US", cfg.DefaultLanguage)
 	}
-	if cfg.PerRecipientPerMinute < 0 {
-		return nil, fmt.Errorf("whatsapp: perRecipientPerMinute must be >= 0, got %v", cfg.PerRecipientPerMinute)
+	if _, err := chatPerMinute("whatsapp", "perRecipientPerMinute", &cfg.PerRecipientPerMinute, 0); err != nil {
+		return nil, err
 	}
-	if cfg.Timeout < 0 {
-		return nil, fmt.Errorf("whatsapp: timeout must be >= 0, got %s", cfg.Timeout)
-	}
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if err := chatTimeout("whatsapp", cfg.Timeout); err != nil {
+		return nil, err
 	}
 	return &whatsappProvider{name: s.Name,
-		endpoint: strings.TrimRight(cfg.BaseURL, "/") + "/" + cfg.Version + "/" + cfg.PhoneNumberID + "/messages",
+		endpoint: base + "/" + cfg.Version + "/" + cfg.PhoneNumberID + "/messages",
 		token:    cfg.AccessToken, lang: whatsappLanguage(cfg.DefaultLanguage),
 		limiter: NewKeyLimiter(cfg.PerRecipientPerMinute, 1), perMin: cfg.PerRecipientPerMinute,
-		client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: log}, nil
+		client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: chatLog(s)}, nil
 }
 
 func (p *whatsappProvider) Name() string { return p.name }
@@ -228,19 +221,9 @@ func whatsappText(n *schemas.Notification) string {
 	c := n.Content
 	body := c.Markdown
 	if body == "" {
-		body = c.Text
+		body = chatPlainText(c)
 	}
-	if body == "" {
-		body = c.Body
-	}
-	title := strings.Join(strings.Fields(c.Title), " ")
-	switch {
-	case title == "":
-		return body
-	case body == "":
-		return "*" + title + "*"
-	}
-	return "*" + title + "*\n" + body
+	return chatBoldTitled(chatTitle(c), body)
 }
 
 // whatsappMessage builds the request of n to the number to.

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks/whatsapptest"
 )
@@ -118,15 +117,7 @@ func TestWhatsAppRateLimitIsRetried(t *testing.T) {
 	p := whatsappProviderFor(t, srv, whatsappTestToken, "")
 	d := deliverThroughSink(t, whatsappNotification("wa-429", "+4915112345678",
 		schemas.Content{TemplateID: "otp", TemplateParams: map[string]string{"1": "845921"}}), p)
-	if d.Final.Status != "sent" {
-		t.Fatalf("status %s (%s), want sent", d.Final.Status, d.Final.Reason)
-	}
-	if st := d.Statuses(); !slices.Contains(st, "retrying") || st[len(st)-1] != "sent" {
-		t.Fatalf("statuses %v, want retrying then sent", st)
-	}
-	if len(srv.Messages()) != 1 || srv.Requests() != 2 {
-		t.Fatalf("accepted %d in %d requests, want 1 in 2", len(srv.Messages()), srv.Requests())
-	}
+	wantThrottledThenSent(t, d, srv)
 }
 
 // Free-form text outside the 24 h window fails permanently, saying why.
@@ -134,16 +125,9 @@ func TestWhatsAppOutsideWindowIsPermanent(t *testing.T) {
 	srv := whatsappServer(t)
 	p := whatsappProviderFor(t, srv, whatsappTestToken, "")
 	d := deliverThroughSink(t, whatsappNotification("wa-131047", "+4915112345678", schemas.Content{Text: "hello"}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "131047") ||
-		!strings.Contains(d.Final.Reason, "24-hour") || !strings.Contains(d.Final.Reason, "template") {
-		t.Fatalf("status %s (%s), want failed: 131047 outside the 24-hour window", d.Final.Status, d.Final.Reason)
-	}
-	if len(d.DeadLetters) != 1 || srv.Requests() != 1 || len(srv.Messages()) != 0 {
-		t.Fatalf("dead letters %d, requests %d", len(d.DeadLetters), srv.Requests())
-	}
-	if d.Feedback != nil && len(d.Feedback.Invalid) > 0 {
-		t.Fatalf("a closed window removed the number: %+v", d.Feedback)
-	}
+	wantFailed(t, d, "131047", "24-hour", "template")
+	wantServed(t, srv, 0, 1)
+	wantNoInvalid(t, d)
 }
 
 func TestWhatsAppNotOnWhatsAppIsInvalidRecipient(t *testing.T) {
@@ -153,13 +137,7 @@ func TestWhatsAppNotOnWhatsAppIsInvalidRecipient(t *testing.T) {
 	p := whatsappProviderFor(t, srv, whatsappTestToken, "")
 	d := deliverThroughSink(t, whatsappNotification("wa-131026", "+33612345678",
 		schemas.Content{TemplateID: "otp", TemplateParams: map[string]string{"1": "1"}}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "131026") {
-		t.Fatalf("status %s (%s), want failed: 131026", d.Final.Status, d.Final.Reason)
-	}
-	if d.Feedback == nil || len(d.Feedback.Invalid) != 1 || d.Feedback.Invalid[0].Token != "+33612345678" ||
-		d.Feedback.Invalid[0].Platform != "whatsapp" {
-		t.Fatalf("feedback %+v, want the number invalid", d.Feedback)
-	}
+	wantOnlyInvalid(t, d, schemas.InvalidTarget{Platform: "whatsapp", Token: "+33612345678"}, "131026")
 }
 
 func TestWhatsAppBadAccessTokenFails(t *testing.T) {
@@ -168,16 +146,7 @@ func TestWhatsAppBadAccessTokenFails(t *testing.T) {
 	p := whatsappProviderFor(t, srv, "EAAGexpiredTOKEN", "")
 	d := deliverThroughSink(t, whatsappNotification("wa-190", "+4915112345678",
 		schemas.Content{TemplateID: "otp", TemplateParams: map[string]string{"1": "1"}}), p)
-	if d.Final.Status != "failed" || !strings.Contains(d.Final.Reason, "error 190") ||
-		!strings.Contains(d.Final.Reason, "access token") {
-		t.Fatalf("status %s (%s), want failed: 190 access token", d.Final.Status, d.Final.Reason)
-	}
-	if strings.Contains(d.Final.Reason, "EAAGexpired") {
-		t.Fatalf("the reason carries the token: %s", d.Final.Reason)
-	}
-	if srv.Rejected() != 1 || len(srv.Messages()) != 0 || len(d.DeadLetters) != 1 {
-		t.Fatalf("rejected %d, accepted %d, dead letters %d", srv.Rejected(), len(srv.Messages()), len(d.DeadLetters))
-	}
+	wantRefused(t, d, srv, "EAAGexpired", "error 190", "access token")
 }
 
 func TestWhatsAppSendOutcomes(t *testing.T) {
@@ -229,12 +198,8 @@ func TestWhatsAppPerRecipientLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := p.Send(ctx, n)
-	if d := retryAfter(err); IsPermanent(err) || d <= 5*time.Second || d > 6*time.Second {
-		t.Fatalf("second message at once: %v, want retry after ~6s", err)
-	}
-	if srv.Requests() != 1 {
-		t.Fatalf("requests %d, want 1", srv.Requests())
-	}
+	wantRetryAfter(t, err, 5*time.Second, 6*time.Second)
+	wantRequests(t, srv, 1)
 }
 
 func TestWhatsAppSettings(t *testing.T) {
@@ -247,10 +212,7 @@ func TestWhatsAppSettings(t *testing.T) {
 		{"phoneNumberId: \"1\"\naccessToken: t\nperRecipientPerMinute: -1", "perRecipientPerMinute"},
 		{"phoneNumberId: \"1\"\naccessToken: t\ntoken: x", "field token not found"},
 	} {
-		_, err := BuildProviders("whatsapp", []config.Provider{providerConfig(t, "whatsapp", tc.yaml)}, Deps{})
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want %q", tc.yaml, err, tc.want)
-		}
+		wantBuildErr(t, "whatsapp", tc.yaml, tc.want)
 	}
 	p := buildProvider(t, "whatsapp", "whatsapp", "phoneNumberId: \"1\"\naccessToken: t").(*whatsappProvider)
 	if p.endpoint != "https://graph.facebook.com/v21.0/1/messages" || p.lang != "en_US" || p.limiter != nil {

@@ -8,13 +8,13 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"mime"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
-	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/chatfake"
 )
 
 // Message is one message the server accepted.
@@ -30,92 +30,34 @@ type Message struct {
 }
 
 // Server is a DingTalk robot endpoint.
+//
+// Throttle(n) answers the next n valid requests with errcode 130101 (send too
+// fast); FailWith(310000, "keywords not in content") is a robot whose keyword
+// check refuses every message.
 type Server struct {
 	*httptest.Server
 	// Now is the server's clock (default time.Now).
 	Now func() time.Time
 
-	mu       sync.Mutex
-	robots   map[string]string // access token → secret ("" = no sign)
-	gone     map[string]bool
-	throttle int
-	unavail  int
-	retryHdr string
-	failCode int
-	failMsg  string
-	messages []Message
-	requests int
-	rejected int
+	robots // access token → secret ("" = no sign)
 }
+
+type robots = chatfake.Robots[Message]
 
 // Start runs a server on loopback.
 func Start() *Server {
-	s := &Server{robots: map[string]string{}, gone: map[string]bool{}}
+	s := &Server{}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
 
 // AddRobot adds a robot with its access token and, when not empty, its
 // sign secret (then an unsigned or badly signed request is refused).
-func (s *Server) AddRobot(accessToken, secret string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.robots[accessToken] = secret
-	delete(s.gone, accessToken)
-}
+func (s *Server) AddRobot(accessToken, secret string) { s.AddToken(accessToken, secret) }
 
 // RemoveRobot marks a robot as removed from its group: its token answers
 // errcode 300001.
-func (s *Server) RemoveRobot(accessToken string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gone[accessToken] = true
-}
-
-// Throttle answers the next n valid requests with errcode 130101 (send too fast).
-func (s *Server) Throttle(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle = n
-}
-
-// Unavailable answers the next n requests with HTTP 503 and, when not empty,
-// the Retry-After header.
-func (s *Server) Unavailable(n int, retryAfter string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.unavail, s.retryHdr = n, retryAfter
-}
-
-// FailWith answers every valid request with errcode code and errmsg msg
-// (code 0 stops it), as a robot whose keyword check refuses every message
-// would (310000 "keywords not in content").
-func (s *Server) FailWith(code int, msg string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.failCode, s.failMsg = code, msg
-}
-
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
-
-// Requests counts every request received.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
-
-// Rejected counts the requests refused for their token or sign.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) RemoveRobot(accessToken string) { s.RemoveToken(accessToken) }
 
 // Sign is the documented sign of a timestamp (ms), before URL encoding.
 func Sign(secret, timestamp string) string {
@@ -136,49 +78,43 @@ func (s *Server) now() time.Time {
 	return time.Now()
 }
 
-func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.requests++
-	if s.unavail > 0 {
-		s.unavail--
-		if s.retryHdr != "" {
-			w.Header().Set("Retry-After", s.retryHdr)
-		}
-		http.Error(w, "service unavailable", http.StatusServiceUnavailable)
-		return
-	}
+var answers = chatfake.RobotAnswers{Answer: answer, ThrottleCode: 130101,
+	ThrottleMsg: "send too fast, exceed 20 times per minute", OK: "ok"}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) { s.Serve(w, r, answers, s.read) }
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request, x *chatfake.Exchange) (msg Message, ok bool) {
+	body, err := x.Body, x.Err
 	if r.Method != http.MethodPost || r.URL.Path != "/robot/send" {
 		http.NotFound(w, r)
-		return
+		return msg, false
 	}
 	q := r.URL.Query()
 	token := q.Get("access_token")
-	secret, known := s.robots[token]
-	if !known || s.gone[token] {
-		s.rejected++
+	secret, known := x.Secret(token)
+	if !known {
+		x.Reject()
 		answer(w, 300001, "token is not exist")
-		return
+		return msg, false
 	}
 	if secret != "" {
 		ts := q.Get("timestamp")
 		ms, perr := strconv.ParseInt(ts, 10, 64)
 		if perr != nil || s.now().Sub(time.UnixMilli(ms)).Abs() > time.Hour {
-			s.rejected++
+			x.Reject()
 			answer(w, 310000, "sign not match, more: [timestamp is invalid]")
-			return
+			return msg, false
 		}
 		// q.Get decoded the URL encoding of the base64 sign once, as DingTalk does.
 		if !hmac.Equal([]byte(q.Get("sign")), []byte(Sign(secret, ts))) {
-			s.rejected++
+			x.Reject()
 			answer(w, 310000, "sign not match, more: [sign not match]")
-			return
+			return msg, false
 		}
 	}
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" || err != nil {
 		answer(w, 43004, "需要POST请求,并且Content-Type为application/json")
-		return
+		return msg, false
 	}
 	var m struct {
 		MsgType string `json:"msgtype"`
@@ -192,38 +128,25 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if json.Unmarshal(body, &m) != nil {
 		answer(w, 40035, "缺少参数 json")
-		return
+		return msg, false
 	}
-	msg := Message{Robot: token, MsgType: m.MsgType, Body: body, At: s.now()}
+	msg = Message{Robot: token, MsgType: m.MsgType, Body: body, At: s.now()}
 	switch m.MsgType {
 	case "text":
 		if m.Text.Content == "" {
 			answer(w, 40035, "缺少参数 text.content")
-			return
+			return msg, false
 		}
 		msg.Text = m.Text.Content
 	case "markdown":
 		if m.Markdown.Title == "" || m.Markdown.Text == "" {
 			answer(w, 40035, "缺少参数 markdown.title or markdown.text")
-			return
+			return msg, false
 		}
 		msg.Title, msg.Markdown = m.Markdown.Title, m.Markdown.Text
 	default:
 		answer(w, 40035, "缺少参数 msgtype")
-		return
+		return msg, false
 	}
-	if s.throttle > 0 {
-		s.throttle--
-		answer(w, 130101, "send too fast, exceed 20 times per minute")
-		return
-	}
-	if s.failCode != 0 {
-		answer(w, s.failCode, s.failMsg)
-		return
-	}
-	if r.Context().Err() != nil { // the sender gave up: not delivered
-		return
-	}
-	s.messages = append(s.messages, msg)
-	answer(w, 0, "ok")
+	return msg, true
 }

@@ -8,13 +8,13 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/chatfake"
 )
 
 // MaxBody is the documented limit of a request body.
@@ -36,6 +36,10 @@ type Message struct {
 }
 
 // Server is a Feishu bot endpoint.
+//
+// Throttle(n) answers the next n valid requests with code 11232 (frequency
+// limited); FailWith(19024, …) is a bot whose keyword check refuses every
+// message.
 type Server struct {
 	*httptest.Server
 	// Now is the server's clock (default time.Now).
@@ -43,85 +47,24 @@ type Server struct {
 	// Legacy answers in the older format {"StatusCode":0,"StatusMessage":"success"}.
 	Legacy bool
 
-	mu       sync.Mutex
-	hooks    map[string]string // hook id → secret ("" = no signature check)
-	gone     map[string]bool
-	throttle int
-	unavail  int
-	retryHdr string
-	failCode int
-	failMsg  string
-	messages []Message
-	requests int
-	rejected int
+	robots // hook id → secret ("" = no signature check)
 }
+
+type robots = chatfake.Robots[Message]
 
 // Start runs a server on loopback.
 func Start() *Server {
-	s := &Server{hooks: map[string]string{}, gone: map[string]bool{}}
+	s := &Server{}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
 	return s
 }
 
 // AddBot adds a bot by its hook id and, when not empty, its signature secret.
-func (s *Server) AddBot(hookID, secret string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.hooks[hookID] = secret
-	delete(s.gone, hookID)
-}
+func (s *Server) AddBot(hookID, secret string) { s.AddToken(hookID, secret) }
 
 // RemoveBot marks a bot as removed from its group: its hook answers code
 // 19001 (param invalid: incoming webhook access token invalid).
-func (s *Server) RemoveBot(hookID string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gone[hookID] = true
-}
-
-// Throttle answers the next n valid requests with code 11232 (frequency limited).
-func (s *Server) Throttle(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle = n
-}
-
-// Unavailable answers the next n requests with HTTP 503 and, when not empty,
-// the Retry-After header.
-func (s *Server) Unavailable(n int, retryAfter string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.unavail, s.retryHdr = n, retryAfter
-}
-
-// FailWith answers every valid request with code and msg (code 0 stops it),
-// as a bot whose keyword check refuses every message would (19024).
-func (s *Server) FailWith(code int, msg string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.failCode, s.failMsg = code, msg
-}
-
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
-
-// Requests counts every request received.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
-
-// Rejected counts the requests refused for their hook id or signature.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) RemoveBot(hookID string) { s.RemoveToken(hookID) }
 
 // Sign is the documented signature of timestamp (unix seconds):
 // base64(HMAC-SHA256(key=timestamp+"\n"+secret, msg="")).
@@ -147,32 +90,26 @@ func (s *Server) now() time.Time {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.requests++
-	if s.unavail > 0 {
-		s.unavail--
-		if s.retryHdr != "" {
-			w.Header().Set("Retry-After", s.retryHdr)
-		}
-		http.Error(w, "service unavailable", http.StatusServiceUnavailable)
-		return
-	}
+	s.Serve(w, r, chatfake.RobotAnswers{Answer: s.answer, ThrottleCode: 11232,
+		ThrottleMsg: "frequency limited psm[lark.oapi.app_platform_runtime]appID[1]", OK: "success"}, s.read)
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request, x *chatfake.Exchange) (msg Message, ok bool) {
+	body, err := x.Body, x.Err
 	hookID, ok := strings.CutPrefix(r.URL.Path, "/open-apis/bot/v2/hook/")
 	if !ok || r.Method != http.MethodPost {
 		http.NotFound(w, r)
-		return
+		return msg, false
 	}
-	secret, known := s.hooks[hookID]
-	if !known || s.gone[hookID] {
-		s.rejected++
+	secret, known := x.Secret(hookID)
+	if !known {
+		x.Reject()
 		s.answer(w, 19001, "param invalid: incoming webhook access token invalid")
-		return
+		return msg, false
 	}
 	if err != nil || len(body) > MaxBody {
 		s.answer(w, 9499, "Bad Request")
-		return
+		return msg, false
 	}
 	var m struct {
 		Timestamp json.RawMessage `json:"timestamp"`
@@ -183,7 +120,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	if json.Unmarshal(body, &m) != nil {
 		s.answer(w, 9499, "Bad Request")
-		return
+		return msg, false
 	}
 	if secret != "" {
 		// The timestamp is a string of unix seconds ("1599360473"); a number is accepted too.
@@ -194,12 +131,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		sec, perr := strconv.ParseInt(ts, 10, 64)
 		if perr != nil || s.now().Sub(time.Unix(sec, 0)).Abs() > time.Hour ||
 			!hmac.Equal([]byte(m.Sign), []byte(Sign(secret, ts))) {
-			s.rejected++
+			x.Reject()
 			s.answer(w, 19021, "sign match fail or timestamp is not within one hour from current time")
-			return
+			return msg, false
 		}
 	}
-	msg := Message{HookID: hookID, MsgType: m.MsgType, Body: body, At: s.now()}
+	msg = Message{HookID: hookID, MsgType: m.MsgType, Body: body, At: s.now()}
 	switch m.MsgType {
 	case "text":
 		var c struct {
@@ -207,7 +144,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		if json.Unmarshal(m.Content, &c) != nil || c.Text == "" {
 			s.answer(w, 19001, "param invalid: text content is empty")
-			return
+			return msg, false
 		}
 		msg.Text = c.Text
 	case "interactive":
@@ -224,7 +161,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		if json.Unmarshal(m.Card, &card) != nil || len(card.Elements) == 0 || json.Unmarshal(m.Card, &msg.Card) != nil {
 			s.answer(w, 19001, "param invalid: card is empty")
-			return
+			return msg, false
 		}
 		var md []string
 		for _, e := range card.Elements {
@@ -236,24 +173,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	case "post", "image", "share_chat":
 		if len(m.Content) == 0 {
 			s.answer(w, 19001, "param invalid: content is empty")
-			return
+			return msg, false
 		}
 	default:
 		s.answer(w, 19001, "param invalid: msg_type is invalid")
-		return
+		return msg, false
 	}
-	if s.throttle > 0 {
-		s.throttle--
-		s.answer(w, 11232, "frequency limited psm[lark.oapi.app_platform_runtime]appID[1]")
-		return
-	}
-	if s.failCode != 0 {
-		s.answer(w, s.failCode, s.failMsg)
-		return
-	}
-	if r.Context().Err() != nil {
-		return
-	}
-	s.messages = append(s.messages, msg)
-	s.answer(w, 0, "success")
+	return msg, true
 }

@@ -6,7 +6,6 @@ package slacktest
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,8 +15,9 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/notifyd/notifyd/sinks/internal/chatfake"
 )
 
 // Message is one message Slack accepted.
@@ -41,17 +41,13 @@ type Server struct {
 	*httptest.Server
 	BotToken string
 
-	mu         sync.Mutex
-	webhooks   map[string]*webhook // by B… id
-	gone       map[string]string   // channel -> chat.postMessage error
-	throttle   int
-	retryAfter int
-	fail       int
-	permanent  string
-	seq        int
-	requests   int
-	rejected   int
-	messages   []Message
+	fake      chatfake.Recorder[Message]
+	webhooks  map[string]*webhook // by B… id
+	gone      map[string]string   // channel -> chat.postMessage error
+	throttle  chatfake.Queue[int] // Retry-After seconds
+	fail      chatfake.Countdown
+	permanent string
+	seq       int
 }
 
 // Start runs a fake Slack whose Web API accepts botToken.
@@ -79,8 +75,8 @@ func randomSecret(n int) string {
 
 // NewWebhook creates an incoming webhook posting to channel and returns its URL.
 func (s *Server) NewWebhook(channel string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.seq++
 	id := fmt.Sprintf("B%08d", s.seq)
 	w := &webhook{channel: channel, secret: randomSecret(24)}
@@ -90,8 +86,8 @@ func (s *Server) NewWebhook(channel string) string {
 
 // RevokeWebhook removes the webhook at rawURL: Slack answers 404 no_service.
 func (s *Server) RevokeWebhook(rawURL string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	if w := s.webhookOf(rawURL); w != nil {
 		w.gone = "no_service"
 	}
@@ -108,87 +104,70 @@ func (s *Server) webhookOf(rawURL string) *webhook {
 // ArchiveChannel archives channel: chat.postMessage answers is_archived and
 // its webhooks 410 channel_is_archived.
 func (s *Server) ArchiveChannel(channel string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gone[channel] = "is_archived"
-	for _, w := range s.webhooks {
-		if w.channel == channel {
-			w.gone = "channel_is_archived"
-		}
-	}
+	s.closeChannel(channel, "is_archived", "channel_is_archived")
 }
 
 // RemoveChannel deletes channel: channel_not_found.
 func (s *Server) RemoveChannel(channel string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.gone[channel] = "channel_not_found"
+	s.closeChannel(channel, "channel_not_found", "channel_not_found")
+}
+
+// closeChannel makes chat.postMessage to channel answer apiCode and its
+// webhooks hookCode.
+func (s *Server) closeChannel(channel, apiCode, hookCode string) {
+	s.fake.Lock()
+	defer s.fake.Unlock()
+	s.gone[channel] = apiCode
 	for _, w := range s.webhooks {
 		if w.channel == channel {
-			w.gone = "channel_not_found"
+			w.gone = hookCode
 		}
 	}
 }
 
 // KickBot removes the bot from channel: not_in_channel.
 func (s *Server) KickBot(channel string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.gone[channel] = "not_in_channel"
 }
 
 // ThrottleNext answers the next n authenticated requests with HTTP 429,
 // Retry-After: retryAfter seconds (and {"ok":false,"error":"ratelimited"} on the API).
 func (s *Server) ThrottleNext(n, retryAfter int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle, s.retryAfter = n, retryAfter
+	s.fake.Do(func() { s.throttle.Set(n, retryAfter) })
 }
 
 // FailNext answers the next n authenticated requests with a server error
 // (webhook: 500 rollup_error; API: 503 service_unavailable).
 func (s *Server) FailNext(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fail = n
+	s.fake.Do(func() { s.fail = chatfake.Countdown(n) })
 }
 
 // FailPermanently answers every authenticated request with the error code
 // (API: {"ok":false,"error":code}; webhook: 400 or 403 with the code as body,
 // as Slack's webhook errors are). Empty stops.
 func (s *Server) FailPermanently(code string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.permanent = code
+	s.fake.Do(func() { s.permanent = code })
 }
 
 // Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *Server) Messages() []Message { return s.fake.Messages() }
+
+// Accepted counts the accepted messages.
+func (s *Server) Accepted() int { return s.fake.Accepted() }
 
 // Requests counts every request received.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
+func (s *Server) Requests() int { return s.fake.Requests() }
 
 // Rejected counts requests refused for their credentials (bad webhook secret
 // or bot token).
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) Rejected() int { return s.fake.Rejected() }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.requests++
+	s.fake.Begin()
+	defer s.fake.Unlock()
 	reqID := "R" + randomSecret(10)
 	w.Header().Set("X-Slack-Req-Id", reqID)
 	switch {
@@ -239,12 +218,12 @@ func (s *Server) serveWebhook(w http.ResponseWriter, r *http.Request, body []byt
 		hook = s.webhooks[parts[3]]
 	}
 	if hook == nil {
-		s.rejected++
+		s.fake.Reject()
 		plain(w, http.StatusNotFound, "no_service")
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(parts[4]), []byte(hook.secret)) != 1 {
-		s.rejected++
+	if !chatfake.Same(parts[4], hook.secret) {
+		s.fake.Reject()
 		plain(w, http.StatusForbidden, "invalid_token")
 		return
 	}
@@ -252,14 +231,12 @@ func (s *Server) serveWebhook(w http.ResponseWriter, r *http.Request, body []byt
 		plain(w, webhookStatus(hook.gone), hook.gone)
 		return
 	}
-	if s.throttle > 0 {
-		s.throttle--
-		w.Header().Set("Retry-After", strconv.Itoa(s.retryAfter))
+	if retryAfter, ok := s.throttle.Next(); ok {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 		plain(w, http.StatusTooManyRequests, "rate_limited")
 		return
 	}
-	if s.fail > 0 {
-		s.fail--
+	if s.fail.Take() {
 		plain(w, http.StatusInternalServerError, "rollup_error")
 		return
 	}
@@ -279,12 +256,10 @@ func (s *Server) serveWebhook(w http.ResponseWriter, r *http.Request, body []byt
 		plain(w, http.StatusBadRequest, "missing_text_or_fallback_or_attachments")
 		return
 	}
-	if r.Context().Err() != nil {
-		return
+	if s.fake.Accept(r, Message{Channel: hook.channel, Webhook: true, Text: *m.Text,
+		Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn, ReqID: reqID}) {
+		plain(w, http.StatusOK, "ok")
 	}
-	s.messages = append(s.messages, Message{Channel: hook.channel, Webhook: true, Text: *m.Text,
-		Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn, ReqID: reqID})
-	plain(w, http.StatusOK, "ok")
 }
 
 func apiAnswer(w http.ResponseWriter, status int, v map[string]any) {
@@ -304,24 +279,21 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, body []byte, r
 	}
 	auth := r.Header.Get("Authorization")
 	if auth == "" {
-		s.rejected++
+		s.fake.Reject()
 		apiError(w, "not_authed")
 		return
 	}
-	token, ok := strings.CutPrefix(auth, "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.BotToken)) != 1 {
-		s.rejected++
+	if !chatfake.Bearer(r, s.BotToken) {
+		s.fake.Reject()
 		apiError(w, "invalid_auth")
 		return
 	}
-	if s.throttle > 0 {
-		s.throttle--
-		w.Header().Set("Retry-After", strconv.Itoa(s.retryAfter))
+	if retryAfter, ok := s.throttle.Next(); ok {
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 		apiAnswer(w, http.StatusTooManyRequests, map[string]any{"ok": false, "error": "ratelimited"})
 		return
 	}
-	if s.fail > 0 {
-		s.fail--
+	if s.fail.Take() {
 		apiAnswer(w, http.StatusServiceUnavailable, map[string]any{"ok": false, "error": "service_unavailable"})
 		return
 	}
@@ -355,13 +327,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, body []byte, r
 		apiError(w, "msg_too_long")
 		return
 	}
-	if r.Context().Err() != nil {
+	ts := fmt.Sprintf("%d.%06d", time.Now().Unix(), s.seq+1)
+	if !s.fake.Accept(r, Message{Channel: m.Channel, Text: m.Text, Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn,
+		TS: ts, ReqID: reqID}) {
 		return
 	}
 	s.seq++
-	ts := fmt.Sprintf("%d.%06d", time.Now().Unix(), s.seq)
-	s.messages = append(s.messages, Message{Channel: m.Channel, Text: m.Text, Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn,
-		TS: ts, ReqID: reqID})
 	apiAnswer(w, http.StatusOK, map[string]any{"ok": true, "channel": m.Channel, "ts": ts,
 		"message": map[string]any{"type": "message", "text": m.Text, "ts": ts}})
 }

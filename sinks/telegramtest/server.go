@@ -5,7 +5,6 @@
 package telegramtest
 
 import (
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,8 +13,9 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"unicode/utf16"
+
+	"github.com/notifyd/notifyd/sinks/internal/chatfake"
 )
 
 // Entity is a MessageEntity of an accepted message.
@@ -39,18 +39,14 @@ type Server struct {
 	*httptest.Server
 	Token string
 
-	mu         sync.Mutex
-	forbidden  map[string]string // chat -> 403 description
-	notFound   map[string]bool
-	migrated   map[string]int64
-	throttle   int
-	retryAfter int
-	fail       int
-	permanent  string
-	nextID     map[string]int64
-	requests   int
-	rejected   int
-	messages   []Message
+	fake      chatfake.Recorder[Message]
+	forbidden map[string]string // chat -> 403 description
+	notFound  map[string]bool
+	migrated  map[string]int64
+	throttle  chatfake.Queue[int] // parameters.retry_after
+	fail      chatfake.Countdown
+	permanent string
+	nextID    map[string]int64
 }
 
 // Start runs a fake Bot API for the bot with token.
@@ -68,69 +64,54 @@ func (s *Server) Block(chat string) { s.forbid(chat, "Forbidden: bot was blocked
 func (s *Server) Kick(chat string) { s.forbid(chat, "Forbidden: bot was kicked from the group chat") }
 
 func (s *Server) forbid(chat, desc string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.forbidden[chat] = desc
 }
 
 // Forget: 400 "Bad Request: chat not found".
 func (s *Server) Forget(chat string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.notFound[chat] = true
 }
 
 // Migrate upgrades the group chat to a supergroup with the id to: messages to
 // chat are refused with parameters.migrate_to_chat_id.
 func (s *Server) Migrate(chat string, to int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.migrated[chat] = to
 }
 
 // ThrottleNext answers the next n authenticated requests with 429 and
 // parameters.retry_after = retryAfter.
 func (s *Server) ThrottleNext(n, retryAfter int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle, s.retryAfter = n, retryAfter
+	s.fake.Do(func() { s.throttle.Set(n, retryAfter) })
 }
 
 // FailNext answers the next n authenticated requests with 500 Internal Server Error.
 func (s *Server) FailNext(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fail = n
+	s.fake.Do(func() { s.fail = chatfake.Countdown(n) })
 }
 
 // FailPermanently answers every authenticated request with 400 and the
 // description (e.g. "Bad Request: message is too long"); empty stops.
 func (s *Server) FailPermanently(description string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.permanent = description
+	s.fake.Do(func() { s.permanent = description })
 }
 
 // Messages returns a copy of the accepted messages in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *Server) Messages() []Message { return s.fake.Messages() }
+
+// Accepted counts the accepted messages.
+func (s *Server) Accepted() int { return s.fake.Accepted() }
 
 // Requests counts every request received.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
+func (s *Server) Requests() int { return s.fake.Requests() }
 
 // Rejected counts requests refused for a bad token.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) Rejected() int { return s.fake.Rejected() }
 
 func answer(w http.ResponseWriter, status int, v map[string]any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -167,17 +148,16 @@ func checkMarkdownV2(text string) string {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.requests++
+	s.fake.Begin()
+	defer s.fake.Unlock()
 	rest, ok := strings.CutPrefix(r.URL.Path, "/bot")
 	token, method, ok2 := strings.Cut(rest, "/")
 	if !ok || !ok2 {
 		fail(w, http.StatusNotFound, "Not Found", nil)
 		return
 	}
-	if subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) != 1 {
-		s.rejected++
+	if !chatfake.Same(token, s.Token) {
+		s.fake.Reject()
 		fail(w, http.StatusUnauthorized, "Unauthorized", nil)
 		return
 	}
@@ -185,14 +165,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "Not Found: method not found", nil)
 		return
 	}
-	if s.throttle > 0 {
-		s.throttle--
-		fail(w, http.StatusTooManyRequests, fmt.Sprintf("Too Many Requests: retry after %d", s.retryAfter),
-			map[string]any{"retry_after": s.retryAfter})
+	if retryAfter, ok := s.throttle.Next(); ok {
+		fail(w, http.StatusTooManyRequests, fmt.Sprintf("Too Many Requests: retry after %d", retryAfter),
+			map[string]any{"retry_after": retryAfter})
 		return
 	}
-	if s.fail > 0 {
-		s.fail--
+	if s.fail.Take() {
 		fail(w, http.StatusInternalServerError, "Internal Server Error", nil)
 		return
 	}
@@ -256,12 +234,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if r.Context().Err() != nil {
+	id := s.nextID[chat] + 1
+	if !s.fake.Accept(r, Message{ChatID: chat, Text: m.Text, ParseMode: m.ParseMode, Entities: m.Entities, MessageID: id}) {
 		return
 	}
-	s.nextID[chat]++
-	id := s.nextID[chat]
-	s.messages = append(s.messages, Message{ChatID: chat, Text: m.Text, ParseMode: m.ParseMode, Entities: m.Entities, MessageID: id})
+	s.nextID[chat] = id
 	chatID, _ := strconv.ParseInt(chat, 10, 64)
 	answer(w, http.StatusOK, map[string]any{"ok": true, "result": map[string]any{"message_id": id,
 		"date": 1764500000, "chat": map[string]any{"id": chatID}, "text": m.Text}})

@@ -7,7 +7,6 @@ package whatsapptest
 
 import (
 	"crypto/rand"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -17,7 +16,8 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
+
+	"github.com/notifyd/notifyd/sinks/internal/chatfake"
 )
 
 // Param is one template body parameter.
@@ -44,17 +44,13 @@ type Server struct {
 	PhoneNumberID string
 	Token         string
 
-	mu         sync.Mutex
-	templates  map[string]int // name/lang -> parameter count
-	notWA      map[string]bool
-	window     map[string]bool
-	throttle   int
-	throttleCd int
-	fail       int
-	permanent  *graphError
-	requests   int
-	rejected   int
-	messages   []Message
+	fake      chatfake.Recorder[Message]
+	templates map[string]int // name/lang -> parameter count
+	notWA     map[string]bool
+	window    map[string]bool
+	throttle  chatfake.Queue[int] // the rate limit code
+	fail      chatfake.Countdown
+	permanent *graphError
 }
 
 type graphError struct {
@@ -77,23 +73,23 @@ func Start(version, phoneNumberID, token string) *Server {
 // AddTemplate registers an approved template in language with params body
 // parameters.
 func (s *Server) AddTemplate(name, language string, params int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.templates[name+"/"+language] = params
 }
 
 // NotOnWhatsApp marks a number (digits) as unable to receive: 131026.
 func (s *Server) NotOnWhatsApp(number string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.notWA[number] = true
 }
 
 // OpenWindow: the user wrote within 24 hours, free-form text is accepted.
 // Text to any other number is refused with 131047.
 func (s *Server) OpenWindow(number string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	s.window[number] = true
 }
 
@@ -101,23 +97,19 @@ func (s *Server) OpenWindow(number string) {
 // limit code (130429 throughput, 131056 pair rate, 4, 80007), HTTP 400 as
 // the Cloud API does.
 func (s *Server) ThrottleNext(n, code int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle, s.throttleCd = n, code
+	s.fake.Do(func() { s.throttle.Set(n, code) })
 }
 
 // FailNext answers the next n authenticated requests with HTTP 500, code 131000.
 func (s *Server) FailNext(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fail = n
+	s.fake.Do(func() { s.fail = chatfake.Countdown(n) })
 }
 
 // FailPermanently answers every authenticated request with the error (e.g.
 // 400, 131009 "Parameter value is not valid"); status 0 stops.
 func (s *Server) FailPermanently(status, code int, message string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.fake.Lock()
+	defer s.fake.Unlock()
 	if status == 0 {
 		s.permanent = nil
 		return
@@ -126,25 +118,16 @@ func (s *Server) FailPermanently(status, code int, message string) {
 }
 
 // Messages returns a copy of the accepted messages in arrival order.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
+func (s *Server) Messages() []Message { return s.fake.Messages() }
+
+// Accepted counts the accepted messages.
+func (s *Server) Accepted() int { return s.fake.Accepted() }
 
 // Requests counts every request received.
-func (s *Server) Requests() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.requests
-}
+func (s *Server) Requests() int { return s.fake.Requests() }
 
 // Rejected counts requests refused for their access token.
-func (s *Server) Rejected() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rejected
-}
+func (s *Server) Rejected() int { return s.fake.Rejected() }
 
 func randomHex(n int) string {
 	b := make([]byte, n)
@@ -170,12 +153,10 @@ var digits = regexp.MustCompile(`^[0-9]{6,15}$`)
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.requests++
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || subtle.ConstantTimeCompare([]byte(token), []byte(s.Token)) != 1 {
-		s.rejected++
+	s.fake.Begin()
+	defer s.fake.Unlock()
+	if !chatfake.Bearer(r, s.Token) {
+		s.fake.Reject()
 		graphError{status: http.StatusUnauthorized, code: 190,
 			msg: "Invalid OAuth access token - Cannot parse access token"}.write(w)
 		return
@@ -190,15 +171,13 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			msg: fmt.Sprintf("Unsupported post request. Object with ID '%s' does not exist, cannot be loaded due to missing permissions, or does not support this operation.", parts[1])}.write(w)
 		return
 	}
-	if s.throttle > 0 {
-		s.throttle--
+	if code, ok := s.throttle.Next(); ok {
 		msg := map[int]string{130429: "Rate limit hit", 131056: "(Business Account, Consumer Account) pair rate limit hit",
-			4: "(#4) Application request limit reached", 80007: "Rate limit issues"}[s.throttleCd]
-		graphError{status: http.StatusBadRequest, code: s.throttleCd, msg: msg, details: msg}.write(w)
+			4: "(#4) Application request limit reached", 80007: "Rate limit issues"}[code]
+		graphError{status: http.StatusBadRequest, code: code, msg: msg, details: msg}.write(w)
 		return
 	}
-	if s.fail > 0 {
-		s.fail--
+	if s.fail.Take() {
 		graphError{status: http.StatusInternalServerError, code: 131000, msg: "Something went wrong"}.write(w)
 		return
 	}
@@ -296,11 +275,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 			details: "Message failed to send because more than 24 hours have passed since the customer last replied to this number."}.write(w)
 		return
 	}
-	if r.Context().Err() != nil {
+	msg.ID = "wamid.HBgL" + strings.ToUpper(randomHex(12))
+	if !s.fake.Accept(r, msg) {
 		return
 	}
-	msg.ID = "wamid.HBgL" + strings.ToUpper(randomHex(12))
-	s.messages = append(s.messages, msg)
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(map[string]any{"messaging_product": "whatsapp",
 		"contacts": []any{map[string]any{"input": m.To, "wa_id": m.To}},
