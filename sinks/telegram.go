@@ -247,13 +247,17 @@ func (p *telegramProvider) Send(ctx context.Context, n *schemas.Notification) (s
 		return id, err
 	}
 	to := strconv.FormatInt(mig.to, 10)
-	p.log.Warn("telegram group upgraded to a supergroup: sending to the new chat id; update the profile's chat id",
+	p.log.Info("telegram group upgraded to a supergroup: sending to the new chat id, which replaces the old in the profile",
 		"provider", p.name, "notification", n.ID, "from", chat, "to", to)
 	id, err = p.send(ctx, n, to)
 	if errors.As(err, &mig) {
 		return "", Permanent(fmt.Errorf("telegram: chat %s migrated to %s, which migrated again", chat, to))
 	}
-	return id, err
+	if err != nil {
+		return id, err
+	}
+	// Sent to the new chat: the profile's chat id is rewritten (MovedError).
+	return id, Moved("telegram", chat, to)
 }
 
 func (p *telegramProvider) send(ctx context.Context, n *schemas.Notification, chat string) (string, error) {

@@ -121,7 +121,8 @@ func TestTelegramMigratedGroupIsResent(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, err := ps[0].Send(context.Background(), telegramNotification("tg-mig", "-4001", schemas.Content{Text: "moved"}))
-	if err != nil || id != "-1009876543210:1" {
+	var mv *MovedError
+	if !errors.As(err, &mv) || id != "-1009876543210:1" || mv.From != "-4001" || mv.To != "-1009876543210" || mv.Platform != "telegram" {
 		t.Fatalf("send: %q %v", id, err)
 	}
 	msgs := srv.Messages()
@@ -131,6 +132,14 @@ func TestTelegramMigratedGroupIsResent(t *testing.T) {
 	if !strings.Contains(logs.String(), "to=-1009876543210") || strings.Contains(logs.String(), "moved") ||
 		strings.Contains(logs.String(), telegramTestToken) {
 		t.Fatalf("log: %s", logs.String())
+	}
+	// Through a sink: sent, and the feedback moves the profile's chat id.
+	srv.Migrate("-4002", -1004444)
+	d := deliverThroughSink(t, telegramNotification("tg-mig-sink", "-4002", schemas.Content{Text: "moved"}), ps[0])
+	if d.Final.Status != "sent" || d.Feedback == nil || len(d.Feedback.Moved) != 1 ||
+		d.Feedback.Moved[0] != (schemas.MovedTarget{Platform: "telegram", From: "-4002", To: "-1004444"}) ||
+		!strings.Contains(d.Final.Reason, "moved in the profile") {
+		t.Fatalf("through the sink: %s %q feedback %+v", d.Final.Status, d.Final.Reason, d.Feedback)
 	}
 	// Migrated twice: not followed further.
 	srv.Migrate("-1009876543210", -1001)
