@@ -9,6 +9,7 @@ import (
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/sinks/sendgridtest"
+	"github.com/notifyd/notifyd/sinks/whatsapptest"
 )
 
 // SendGrid's Signed Event Webhook posted to /v1/receipts/{provider}: events
@@ -55,4 +56,51 @@ func TestSendGridEventWebhookReceipts(t *testing.T) {
 		star, _ := cats["*"].(map[string]any)
 		return star["email"] == false
 	})
+}
+
+// WhatsApp status webhooks at /v1/receipts/{provider}: Meta's subscription
+// check is answered only with the verify token; statuses signed with the app
+// secret (X-Hub-Signature-256) of messages notifyd sent become delivered and
+// opened (read); a forged one records nothing.
+func TestWhatsAppStatusWebhookReceipts(t *testing.T) {
+	wa := whatsapptest.Start("v21.0", "106540352242922", "wa-access-token")
+	t.Cleanup(wa.Close)
+	wa.AddTemplate("order_update", "en_US", 1)
+	h := newHarness(t)
+	h.cfg.Channels["whatsapp"] = []config.Provider{providerYAML(t, "whatsapp", "whatsapp", fmt.Sprintf(
+		"phoneNumberId: \"106540352242922\"\naccessToken: wa-access-token\nbaseUrl: %s\nappSecret: wa-app-secret\nverifyToken: wa-verify",
+		wa.URL))}
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/wa-order", map[string]any{"channels": map[string]any{
+		"whatsapp": map[string]any{"templateId": "order_update", "templateParams": map[string]any{"1": "{{.orderId}}"}}}})
+	id := h.send(map[string]any{"template": "wa-order", "data": map[string]any{"orderId": "A-9"},
+		"recipients": []any{map[string]any{"userId": "wa-user", "phone": "+14155550100"}}})["wa-user"]
+	h.waitStatus(id, processors.StatusSent)
+	m := wa.Messages()
+	if len(m) != 1 || m[0].CallbackData != id || m[0].Params[0].Text != "A-9" {
+		t.Fatalf("whatsapp got %+v", m)
+	}
+	url := h.base + "/v1/receipts/whatsapp"
+	ctx := context.Background()
+	if code, body, err := whatsapptest.VerifySubscription(ctx, url, "wa-verify", "1158201444"); err != nil || code != http.StatusOK || body != "1158201444" {
+		t.Fatalf("subscription check: %d %q %v", code, body, err)
+	}
+	if code, _, err := whatsapptest.VerifySubscription(ctx, url, "guess", "1"); err != nil || code != http.StatusForbidden {
+		t.Fatalf("subscription check with a wrong token: %d %v", code, err)
+	}
+	if code, err := wa.PostStatus(ctx, url, "not-the-secret", m[0], "delivered", 0); err != nil || code != http.StatusForbidden {
+		t.Fatalf("forged status: %d %v", code, err)
+	}
+	for _, st := range []string{"sent", "delivered", "read"} {
+		if code, err := wa.PostStatus(ctx, url, "wa-app-secret", m[0], st, 0); err != nil || code != http.StatusOK {
+			t.Fatalf("status %s: %d %v", st, code, err)
+		}
+	}
+	h.waitHistory(id, "whatsapp", processors.StatusDelivered)
+	h.waitHistory(id, "whatsapp", processors.StatusOpened)
+	stranger := m[0]
+	stranger.CallbackData = "not-ours"
+	if code, err := wa.PostStatus(ctx, url, "wa-app-secret", stranger, "delivered", 0); err != nil || code != http.StatusNotFound {
+		t.Fatalf("status of a message notifyd did not send: %d %v", code, err)
+	}
 }

@@ -136,7 +136,7 @@ func readOptional[T any](t *testing.T, e *sinkEnv, topic string, codec *schemas.
 
 // buildProvider builds a provider of a registered type from a YAML settings
 // section, as the configuration file would give it.
-func buildProvider(t *testing.T, channel, typ, settingsYAML string) Provider {
+func buildProvider(t testing.TB, channel, typ, settingsYAML string) Provider {
 	t.Helper()
 	c := providerConfig(t, typ, settingsYAML)
 	ps, err := BuildProviders(channel, []config.Provider{c}, Deps{Log: discardLog()})
@@ -153,7 +153,7 @@ func buildProvider(t *testing.T, channel, typ, settingsYAML string) Provider {
 
 // providerConfig is the configuration of one provider of type typ named typ,
 // with settingsYAML (unindented) as its section.
-func providerConfig(t *testing.T, typ, settingsYAML string) config.Provider {
+func providerConfig(t testing.TB, typ, settingsYAML string) config.Provider {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "name: %s\ntype: %s\n%s:\n", typ, typ, typ)
@@ -292,7 +292,7 @@ func TestDocumentedProvidersBuild(t *testing.T) {
 	defer sg.Close()
 	sendgridKey := sg.EventWebhookPublicKey()
 	env := map[string]string{"FCM_CREDENTIALS_FILE": fcmKey, "APNS_KEY_FILE": apnsFile, "VAPID_PUBLIC_KEY": public,
-		"VAPID_PRIVATE_KEY": private, "TWILIO_AUTH_TOKEN": "tw-token", "SENDGRID_API_KEY": "SG.k", "SENDGRID_EVENTS_KEY": sendgridKey, "ALIYUN_SECRET": "a", "TENCENT_SECRET": "t",
+		"VAPID_PRIVATE_KEY": private, "TWILIO_AUTH_TOKEN": "tw-token", "SENDGRID_API_KEY": "SG.k", "SENDGRID_EVENTS_KEY": sendgridKey, "WHATSAPP_APP_SECRET": "w-s", "WHATSAPP_VERIFY_TOKEN": "w-v", "ALIYUN_SECRET": "a", "TENCENT_SECRET": "t",
 		"SLACK_BOT_TOKEN": "xoxb-1", "TELEGRAM_BOT_TOKEN": "123:abc", "WHATSAPP_TOKEN": "w", "DINGTALK_TOKEN": "d",
 		"DINGTALK_SECRET": "SECd", "WECOM_KEY": "k-1", "FEISHU_HOOK": "h-1", "FEISHU_SECRET": "f", "INBOX_SECRET": "inbox-secret-0123456789",
 		"NOTIFYD_BACKEND_KEY": "backend-key-0001", "SMTP_PASSWORD": "p", "WEBHOOK_SECRET": "s"}

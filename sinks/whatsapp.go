@@ -3,6 +3,9 @@ package sinks
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -60,6 +63,9 @@ type whatsappProvider struct {
 	client   *http.Client
 	deps     Deps
 	log      *slog.Logger
+	// appSecret checks status webhooks (X-Hub-Signature-256); verifyToken
+	// answers the subscription check. Empty: no webhook expected.
+	appSecret, verifyToken string
 }
 
 // whatsappSettings is the `whatsapp:` section of a provider.
@@ -78,6 +84,12 @@ type whatsappSettings struct {
 	PerRecipientPerMinute float64 `yaml:"perRecipientPerMinute"`
 	// Timeout of one HTTP call (default 10s).
 	Timeout time.Duration `yaml:"timeout"`
+	// AppSecret is the Meta app's secret: status webhooks posted to
+	// /v1/receipts/{name} must carry its X-Hub-Signature-256.
+	AppSecret string `yaml:"appSecret"`
+	// VerifyToken is what the webhook subscription check (GET
+	// /v1/receipts/{name}?hub.mode=subscribe&hub.verify_token=…) must present.
+	VerifyToken string `yaml:"verifyToken"`
 }
 
 const (
@@ -136,7 +148,8 @@ func newWhatsAppProvider(s Spec) (Provider, error) {
 		endpoint: base + "/" + cfg.Version + "/" + cfg.PhoneNumberID + "/messages",
 		token:    cfg.AccessToken, lang: whatsappLanguage(cfg.DefaultLanguage),
 		limiter: NewKeyLimiter(cfg.PerRecipientPerMinute, 1), perMin: cfg.PerRecipientPerMinute,
-		client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: chatLog(s)}, nil
+		client: newHTTPClient(cfg.Timeout, nil), deps: s.Deps, log: chatLog(s),
+		appSecret: cfg.AppSecret, verifyToken: cfg.VerifyToken}, nil
 }
 
 func (p *whatsappProvider) Name() string { return p.name }
@@ -179,6 +192,8 @@ type whatsappRequest struct {
 	Text             *struct {
 		Body string `json:"body"`
 	} `json:"text,omitempty"`
+	// BizOpaqueCallbackData comes back in status webhooks: the notification id.
+	BizOpaqueCallbackData string `json:"biz_opaque_callback_data,omitempty"`
 }
 
 // whatsappParams orders template parameters: numeric keys 1..N, else names.
@@ -228,7 +243,7 @@ func whatsappText(n *schemas.Notification) string {
 
 // whatsappMessage builds the request of n to the number to.
 func (p *whatsappProvider) whatsappMessage(n *schemas.Notification, to string) (whatsappRequest, error) {
-	req := whatsappRequest{MessagingProduct: "whatsapp", To: to}
+	req := whatsappRequest{MessagingProduct: "whatsapp", To: to, BizOpaqueCallbackData: n.ID}
 	if name := strings.TrimSpace(n.Content.TemplateID); name != "" {
 		params, err := whatsappParams(n.Content.TemplateParams)
 		if err != nil {
@@ -370,4 +385,85 @@ func whatsappClassify(status int, h http.Header, body []byte, n *schemas.Notific
 	default:
 		return "", Permanent(errors.New(what))
 	}
+}
+
+// whatsappWebhook is the part of a WhatsApp Business Account webhook that
+// carries message statuses.
+type whatsappWebhook struct {
+	Object string `json:"object"`
+	Entry  []struct {
+		Changes []struct {
+			Field string `json:"field"`
+			Value struct {
+				Statuses []struct {
+					ID                    string `json:"id"`
+					Status                string `json:"status"`
+					Timestamp             string `json:"timestamp"`
+					BizOpaqueCallbackData string `json:"biz_opaque_callback_data"`
+					Errors                []struct {
+						Code  int    `json:"code"`
+						Title string `json:"title"`
+					} `json:"errors"`
+				} `json:"statuses"`
+			} `json:"value"`
+		} `json:"changes"`
+	} `json:"entry"`
+}
+
+// whatsappStatus maps a message status to a receipt status ("" = sent, an
+// intermediate state).
+var whatsappStatus = map[string]string{"delivered": "delivered", "read": "opened", "failed": "failed"}
+
+// Receipts reads a status webhook: X-Hub-Signature-256 must be
+// "sha256=" + hex HMAC-SHA256 of the raw body with the app secret. Each status
+// of a message notifyd sent (biz_opaque_callback_data = its notification id)
+// becomes a receipt; read counts as opened.
+func (p *whatsappProvider) Receipts(r *http.Request, body []byte) ([]Receipt, error) {
+	if p.appSecret == "" {
+		return nil, errors.New("whatsapp: appSecret is not configured, so no webhook is expected")
+	}
+	got, ok := strings.CutPrefix(r.Header.Get("X-Hub-Signature-256"), "sha256=")
+	mac := hmac.New(sha256.New, []byte(p.appSecret))
+	mac.Write(body)
+	if !ok || !hmac.Equal([]byte(got), []byte(hex.EncodeToString(mac.Sum(nil)))) {
+		return nil, ErrBadSignature
+	}
+	var wh whatsappWebhook
+	if err := json.Unmarshal(body, &wh); err != nil {
+		return nil, fmt.Errorf("whatsapp: the webhook is not JSON: %w", err)
+	}
+	var out []Receipt
+	for _, e := range wh.Entry {
+		for _, c := range e.Changes {
+			for _, st := range c.Value.Statuses {
+				if st.BizOpaqueCallbackData == "" {
+					continue // not sent by notifyd
+				}
+				rc := Receipt{NotificationID: st.BizOpaqueCallbackData, ProviderMessageID: st.ID,
+					Status: whatsappStatus[st.Status], At: p.deps.now()}
+				if sec, err := strconv.ParseInt(st.Timestamp, 10, 64); err == nil && sec > 0 {
+					rc.At = time.Unix(sec, 0)
+				}
+				if len(st.Errors) > 0 {
+					rc.Reason = fmt.Sprintf("whatsapp error %d: %s", st.Errors[0].Code, whatsappClip(st.Errors[0].Title, 200))
+				}
+				out = append(out, rc)
+				if len(out) > 1000 {
+					return nil, errors.New("whatsapp: more than 1000 statuses in one webhook")
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// Handshake answers Meta's webhook subscription check: hub.mode=subscribe
+// with the configured verify token gets hub.challenge back.
+func (p *whatsappProvider) Handshake(r *http.Request) (string, error) {
+	q := r.URL.Query()
+	if p.verifyToken == "" || q.Get("hub.mode") != "subscribe" ||
+		!hmac.Equal([]byte(q.Get("hub.verify_token")), []byte(p.verifyToken)) {
+		return "", ErrBadSignature
+	}
+	return q.Get("hub.challenge"), nil
 }

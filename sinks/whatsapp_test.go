@@ -1,9 +1,14 @@
 package sinks
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -291,6 +296,36 @@ func FuzzWhatsAppClassify(f *testing.F) {
 		}
 		if d := retryAfter(err); d < 0 || d > 24*time.Hour {
 			t.Fatalf("retry after %s", d)
+		}
+	})
+}
+
+// Any webhook body, signed or not: an unsigned one is refused, a signed one
+// is read as statuses or refused as not JSON, and every receipt names a
+// notification.
+func FuzzWhatsAppReceipts(f *testing.F) {
+	p := buildProvider(f, "whatsapp", "whatsapp", "phoneNumberId: \""+whatsappTestPhoneID+"\"\naccessToken: t\nappSecret: s3cret")
+	f.Add([]byte(`{"entry":[{"changes":[{"value":{"statuses":[{"id":"w","status":"read","biz_opaque_callback_data":"n1","timestamp":"1"}]}}]}]}`), "sha256=00")
+	f.Add([]byte(`[]`), "")
+	f.Fuzz(func(t *testing.T, body []byte, sig string) {
+		post := func(sig string) ([]Receipt, error) {
+			r := httptest.NewRequest("POST", "/v1/receipts/whatsapp", bytes.NewReader(body))
+			r.Header.Set("X-Hub-Signature-256", sig)
+			return p.(ReceiptProvider).Receipts(r, body)
+		}
+		if _, err := post(sig); err == nil && !strings.HasPrefix(sig, "sha256=") {
+			t.Fatalf("accepted without a sha256= signature: %q", sig)
+		}
+		mac := hmac.New(sha256.New, []byte("s3cret"))
+		mac.Write(body)
+		rs, err := post("sha256=" + hex.EncodeToString(mac.Sum(nil)))
+		if errors.Is(err, ErrBadSignature) {
+			t.Fatalf("a signed body was refused: %v", err)
+		}
+		for _, rc := range rs {
+			if rc.NotificationID == "" {
+				t.Fatalf("a receipt names no notification: %+v", rc)
+			}
 		}
 	})
 }

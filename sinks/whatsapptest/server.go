@@ -6,7 +6,11 @@
 package whatsapptest
 
 import (
+	"bytes"
+	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -15,7 +19,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/notifyd/notifyd/sinks/internal/chatfake"
 )
@@ -35,6 +41,8 @@ type Message struct {
 	Language string
 	Params   []Param
 	Text     string
+	// CallbackData is the biz_opaque_callback_data, returned in status webhooks.
+	CallbackData string
 }
 
 // Server is a fake Cloud API for one business phone number.
@@ -189,6 +197,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		MessagingProduct string `json:"messaging_product"`
 		To               string `json:"to"`
 		Type             string `json:"type"`
+		CallbackData     string `json:"biz_opaque_callback_data"`
 		Template         *struct {
 			Name     string `json:"name"`
 			Language struct {
@@ -223,7 +232,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		invalid("Invalid parameter: to")
 		return
 	}
-	msg := Message{To: m.To, Type: m.Type}
+	msg := Message{To: m.To, Type: m.Type, CallbackData: m.CallbackData}
 	switch m.Type {
 	case "template":
 		if m.Template == nil || m.Template.Name == "" || m.Template.Language.Code == "" {
@@ -283,4 +292,55 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"messaging_product": "whatsapp",
 		"contacts": []any{map[string]any{"input": m.To, "wa_id": m.To}},
 		"messages": []any{map[string]any{"id": msg.ID, "message_status": "accepted"}}})
+}
+
+// PostStatus posts a status webhook about an accepted message to url, as
+// Meta does: the WhatsApp Business Account payload, signed with the app's
+// secret in X-Hub-Signature-256 (a wrong appSecret makes a forgery). errCode,
+// when not 0, is the failure's error code. It returns the answer's status.
+func (s *Server) PostStatus(ctx context.Context, url, appSecret string, m Message, status string, errCode int) (int, error) {
+	st := map[string]any{"id": m.ID, "status": status, "timestamp": strconv.FormatInt(time.Now().Unix(), 10),
+		"recipient_id": m.To, "biz_opaque_callback_data": m.CallbackData}
+	if errCode != 0 {
+		st["errors"] = []any{map[string]any{"code": errCode, "title": "Message undeliverable"}}
+	}
+	body, err := json.Marshal(map[string]any{"object": "whatsapp_business_account", "entry": []any{map[string]any{
+		"id": "WABA_ID", "changes": []any{map[string]any{"field": "messages", "value": map[string]any{
+			"messaging_product": "whatsapp", "metadata": map[string]any{"phone_number_id": s.PhoneNumberID},
+			"statuses": []any{st}}}}}}})
+	if err != nil {
+		return 0, err
+	}
+	mac := hmac.New(sha256.New, []byte(appSecret))
+	mac.Write(body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+// VerifySubscription makes Meta's webhook subscription check against url
+// and returns the answer's status and body (the challenge when accepted).
+func VerifySubscription(ctx context.Context, url, verifyToken, challenge string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"?hub.mode=subscribe&hub.verify_token="+verifyToken+
+		"&hub.challenge="+challenge, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(b), nil
 }
