@@ -21,7 +21,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Message is one accepted SendSms call.
@@ -64,15 +64,15 @@ type Server struct {
 	keys      map[string]string // AccessKeyId → secret
 	signs     map[string]bool
 	templates map[string]bool
-	invalid   fakeapi.Set
+	invalid   fake.Set
 	nonces    map[string]bool
 	seq       int
 
-	// Messages, Requests, Rejected.
-	fakeapi.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected.
+	fake.Recorder[Message]
 	// FailNext and FailAlways answer the next (or every) signed request
 	// with an Answer instead.
-	fakeapi.Script[Answer]
+	fake.Queue[Answer]
 }
 
 // Start runs a server that knows the access key id with secret, and accepts
@@ -187,7 +187,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 }
 
 // validNumber: digits, optionally +86/0086/86-prefixed for mainland China.
-func validNumber(n string) bool { return fakeapi.Digits(strings.TrimPrefix(n, "+"), 5, 20) }
+func validNumber(n string) bool { return fake.Digits(strings.TrimPrefix(n, "+"), 5, 20) }
 
 func answer(w http.ResponseWriter, reqID string, a Answer) {
 	if a.RetryAfter != "" {

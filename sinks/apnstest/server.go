@@ -23,7 +23,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/pushfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Options configure a server.
@@ -98,9 +98,9 @@ type Server struct {
 	key *ecdsa.PrivateKey
 	now func() time.Time
 
-	pushes     pushfake.Log[Push]
-	rejections pushfake.Log[Rejection]
-	failNext   pushfake.Queue[failure]
+	pushes     fake.Log[Push]
+	rejections fake.Log[Rejection]
+	failNext   fake.Queue[failure]
 
 	mu           sync.Mutex
 	unregistered map[string]time.Time
@@ -178,7 +178,7 @@ func (s *Server) BadDeviceToken(token string) {
 // (e.g. 429 TooManyRequests, 503 ServiceUnavailable, 400 BadTopic), with a
 // Retry-After header when retryAfter is not empty.
 func (s *Server) FailNext(n, status int, reason, retryAfter string) {
-	s.failNext.PushN(n, failure{status, reason, retryAfter})
+	s.failNext.FailNext(n, failure{status, reason, retryAfter})
 }
 
 // ExpireProviderTokens makes every provider token seen so far answer 403
@@ -395,7 +395,7 @@ func (s *Server) verify(jwt string) (time.Time, string) {
 		c.Iss != s.TeamID || c.Iat == nil {
 		return time.Time{}, "InvalidProviderToken"
 	}
-	if !pushfake.ES256Valid(&s.key.PublicKey, parts[0]+"."+parts[1], sig) {
+	if !fake.ES256Valid(&s.key.PublicKey, parts[0]+"."+parts[1], sig) {
 		return time.Time{}, "InvalidProviderToken"
 	}
 	iat := time.Unix(int64(*c.Iat), 0)

@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/chatfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Message is one message the server accepted.
@@ -42,7 +42,7 @@ type Server struct {
 	robots // access token → secret ("" = no sign)
 }
 
-type robots = chatfake.Robots[Message]
+type robots = fake.Robots[Message]
 
 // Start runs a server on loopback.
 func Start() *Server {
@@ -78,12 +78,12 @@ func (s *Server) now() time.Time {
 	return time.Now()
 }
 
-var answers = chatfake.RobotAnswers{Answer: answer, ThrottleCode: 130101,
+var answers = fake.RobotAnswers{Answer: answer, ThrottleCode: 130101,
 	ThrottleMsg: "send too fast, exceed 20 times per minute", OK: "ok"}
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) { s.Serve(w, r, answers, s.read) }
 
-func (s *Server) read(w http.ResponseWriter, r *http.Request, x *chatfake.Exchange) (msg Message, ok bool) {
+func (s *Server) read(w http.ResponseWriter, r *http.Request, x *fake.Exchange) (msg Message, ok bool) {
 	body, err := x.Body, x.Err
 	if r.Method != http.MethodPost || r.URL.Path != "/robot/send" {
 		http.NotFound(w, r)

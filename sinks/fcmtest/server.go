@@ -29,7 +29,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/notifyd/notifyd/sinks/internal/pushfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 const (
@@ -202,18 +202,17 @@ type Server struct {
 
 	key *rsa.PrivateKey
 
-	tokenRejected pushfake.Log[string] // the error_description of each refused assertion
-	messages      pushfake.Log[Message]
-	next          pushfake.Queue[Failure]
-	tokenRequests pushfake.Counter
-	requests      pushfake.Counter // authorised messages:send requests
-	authRejected  pushfake.Counter
+	tokenRejected fake.Log[string] // the error_description of each refused assertion
+	messages      fake.Log[Message]
+	next          fake.Queue[Failure]
+	tokenRequests fake.Counter
+	requests      fake.Counter // authorised messages:send requests
+	authRejected  fake.Counter
 
 	mu            sync.Mutex
 	tokenLifetime time.Duration
 	tokens        map[string]time.Time // access token → expiry
 	gone          map[string]string    // token → UNREGISTERED | SENDER_ID_MISMATCH
-	always        *Failure
 	seq           int
 }
 
@@ -305,14 +304,10 @@ func (s *Server) setGone(token, code string) {
 }
 
 // FailNext answers the next n authorised messages:send requests with f.
-func (s *Server) FailNext(n int, f Failure) { s.next.PushN(n, f) }
+func (s *Server) FailNext(n int, f Failure) { s.next.FailNext(n, f) }
 
 // FailAlways answers every authorised messages:send request with f (nil: stop).
-func (s *Server) FailAlways(f *Failure) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.always = f
-}
+func (s *Server) FailAlways(f *Failure) { s.next.FailAlways(f) }
 
 // Messages are the accepted messages, in order.
 func (s *Server) Messages() []Message { return s.messages.All() }
@@ -426,12 +421,10 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.requests.Inc()
-	fail, failing := s.next.Pop()
-	s.mu.Lock()
-	if !failing && s.always != nil {
-		fail, failing = *s.always, true
+	fail, failing := s.next.Pop() // the queued failures before the FailAlways one
+	if !failing {
+		fail, failing = s.next.Always()
 	}
-	s.mu.Unlock()
 	if failing {
 		rpcError(w, fail)
 		return

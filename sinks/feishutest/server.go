@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/chatfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // MaxBody is the documented limit of a request body.
@@ -50,7 +50,7 @@ type Server struct {
 	robots // hook id → secret ("" = no signature check)
 }
 
-type robots = chatfake.Robots[Message]
+type robots = fake.Robots[Message]
 
 // Start runs a server on loopback.
 func Start() *Server {
@@ -90,11 +90,11 @@ func (s *Server) now() time.Time {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	s.Serve(w, r, chatfake.RobotAnswers{Answer: s.answer, ThrottleCode: 11232,
+	s.Serve(w, r, fake.RobotAnswers{Answer: s.answer, ThrottleCode: 11232,
 		ThrottleMsg: "frequency limited psm[lark.oapi.app_platform_runtime]appID[1]", OK: "success"}, s.read)
 }
 
-func (s *Server) read(w http.ResponseWriter, r *http.Request, x *chatfake.Exchange) (msg Message, ok bool) {
+func (s *Server) read(w http.ResponseWriter, r *http.Request, x *fake.Exchange) (msg Message, ok bool) {
 	body, err := x.Body, x.Err
 	hookID, ok := strings.CutPrefix(r.URL.Path, "/open-apis/bot/v2/hook/")
 	if !ok || r.Method != http.MethodPost {

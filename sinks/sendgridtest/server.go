@@ -25,10 +25,9 @@ import (
 	"net/mail"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Message is one message the server accepted.
@@ -65,18 +64,13 @@ type Server struct {
 	// customer configures the public one).
 	events *ecdsa.PrivateKey
 
-	// Messages, Requests, Rejected.
-	fakeapi.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected.
+	fake.Recorder[Message]
 
-	mu          sync.Mutex
-	throttle    int
-	throttleFor time.Duration
-	retryAfter  bool
-	unavailable int
-	failNext    int
-	failStatus  int
-	failErrors  []Error
-	invalid     fakeapi.Set
+	throttle    fake.Queue[throttle]
+	unavailable fake.Queue[struct{}]
+	fail        fake.Queue[failure]
+	invalid     fake.Set
 }
 
 // Start runs a server on loopback accepting apiKey.
@@ -97,24 +91,24 @@ func (s *Server) BaseURL() string { return s.URL }
 // SendGrid's rate limit headers, X-RateLimit-Reset wait from now; with
 // retryAfter, a Retry-After header as well.
 func (s *Server) Throttle(n int, wait time.Duration, retryAfter bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle, s.throttleFor, s.retryAfter = n, wait, retryAfter
+	s.throttle.Set(n, throttle{wait, retryAfter})
+}
+
+type throttle struct {
+	wait       time.Duration
+	retryAfter bool
 }
 
 // Unavailable answers the next n requests with 503.
-func (s *Server) Unavailable(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.unavailable = n
-}
+func (s *Server) Unavailable(n int) { s.unavailable.Set(n, struct{}{}) }
 
 // FailNext answers the next n requests (n < 0: every request) with status
 // and errs.
-func (s *Server) FailNext(n, status int, errs ...Error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.failNext, s.failStatus, s.failErrors = n, status, errs
+func (s *Server) FailNext(n, status int, errs ...Error) { s.fail.Script(n, failure{status, errs}) }
+
+type failure struct {
+	status int
+	errs   []Error
 }
 
 // InvalidAddress makes the server refuse addr as SendGrid refuses an address
@@ -180,36 +174,25 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	s.mu.Lock()
-	switch {
-	case s.throttle > 0:
-		s.throttle--
-		wait, withRetryAfter := s.throttleFor, s.retryAfter
-		s.mu.Unlock()
-		secs := int64((wait + time.Second - 1) / time.Second)
+	if t, ok := s.throttle.Next(); ok {
+		secs := int64((t.wait + time.Second - 1) / time.Second)
 		w.Header().Set("X-RateLimit-Limit", "600")
 		w.Header().Set("X-RateLimit-Remaining", "0")
 		w.Header().Set("X-RateLimit-Reset", strconv.FormatInt(time.Now().Unix()+secs, 10))
-		if withRetryAfter {
+		if t.retryAfter {
 			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 		}
 		writeErrors(w, http.StatusTooManyRequests, Error{Message: "too many requests"})
 		return
-	case s.unavailable > 0:
-		s.unavailable--
-		s.mu.Unlock()
+	}
+	if _, ok := s.unavailable.Next(); ok {
 		writeErrors(w, http.StatusServiceUnavailable, Error{Message: "Service Unavailable"})
 		return
-	case s.failNext != 0:
-		if s.failNext > 0 {
-			s.failNext--
-		}
-		status, errs := s.failStatus, s.failErrors
-		s.mu.Unlock()
-		writeErrors(w, status, errs...)
+	}
+	if f, ok := s.fail.Next(); ok {
+		writeErrors(w, f.status, f.errs...)
 		return
 	}
-	s.mu.Unlock()
 
 	raw, err := io.ReadAll(io.LimitReader(r.Body, 30<<20))
 	if err != nil {
@@ -259,8 +242,6 @@ func (s *Server) validate(req *request) []Error {
 	if len(req.Personalizations) == 0 {
 		return []Error{FieldError("personalizations", "The personalizations field is required and must have at least one personalization.")}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for i, p := range req.Personalizations {
 		if len(p.To) == 0 {
 			errs = append(errs, FieldError(fmt.Sprintf("personalizations.%d.to", i), "The to array is required for all personalization objects, and must have at least one email object with a valid email address."))

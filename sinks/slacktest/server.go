@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/chatfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Message is one message Slack accepted.
@@ -41,11 +41,13 @@ type Server struct {
 	*httptest.Server
 	BotToken string
 
-	fake      chatfake.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected; the lock that guards the server.
+	fake.Recorder[Message]
+
 	webhooks  map[string]*webhook // by B… id
 	gone      map[string]string   // channel -> chat.postMessage error
-	throttle  chatfake.Queue[int] // Retry-After seconds
-	fail      chatfake.Countdown
+	throttle  fake.Queue[int]     // Retry-After seconds
+	fail      fake.Countdown
 	permanent string
 	seq       int
 }
@@ -75,8 +77,8 @@ func randomSecret(n int) string {
 
 // NewWebhook creates an incoming webhook posting to channel and returns its URL.
 func (s *Server) NewWebhook(channel string) string {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.seq++
 	id := fmt.Sprintf("B%08d", s.seq)
 	w := &webhook{channel: channel, secret: randomSecret(24)}
@@ -86,8 +88,8 @@ func (s *Server) NewWebhook(channel string) string {
 
 // RevokeWebhook removes the webhook at rawURL: Slack answers 404 no_service.
 func (s *Server) RevokeWebhook(rawURL string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	if w := s.webhookOf(rawURL); w != nil {
 		w.gone = "no_service"
 	}
@@ -115,8 +117,8 @@ func (s *Server) RemoveChannel(channel string) {
 // closeChannel makes chat.postMessage to channel answer apiCode and its
 // webhooks hookCode.
 func (s *Server) closeChannel(channel, apiCode, hookCode string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.gone[channel] = apiCode
 	for _, w := range s.webhooks {
 		if w.channel == channel {
@@ -127,47 +129,34 @@ func (s *Server) closeChannel(channel, apiCode, hookCode string) {
 
 // KickBot removes the bot from channel: not_in_channel.
 func (s *Server) KickBot(channel string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.gone[channel] = "not_in_channel"
 }
 
 // ThrottleNext answers the next n authenticated requests with HTTP 429,
 // Retry-After: retryAfter seconds (and {"ok":false,"error":"ratelimited"} on the API).
 func (s *Server) ThrottleNext(n, retryAfter int) {
-	s.fake.Do(func() { s.throttle.Set(n, retryAfter) })
+	s.Do(func() { s.throttle.Set(n, retryAfter) })
 }
 
 // FailNext answers the next n authenticated requests with a server error
 // (webhook: 500 rollup_error; API: 503 service_unavailable).
 func (s *Server) FailNext(n int) {
-	s.fake.Do(func() { s.fail = chatfake.Countdown(n) })
+	s.Do(func() { s.fail = fake.Countdown(n) })
 }
 
 // FailPermanently answers every authenticated request with the error code
 // (API: {"ok":false,"error":code}; webhook: 400 or 403 with the code as body,
 // as Slack's webhook errors are). Empty stops.
 func (s *Server) FailPermanently(code string) {
-	s.fake.Do(func() { s.permanent = code })
+	s.Do(func() { s.permanent = code })
 }
-
-// Messages returns a copy of the accepted messages, in arrival order.
-func (s *Server) Messages() []Message { return s.fake.Messages() }
-
-// Accepted counts the accepted messages.
-func (s *Server) Accepted() int { return s.fake.Accepted() }
-
-// Requests counts every request received.
-func (s *Server) Requests() int { return s.fake.Requests() }
-
-// Rejected counts requests refused for their credentials (bad webhook secret
-// or bot token).
-func (s *Server) Rejected() int { return s.fake.Rejected() }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.fake.Begin()
-	defer s.fake.Unlock()
+	s.Begin()
+	defer s.Unlock()
 	reqID := "R" + randomSecret(10)
 	w.Header().Set("X-Slack-Req-Id", reqID)
 	switch {
@@ -218,12 +207,12 @@ func (s *Server) serveWebhook(w http.ResponseWriter, r *http.Request, body []byt
 		hook = s.webhooks[parts[3]]
 	}
 	if hook == nil {
-		s.fake.Reject()
+		s.Reject()
 		plain(w, http.StatusNotFound, "no_service")
 		return
 	}
-	if !chatfake.Same(parts[4], hook.secret) {
-		s.fake.Reject()
+	if !fake.Same(parts[4], hook.secret) {
+		s.Reject()
 		plain(w, http.StatusForbidden, "invalid_token")
 		return
 	}
@@ -256,7 +245,7 @@ func (s *Server) serveWebhook(w http.ResponseWriter, r *http.Request, body []byt
 		plain(w, http.StatusBadRequest, "missing_text_or_fallback_or_attachments")
 		return
 	}
-	if s.fake.Accept(r, Message{Channel: hook.channel, Webhook: true, Text: *m.Text,
+	if s.AcceptRequest(r, Message{Channel: hook.channel, Webhook: true, Text: *m.Text,
 		Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn, ReqID: reqID}) {
 		plain(w, http.StatusOK, "ok")
 	}
@@ -279,12 +268,12 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, body []byte, r
 	}
 	auth := r.Header.Get("Authorization")
 	if auth == "" {
-		s.fake.Reject()
+		s.Reject()
 		apiError(w, "not_authed")
 		return
 	}
-	if !chatfake.Bearer(r, s.BotToken) {
-		s.fake.Reject()
+	if !fake.Bearer(r, s.BotToken) {
+		s.Reject()
 		apiError(w, "invalid_auth")
 		return
 	}
@@ -328,7 +317,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request, body []byte, r
 		return
 	}
 	ts := fmt.Sprintf("%d.%06d", time.Now().Unix(), s.seq+1)
-	if !s.fake.Accept(r, Message{Channel: m.Channel, Text: m.Text, Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn,
+	if !s.AcceptRequest(r, Message{Channel: m.Channel, Text: m.Text, Mrkdwn: m.Mrkdwn == nil || *m.Mrkdwn,
 		TS: ts, ReqID: reqID}) {
 		return
 	}

@@ -15,7 +15,7 @@ import (
 	"strings"
 	"unicode/utf16"
 
-	"github.com/notifyd/notifyd/sinks/internal/chatfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Entity is a MessageEntity of an accepted message.
@@ -39,12 +39,14 @@ type Server struct {
 	*httptest.Server
 	Token string
 
-	fake      chatfake.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected; the lock that guards the server.
+	fake.Recorder[Message]
+
 	forbidden map[string]string // chat -> 403 description
 	notFound  map[string]bool
 	migrated  map[string]int64
-	throttle  chatfake.Queue[int] // parameters.retry_after
-	fail      chatfake.Countdown
+	throttle  fake.Queue[int] // parameters.retry_after
+	fail      fake.Countdown
 	permanent string
 	nextID    map[string]int64
 }
@@ -64,54 +66,42 @@ func (s *Server) Block(chat string) { s.forbid(chat, "Forbidden: bot was blocked
 func (s *Server) Kick(chat string) { s.forbid(chat, "Forbidden: bot was kicked from the group chat") }
 
 func (s *Server) forbid(chat, desc string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.forbidden[chat] = desc
 }
 
 // Forget: 400 "Bad Request: chat not found".
 func (s *Server) Forget(chat string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.notFound[chat] = true
 }
 
 // Migrate upgrades the group chat to a supergroup with the id to: messages to
 // chat are refused with parameters.migrate_to_chat_id.
 func (s *Server) Migrate(chat string, to int64) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.migrated[chat] = to
 }
 
 // ThrottleNext answers the next n authenticated requests with 429 and
 // parameters.retry_after = retryAfter.
 func (s *Server) ThrottleNext(n, retryAfter int) {
-	s.fake.Do(func() { s.throttle.Set(n, retryAfter) })
+	s.Do(func() { s.throttle.Set(n, retryAfter) })
 }
 
 // FailNext answers the next n authenticated requests with 500 Internal Server Error.
 func (s *Server) FailNext(n int) {
-	s.fake.Do(func() { s.fail = chatfake.Countdown(n) })
+	s.Do(func() { s.fail = fake.Countdown(n) })
 }
 
 // FailPermanently answers every authenticated request with 400 and the
 // description (e.g. "Bad Request: message is too long"); empty stops.
 func (s *Server) FailPermanently(description string) {
-	s.fake.Do(func() { s.permanent = description })
+	s.Do(func() { s.permanent = description })
 }
-
-// Messages returns a copy of the accepted messages in arrival order.
-func (s *Server) Messages() []Message { return s.fake.Messages() }
-
-// Accepted counts the accepted messages.
-func (s *Server) Accepted() int { return s.fake.Accepted() }
-
-// Requests counts every request received.
-func (s *Server) Requests() int { return s.fake.Requests() }
-
-// Rejected counts requests refused for a bad token.
-func (s *Server) Rejected() int { return s.fake.Rejected() }
 
 func answer(w http.ResponseWriter, status int, v map[string]any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -148,16 +138,16 @@ func checkMarkdownV2(text string) string {
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.fake.Begin()
-	defer s.fake.Unlock()
+	s.Begin()
+	defer s.Unlock()
 	rest, ok := strings.CutPrefix(r.URL.Path, "/bot")
 	token, method, ok2 := strings.Cut(rest, "/")
 	if !ok || !ok2 {
 		fail(w, http.StatusNotFound, "Not Found", nil)
 		return
 	}
-	if !chatfake.Same(token, s.Token) {
-		s.fake.Reject()
+	if !fake.Same(token, s.Token) {
+		s.Reject()
 		fail(w, http.StatusUnauthorized, "Unauthorized", nil)
 		return
 	}
@@ -235,7 +225,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	id := s.nextID[chat] + 1
-	if !s.fake.Accept(r, Message{ChatID: chat, Text: m.Text, ParseMode: m.ParseMode, Entities: m.Entities, MessageID: id}) {
+	if !s.AcceptRequest(r, Message{ChatID: chat, Text: m.Text, ParseMode: m.ParseMode, Entities: m.Entities, MessageID: id}) {
 		return
 	}
 	s.nextID[chat] = id

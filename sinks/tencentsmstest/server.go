@@ -19,7 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Message is one number of an accepted SendSms call.
@@ -63,15 +63,15 @@ type Server struct {
 	appID       string
 	signs       map[string]bool
 	templates   map[string]int // TemplateId → number of parameters
-	invalid     fakeapi.Set
-	blacklisted fakeapi.Set
+	invalid     fake.Set
+	blacklisted fake.Set
 	seq         int
 
-	// Messages, Requests, Rejected.
-	fakeapi.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected.
+	fake.Recorder[Message]
 	// FailNext and FailAlways answer the next (or every) authenticated request
 	// with an Answer instead.
-	fakeapi.Script[Answer]
+	fake.Queue[Answer]
 }
 
 // Start runs a server that knows secretID with secretKey and the SMS
@@ -230,7 +230,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"Response": map[string]any{"SendStatusSet": set, "RequestId": reqID}})
 }
 
-func validNumber(e164 string) bool { return fakeapi.Digits(strings.TrimPrefix(e164, "+"), 6, 16) }
+func validNumber(e164 string) bool { return fake.Digits(strings.TrimPrefix(e164, "+"), 6, 16) }
 
 func fail(w http.ResponseWriter, reqID string, a Answer) {
 	status := a.Status

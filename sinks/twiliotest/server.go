@@ -29,7 +29,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/notifyd/notifyd/sinks/internal/fakeapi"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Message is one message the server accepted.
@@ -65,17 +65,16 @@ type Server struct {
 	AccountSid string
 	AuthToken  string
 
-	// Messages, Requests, Rejected.
-	fakeapi.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected.
+	fake.Recorder[Message]
 
-	mu           sync.Mutex
-	throttle     int
-	throttleWait time.Duration
-	unavailable  int
-	failNext     int
-	failAnswer   *Failure
-	numbers      map[string]int // To number -> error code
-	client       *http.Client
+	throttle    fake.Queue[time.Duration] // Retry-After
+	unavailable fake.Queue[struct{}]
+	fail        fake.Queue[Failure]
+
+	mu      sync.Mutex
+	numbers map[string]int // To number -> error code
+	client  *http.Client
 }
 
 // Failure is an error answer.
@@ -98,25 +97,13 @@ func (s *Server) BaseURL() string { return s.URL }
 
 // Throttle answers the next n requests with 429, Twilio error 20429, and a
 // Retry-After of retryAfter (whole seconds; none when 0).
-func (s *Server) Throttle(n int, retryAfter time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.throttle, s.throttleWait = n, retryAfter
-}
+func (s *Server) Throttle(n int, retryAfter time.Duration) { s.throttle.Set(n, retryAfter) }
 
 // Unavailable answers the next n requests with 503, Twilio error 20503.
-func (s *Server) Unavailable(n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.unavailable = n
-}
+func (s *Server) Unavailable(n int) { s.unavailable.Set(n, struct{}{}) }
 
 // FailNext answers the next n requests (n < 0: every request) with f.
-func (s *Server) FailNext(n int, f Failure) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.failNext, s.failAnswer = n, &f
-}
+func (s *Server) FailNext(n int, f Failure) { s.fail.Script(n, f) }
 
 // Unsubscribe makes number answer 21610 (the recipient replied STOP).
 func (s *Server) Unsubscribe(number string) { s.setNumber(number, CodeUnsubscribed) }
@@ -175,32 +162,21 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	s.mu.Lock()
-	switch {
-	case s.throttle > 0:
-		s.throttle--
-		wait := s.throttleWait
-		s.mu.Unlock()
+	if wait, ok := s.throttle.Next(); ok {
 		if wait > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Round(time.Second)/time.Second)))
 		}
 		writeError(w, http.StatusTooManyRequests, CodeTooManyRequests, "Too Many Requests")
 		return
-	case s.unavailable > 0:
-		s.unavailable--
-		s.mu.Unlock()
+	}
+	if _, ok := s.unavailable.Next(); ok {
 		writeError(w, http.StatusServiceUnavailable, CodeServiceUnavailable, "Service unavailable")
 		return
-	case s.failNext != 0 && s.failAnswer != nil:
-		if s.failNext > 0 {
-			s.failNext--
-		}
-		f := *s.failAnswer
-		s.mu.Unlock()
+	}
+	if f, ok := s.fail.Next(); ok {
 		writeError(w, f.Status, f.Code, f.Message)
 		return
 	}
-	s.mu.Unlock()
 
 	to, from, svc, body := form.Get("To"), form.Get("From"), form.Get("MessagingServiceSid"), form.Get("Body")
 	switch {

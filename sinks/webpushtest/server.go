@@ -21,7 +21,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/pushfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // DefaultMaxBody is the largest message body the service accepts (RFC 8030
@@ -74,10 +74,10 @@ type Server struct {
 	// MaxBody is the largest body accepted; 0 = DefaultMaxBody.
 	MaxBody int
 
-	messages pushfake.Log[Message]
-	rejected pushfake.Log[Rejection]
-	next     pushfake.Queue[forced]
-	requests pushfake.Counter
+	messages fake.Log[Message]
+	rejected fake.Log[Rejection]
+	next     fake.Queue[forced]
+	requests fake.Counter
 
 	mu   sync.Mutex
 	subs map[string]*subscription // by path
@@ -146,7 +146,7 @@ func (s *Server) Throttle(n int, retryAfter time.Duration) {
 // FailNext answers the next n requests with status (a 5xx, or any permanent
 // error), with Retry-After when retryAfter > 0.
 func (s *Server) FailNext(n, status int, retryAfter time.Duration) {
-	s.next.PushN(n, forced{status, retryAfter})
+	s.next.FailNext(n, forced{status, retryAfter})
 }
 
 // Messages are the accepted messages, in arrival order.

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/pushfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // VAPID is a verified "vapid" authorization (RFC 8292).
@@ -88,7 +88,7 @@ func VerifyVAPID(authorization, origin string, now time.Time) (*VAPID, error) {
 	if err != nil || len(sig) != 64 {
 		return nil, errors.New("the JWT signature is not a 64-byte ES256 R‖S")
 	}
-	if !pushfake.ES256Valid(pub, parts[0]+"."+parts[1], sig) {
+	if !fake.ES256Valid(pub, parts[0]+"."+parts[1], sig) {
 		return nil, errors.New("the JWT signature does not verify with k")
 	}
 	var claims struct {

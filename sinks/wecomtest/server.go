@@ -9,7 +9,7 @@ import (
 	"net/http/httptest"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/chatfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Documented content limits, in UTF-8 bytes.
@@ -37,7 +37,7 @@ type Server struct {
 	robots
 }
 
-type robots = chatfake.Robots[Message]
+type robots = fake.Robots[Message]
 
 // Start runs a server on loopback.
 func Start() *Server {
@@ -58,11 +58,11 @@ func answer(w http.ResponseWriter, code int, msg string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"errcode": code, "errmsg": msg})
 }
 
-var answers = chatfake.RobotAnswers{Answer: answer, ThrottleCode: 45009, ThrottleMsg: "api freq out of limit", OK: "ok"}
+var answers = fake.RobotAnswers{Answer: answer, ThrottleCode: 45009, ThrottleMsg: "api freq out of limit", OK: "ok"}
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) { s.Serve(w, r, answers, s.read) }
 
-func (s *Server) read(w http.ResponseWriter, r *http.Request, x *chatfake.Exchange) (msg Message, ok bool) {
+func (s *Server) read(w http.ResponseWriter, r *http.Request, x *fake.Exchange) (msg Message, ok bool) {
 	body, err := x.Body, x.Err
 	if r.URL.Path != "/cgi-bin/webhook/send" {
 		http.NotFound(w, r)

@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/notifyd/notifyd/sinks/internal/chatfake"
+	"github.com/notifyd/notifyd/sinks/internal/fake"
 )
 
 // Param is one template body parameter.
@@ -52,12 +52,14 @@ type Server struct {
 	PhoneNumberID string
 	Token         string
 
-	fake      chatfake.Recorder[Message]
+	// Messages, Accepted, Requests, Rejected; the lock that guards the server.
+	fake.Recorder[Message]
+
 	templates map[string]int // name/lang -> parameter count
 	notWA     map[string]bool
 	window    map[string]bool
-	throttle  chatfake.Queue[int] // the rate limit code
-	fail      chatfake.Countdown
+	throttle  fake.Queue[int] // the rate limit code
+	fail      fake.Countdown
 	permanent *graphError
 }
 
@@ -81,23 +83,23 @@ func Start(version, phoneNumberID, token string) *Server {
 // AddTemplate registers an approved template in language with params body
 // parameters.
 func (s *Server) AddTemplate(name, language string, params int) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.templates[name+"/"+language] = params
 }
 
 // NotOnWhatsApp marks a number (digits) as unable to receive: 131026.
 func (s *Server) NotOnWhatsApp(number string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.notWA[number] = true
 }
 
 // OpenWindow: the user wrote within 24 hours, free-form text is accepted.
 // Text to any other number is refused with 131047.
 func (s *Server) OpenWindow(number string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	s.window[number] = true
 }
 
@@ -105,37 +107,25 @@ func (s *Server) OpenWindow(number string) {
 // limit code (130429 throughput, 131056 pair rate, 4, 80007), HTTP 400 as
 // the Cloud API does.
 func (s *Server) ThrottleNext(n, code int) {
-	s.fake.Do(func() { s.throttle.Set(n, code) })
+	s.Do(func() { s.throttle.Set(n, code) })
 }
 
 // FailNext answers the next n authenticated requests with HTTP 500, code 131000.
 func (s *Server) FailNext(n int) {
-	s.fake.Do(func() { s.fail = chatfake.Countdown(n) })
+	s.Do(func() { s.fail = fake.Countdown(n) })
 }
 
 // FailPermanently answers every authenticated request with the error (e.g.
 // 400, 131009 "Parameter value is not valid"); status 0 stops.
 func (s *Server) FailPermanently(status, code int, message string) {
-	s.fake.Lock()
-	defer s.fake.Unlock()
+	s.Lock()
+	defer s.Unlock()
 	if status == 0 {
 		s.permanent = nil
 		return
 	}
 	s.permanent = &graphError{status: status, code: code, msg: message}
 }
-
-// Messages returns a copy of the accepted messages in arrival order.
-func (s *Server) Messages() []Message { return s.fake.Messages() }
-
-// Accepted counts the accepted messages.
-func (s *Server) Accepted() int { return s.fake.Accepted() }
-
-// Requests counts every request received.
-func (s *Server) Requests() int { return s.fake.Requests() }
-
-// Rejected counts requests refused for their access token.
-func (s *Server) Rejected() int { return s.fake.Rejected() }
 
 func randomHex(n int) string {
 	b := make([]byte, n)
@@ -161,10 +151,10 @@ var digits = regexp.MustCompile(`^[0-9]{6,15}$`)
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-	s.fake.Begin()
-	defer s.fake.Unlock()
-	if !chatfake.Bearer(r, s.Token) {
-		s.fake.Reject()
+	s.Begin()
+	defer s.Unlock()
+	if !fake.Bearer(r, s.Token) {
+		s.Reject()
 		graphError{status: http.StatusUnauthorized, code: 190,
 			msg: "Invalid OAuth access token - Cannot parse access token"}.write(w)
 		return
@@ -285,7 +275,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	msg.ID = "wamid.HBgL" + strings.ToUpper(randomHex(12))
-	if !s.fake.Accept(r, msg) {
+	if !s.AcceptRequest(r, msg) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
