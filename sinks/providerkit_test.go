@@ -447,3 +447,25 @@ func TestPlanRetryHonoursRetryAfter(t *testing.T) {
 		t.Errorf("before the expiry: %+v", got)
 	}
 }
+
+// A push to devices no configured provider serves (only iPhones, only FCM
+// configured) fails at once with the platforms named, not "unknown error".
+func TestPushToUnservedPlatformFailsClearly(t *testing.T) {
+	srv, err := fcmtest.Start("p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	path, err := srv.WriteKeyFile(t.TempDir(), srv.KeyJSON())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := buildProvider(t, "push", "fcm", fmt.Sprintf("credentialsFile: %s\nbaseUrl: %s", path, srv.URL))
+	n := &schemas.Notification{ID: "ios-only", UserID: "u", Channel: "push", Address: "apns:tok",
+		Content: schemas.Content{Title: "t", Body: "b"}, Targets: []schemas.Target{{Platform: "apns", Token: "tok"}}}
+	d := deliverThroughSink(t, n, p)
+	wantFailed(t, d, "serves the user's devices (apns)")
+	if srv.Requests() != 0 {
+		t.Fatalf("fcm was asked %d times for an iPhone", srv.Requests())
+	}
+}

@@ -681,6 +681,17 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 		s.fail(j, false)
 		return
 	}
+	if !slices.ContainsFunc(j.chain, func(l *lane) bool { _, ok := servesTargets(l.p, n, n.Targets); return ok }) {
+		var platforms []string
+		for _, t := range n.Targets {
+			if !slices.Contains(platforms, t.Platform) {
+				platforms = append(platforms, t.Platform)
+			}
+		}
+		j.lastErr = Permanent(fmt.Errorf("no provider of channel %s serves the user's devices (%s)", s.Channel, strings.Join(platforms, ", ")))
+		s.fail(j, false)
+		return
+	}
 	done, err := s.chanBreaker.Allow()
 	if err != nil {
 		// Every provider of the channel has been failing: do not even try.
