@@ -68,6 +68,13 @@ func (p *Pipeline) inbox(ctx goka.Context, msg any) {
 		if feed != nil {
 			ctx.SetValue(feed) // a replay may find local state ahead of the table topic
 		}
+		if item, ok := feedItem(feed, c); ok {
+			// A message added again: a redelivery, or a replay after a crash
+			// between the feed's write and its event. Announced again with
+			// its own sequence number — streams skip what they have sent.
+			ctx.Emit(InboxEvents, ctx.Key(), &schemas.InboxEvent{UserID: c.UserID, Seq: item.Seq,
+				Kind: processors.InboxEventMessage, Items: []schemas.InboxItem{item}, Unread: feed.Unread, Unseen: feed.Unseen, At: c.At})
+		}
 		return
 	}
 	b, err := schemas.InboxFeedCodec.Encode(next)
@@ -83,5 +90,19 @@ func (p *Pipeline) inbox(ctx goka.Context, msg any) {
 		return
 	}
 	ctx.SetValue(next)
+	Fault("inbox.after-feed") // crash tests: the feed written, its announcement not
 	ctx.Emit(InboxEvents, ctx.Key(), ev)
+}
+
+// feedItem is the message an add command names, when the feed has it.
+func feedItem(feed *schemas.InboxFeed, c *schemas.InboxCommand) (schemas.InboxItem, bool) {
+	if feed == nil || c.Op != processors.InboxAdd {
+		return schemas.InboxItem{}, false
+	}
+	for _, m := range feed.Messages {
+		if m.ID == c.Message.ID {
+			return m, true
+		}
+	}
+	return schemas.InboxItem{}, false
 }

@@ -155,125 +155,32 @@ func (in *instance) shutdown() {
 // and their commit) and are restarted. At the end every accepted notification
 // was received exactly once and reads sent.
 func TestChaosSeparateProcesses(t *testing.T) {
-	bin := build(t)
-	dir := t.TempDir()
 	const total, batch = 20_000, 100
-
 	var dataAccepted atomic.Int64
 	srv, err := smtptest.Start(smtptest.Options{OnData: func(smtptest.Message) error { dataAccepted.Add(1); return nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
-
-	brokerPort, httpPort := freePort(t), freePort(t)
-	broker := &instance{name: "broker", bin: bin, faults: map[string]int{},
-		args: []string{"broker", "--data-dir", filepath.Join(dir, "broker"), "--port", fmt.Sprint(brokerPort), "--partitions", "4"}}
-	cfgPath := filepath.Join(dir, "notifyd.yaml")
-	cfg := fmt.Sprintf(`logLevel: info
-kafka: {brokers: ["127.0.0.1:%d"], partitions: 4, sessionTimeout: 6s}
-apiKeys: [{name: chaos, key: chaos-key-1}]
-limits: {defaultPerDay: 0}
-sink:
-  drainTimeout: 2s
-  retry: {tiers: [1s, 5s]}
-channels:
+	t.Cleanup(srv.Close) // after the roles stop
+	c := startCluster(t, fmt.Sprintf(`channels:
   email:
     - name: smtp
       type: smtp
       smtp: {host: %q, port: %d, from: chaos@example.com, tls: none, connections: 8}
-`, brokerPort, srv.Host, srv.Port)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	broker.start(t)
-	waitOutput(t, broker, "broker listening", 60*time.Second)
-	defer broker.shutdown()
-
-	role := func(name string, faults string, args ...string) *instance {
-		in := &instance{name: name, bin: bin, faults: map[string]int{},
-			args: append(args, "--config", cfgPath, "--data-dir", filepath.Join(dir, name))}
-		if faults != "" {
-			in.env = []string{"NOTIFYD_FAULTS=" + faults}
-		}
-		return in
-	}
-	roles := []*instance{
-		role("process-1", "dedup.after-entry=0.0004", "process"),
-		role("process-2", "dedup.after-entry=0.0004", "process"),
-		role("sink-1", "sink.after-finish=0.0003", "sink", "--channel=email"),
-		role("sink-2", "sink.after-finish=0.0003", "sink", "--channel=email"),
-		role("api", "", "api", "--http", fmt.Sprintf("127.0.0.1:%d", httpPort)),
-	}
-	stopSupervising := make(chan struct{})
-	var supervised sync.WaitGroup
-	for _, in := range roles {
-		in.start(t)
-		supervised.Add(1)
-		go func() { defer supervised.Done(); in.supervise(t, stopSupervising) }()
-	}
-	defer func() {
-		close(stopSupervising)
-		supervised.Wait()
-		for _, in := range roles {
-			in.shutdown()
-		}
-		if t.Failed() {
-			for _, in := range append(roles, broker) {
-				t.Logf("---- %s (started %d times):\n%s", in.name, in.starts, tail(in.out.String(), 3000))
-			}
-		}
-	}()
-	base := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
-	waitReady(t, base)
-	chaosCall(t, base, "PUT", "/v1/templates/chaos", map[string]any{"category": "transactional",
+`, srv.Host, srv.Port),
+		roleSpec{"process-1", "dedup.after-entry=0.0004", []string{"process"}},
+		roleSpec{"process-2", "dedup.after-entry=0.0004", []string{"process"}},
+		roleSpec{"sink-1", "sink.after-finish=0.0003", []string{"sink", "--channel=email"}},
+		roleSpec{"sink-2", "sink.after-finish=0.0003", []string{"sink", "--channel=email"}},
+		roleSpec{"api", "", []string{"api"}})
+	chaosCall(t, c.base, "PUT", "/v1/templates/chaos", map[string]any{"category": "transactional",
 		"channels": map[string]any{"email": map[string]any{"subject": "Order {{.n}}", "text": "Order {{.n}} shipped"}}}, http.StatusOK, time.Minute)
 
-	// Kill a random role instance every few seconds while the notifications go in.
-	var kills, sinkKills atomic.Int32
-	var victims []string // the killer's only; read after killerDone
-	sent := make(chan struct{})
-	killerDone := make(chan struct{})
-	go func() {
-		defer close(killerDone)
-		for {
-			select {
-			case <-time.After(3 * time.Second):
-			case <-stopSupervising:
-				return
-			}
-			select {
-			case <-sent:
-				if kills.Load() >= 12 {
-					return
-				}
-			default:
-			}
-			victim := roles[rand.IntN(len(roles))]
-			victim.kill()
-			kills.Add(1)
-			victims = append(victims, victim.name)
-			if strings.HasPrefix(victim.name, "sink") {
-				sinkKills.Add(1)
-			}
-		}
-	}()
-
-	for b := 0; b < total/batch; b++ {
-		reqs := make([]any, batch)
-		for i := range reqs {
-			n := b*batch + i
-			reqs[i] = map[string]any{"eventId": fmt.Sprintf("chaos-%d", n), "template": "chaos", "data": map[string]any{"n": n},
-				"recipients": []any{map[string]any{"userId": fmt.Sprintf("u%d", n), "email": fmt.Sprintf("u%d@example.com", n)}}}
-		}
-		// Retried with the same eventIds until the API takes the batch: the
-		// API instance may be dead, or mid-restart.
-		chaosCall(t, base, "POST", "/v1/notifications/batch", map[string]any{"requests": reqs}, http.StatusOK, 3*time.Minute)
-		time.Sleep(100 * time.Millisecond)
-	}
-	close(sent)
-	<-killerDone
-	t.Logf("all %d notifications accepted; %d kills so far: %v", total, kills.Load(), victims)
+	k := c.startKiller(12)
+	c.sendChaos(total, batch, func(n int) map[string]any {
+		return map[string]any{"userId": fmt.Sprintf("u%d", n), "email": fmt.Sprintf("u%d@example.com", n)}
+	})
+	k.wait(t, total)
 
 	// Every notification arrives, once.
 	deadline := time.Now().Add(6 * time.Minute)
@@ -285,44 +192,192 @@ channels:
 		}
 		time.Sleep(time.Second)
 	}
-	faultKills := map[string]int{}
-	for _, in := range roles {
-		in.mu.Lock()
-		for k, v := range in.faults {
-			faultKills[k] += v
-		}
-		in.mu.Unlock()
-	}
+	faultKills := c.faultKills()
 	dups := 0
 	for _, n := range got {
 		dups += n - 1
 	}
 	t.Logf("received %d distinct of %d, %d duplicates; %d random kills, crash points hit: %v; SMTP DATA accepted %d",
-		len(got), total, dups, kills.Load(), faultKills, dataAccepted.Load())
+		len(got), total, dups, k.kills.Load(), faultKills, dataAccepted.Load())
 	if len(got) != total {
 		t.Fatalf("%d of %d notifications received", len(got), total)
 	}
-	if kills.Load()+int32(faultKills["dedup.after-entry"]+faultKills["sink.after-finish"]) < 10 {
-		t.Fatalf("only %d kills; the test proves too little", kills.Load())
+	if k.kills.Load()+int32(faultKills["dedup.after-entry"]+faultKills["sink.after-finish"]) < 10 {
+		t.Fatalf("only %d kills; the test proves too little", k.kills.Load())
 	}
 	if faultKills["dedup.after-entry"] == 0 || faultKills["sink.after-finish"] == 0 {
 		t.Fatalf("crash points not hit: %v", faultKills)
 	}
 	// Every status reads sent, once the status group has caught up and the
 	// API instance is ready (its view of the status table recovered).
-	waitGroupCaughtUp(t, brokerPort, "notify.status", 4*time.Minute)
-	waitReady(t, base)
-	start := time.Now()
-	checkAllSent(t, base, total)
-	t.Logf("read %d statuses in %v", total, time.Since(start).Round(time.Millisecond))
+	c.checkAllSent(total)
 	// A kill -9 of a sink between the SMTP server accepting a message and the
 	// ledger entry reaching the broker is the one window that sends twice
 	// (docs/TOPICS.md): SMTP has no idempotency key. Its width is one produce
 	// round trip per send in flight, so it costs at most a few duplicates per
 	// sink kill; anything more is a bug (a ledger not read, a commit too early).
-	if sk := int(sinkKills.Load()) + faultKills["sink.after-finish"]; dups > 5*sk {
+	if sk := int(k.sinkKills.Load()) + faultKills["sink.after-finish"]; dups > 5*sk {
 		t.Fatalf("%d duplicates for %d sink kills", dups, sk)
 	}
+}
+
+// roleSpec is a role instance of a cluster: its name, the crash points it
+// dies at (NOTIFYD_FAULTS), and its command line before --config.
+type roleSpec struct {
+	name, faults string
+	args         []string
+}
+
+// cluster is notifyd as operators run it: one standalone broker and role
+// instances as separate OS processes, each restarted by a supervisor whenever
+// it dies.
+type cluster struct {
+	t          *testing.T
+	brokerPort int
+	broker     *instance
+	roles      []*instance
+	base       string // the api instance's address
+	stop       chan struct{}
+}
+
+// startCluster starts the broker and the roles with a configuration of the
+// broker, the chaos API key and channels (YAML), and waits for the API.
+func startCluster(t *testing.T, channels string, roles ...roleSpec) *cluster {
+	bin := build(t)
+	dir := t.TempDir()
+	c := &cluster{t: t, brokerPort: freePort(t), stop: make(chan struct{})}
+	httpPort := freePort(t)
+	c.broker = &instance{name: "broker", bin: bin, faults: map[string]int{},
+		args: []string{"broker", "--data-dir", filepath.Join(dir, "broker"), "--port", fmt.Sprint(c.brokerPort), "--partitions", "4"}}
+	cfgPath := filepath.Join(dir, "notifyd.yaml")
+	cfg := fmt.Sprintf(`logLevel: info
+kafka: {brokers: ["127.0.0.1:%d"], partitions: 4, sessionTimeout: 6s}
+apiKeys: [{name: chaos, key: chaos-key-1}]
+limits: {defaultPerDay: 0}
+sink:
+  drainTimeout: 2s
+  retry: {tiers: [1s, 5s]}
+`, c.brokerPort) + channels
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.broker.start(t)
+	waitOutput(t, c.broker, "broker listening", 60*time.Second)
+	t.Cleanup(c.broker.shutdown)
+	var supervised sync.WaitGroup
+	for _, r := range roles {
+		args := append(r.args, "--config", cfgPath, "--data-dir", filepath.Join(dir, r.name))
+		if r.args[0] == "api" {
+			args = append(args, "--http", fmt.Sprintf("127.0.0.1:%d", httpPort))
+		}
+		in := &instance{name: r.name, bin: bin, faults: map[string]int{}, args: args}
+		if r.faults != "" {
+			in.env = []string{"NOTIFYD_FAULTS=" + r.faults}
+		}
+		c.roles = append(c.roles, in)
+		in.start(t)
+		supervised.Add(1)
+		go func() { defer supervised.Done(); in.supervise(t, c.stop) }()
+	}
+	t.Cleanup(func() { // before the broker's shutdown (cleanups run last first)
+		close(c.stop)
+		supervised.Wait()
+		for _, in := range c.roles {
+			in.shutdown()
+		}
+		if t.Failed() {
+			for _, in := range append(c.roles, c.broker) {
+				t.Logf("---- %s (started %d times):\n%s", in.name, in.starts, tail(in.out.String(), 3000))
+			}
+		}
+	})
+	c.base = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	waitReady(t, c.base)
+	return c
+}
+
+// killer kills a random role instance every 3 s while notifications go in.
+type killer struct {
+	kills, sinkKills atomic.Int32
+	victims          []string // the killer's only; read after done
+	sent, done       chan struct{}
+}
+
+// startKiller kills until the sending is over and at least minKills kills
+// were made.
+func (c *cluster) startKiller(minKills int32) *killer {
+	k := &killer{sent: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		for {
+			select {
+			case <-time.After(3 * time.Second):
+			case <-c.stop:
+				return
+			}
+			select {
+			case <-k.sent:
+				if k.kills.Load() >= minKills {
+					return
+				}
+			default:
+			}
+			victim := c.roles[rand.IntN(len(c.roles))]
+			victim.kill()
+			k.kills.Add(1)
+			k.victims = append(k.victims, victim.name)
+			if strings.HasPrefix(victim.name, "sink") {
+				k.sinkKills.Add(1)
+			}
+		}
+	}()
+	return k
+}
+
+// wait says the sending is over and waits for the last kill.
+func (k *killer) wait(t *testing.T, total int) {
+	close(k.sent)
+	<-k.done
+	t.Logf("all %d notifications accepted; %d kills so far: %v", total, k.kills.Load(), k.victims)
+}
+
+// sendChaos sends total notifications of template chaos, chaos-<n> to the
+// recipient of n, in batches, each retried with the same eventIds until the
+// API takes it (the API instance may be dead, or mid-restart).
+func (c *cluster) sendChaos(total, batch int, recipient func(n int) map[string]any) {
+	for b := 0; b < total/batch; b++ {
+		reqs := make([]any, batch)
+		for i := range reqs {
+			n := b*batch + i
+			reqs[i] = map[string]any{"eventId": fmt.Sprintf("chaos-%d", n), "template": "chaos", "data": map[string]any{"n": n},
+				"recipients": []any{recipient(n)}}
+		}
+		chaosCall(c.t, c.base, "POST", "/v1/notifications/batch", map[string]any{"requests": reqs}, http.StatusOK, 3*time.Minute)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// faultKills counts the crash points hit, by point.
+func (c *cluster) faultKills() map[string]int {
+	out := map[string]int{}
+	for _, in := range c.roles {
+		in.mu.Lock()
+		for k, v := range in.faults {
+			out[k] += v
+		}
+		in.mu.Unlock()
+	}
+	return out
+}
+
+// checkAllSent waits for the status group and the API, then reads every
+// notification's status until each is sent.
+func (c *cluster) checkAllSent(total int) {
+	waitGroupCaughtUp(c.t, c.brokerPort, "notify.status", "notify.events", 4*time.Minute)
+	waitReady(c.t, c.base)
+	start := time.Now()
+	checkAllSent(c.t, c.base, total)
+	c.t.Logf("read %d statuses in %v", total, time.Since(start).Round(time.Millisecond))
 }
 
 func tail(s string, n int) string {
@@ -440,8 +495,8 @@ func checkAllSent(t *testing.T, base string, total int) {
 }
 
 // waitGroupCaughtUp waits until a consumer group has committed every record
-// of its topics.
-func waitGroupCaughtUp(t *testing.T, brokerPort int, group string, d time.Duration) {
+// of topic.
+func waitGroupCaughtUp(t *testing.T, brokerPort int, group, topic string, d time.Duration) {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(fmt.Sprintf("127.0.0.1:%d", brokerPort)))
 	if err != nil {
@@ -454,7 +509,7 @@ func waitGroupCaughtUp(t *testing.T, brokerPort int, group string, d time.Durati
 	for time.Since(start) < d {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		offs, err1 := adm.FetchOffsets(ctx, group)
-		ends, err2 := adm.ListEndOffsets(ctx, "notify.events")
+		ends, err2 := adm.ListEndOffsets(ctx, topic)
 		cancel()
 		if err1 == nil && err2 == nil {
 			lag = 0
