@@ -58,26 +58,35 @@ func newWebhookProvider(c config.Provider, _ Deps) (Provider, error) {
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	dialer := &net.Dialer{Timeout: timeout}
-	if !c.Webhook.AllowPrivateTargets {
-		// Checked on the address actually dialled, so DNS cannot point a public
-		// name at an internal service.
-		dialer.Control = func(_, address string, _ syscall.RawConn) error {
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return err
-			}
-			if privateAddr(ap.Addr()) {
-				return fmt.Errorf("%w: %s", ErrPrivateTarget, ap.Addr())
-			}
-			return nil
-		}
-	}
+	dialer := guardedDialer(timeout, c.Webhook.AllowPrivateTargets, ErrPrivateTarget)
 	transport := &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 64,
 		IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: timeout, Proxy: nil}
 	return &webhookProvider{name: c.Name, endpoints: c.Webhook.Endpoints, now: time.Now,
 		client: &http.Client{Transport: transport, Timeout: timeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
+}
+
+// guardedDialer dials with timeout; unless allowPrivate, it refuses loopback,
+// private, link-local and CGNAT addresses with refusal. The check is on the
+// address actually dialled, so DNS cannot point a public name at an internal
+// service. For targets that come from outside (customer webhooks, browsers'
+// push endpoints).
+func guardedDialer(timeout time.Duration, allowPrivate bool, refusal error) *net.Dialer {
+	dialer := &net.Dialer{Timeout: timeout}
+	if allowPrivate {
+		return dialer
+	}
+	dialer.Control = func(_, address string, _ syscall.RawConn) error {
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return err
+		}
+		if privateAddr(ap.Addr()) {
+			return fmt.Errorf("%w: %s", refusal, ap.Addr())
+		}
+		return nil
+	}
+	return dialer
 }
 
 func privateAddr(a netip.Addr) bool {

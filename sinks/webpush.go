@@ -24,14 +24,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 	"unicode"
 
@@ -151,21 +148,9 @@ func newWebpushProvider(s Spec) (Provider, error) {
 	if timeout == 0 {
 		timeout = defaultHTTPTimeout
 	}
-	dialer := &net.Dialer{Timeout: timeout}
-	if !p.allowPrivate {
-		// Checked on the address dialled: an endpoint comes from a browser, so a
-		// public name resolving to an internal service must not be reachable.
-		dialer.Control = func(_, address string, _ syscall.RawConn) error {
-			ap, err := netip.ParseAddrPort(address)
-			if err != nil {
-				return err
-			}
-			if privateAddr(ap.Addr()) {
-				return fmt.Errorf("%w: %s", errWebpushPrivateEndpoint, ap.Addr())
-			}
-			return nil
-		}
-	}
+	// An endpoint comes from a browser: a public name resolving to an internal
+	// service must not be reachable.
+	dialer := guardedDialer(timeout, p.allowPrivate, errWebpushPrivateEndpoint)
 	p.client = newHTTPClient(timeout, &http.Transport{DialContext: dialer.DialContext, ForceAttemptHTTP2: true,
 		MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: timeout, Proxy: nil})
 	return p, nil
