@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/notifyd/notifyd/config"
@@ -284,22 +283,7 @@ func TestInboxStreamsAcrossInstances(t *testing.T) {
 		return h
 	}
 	a, b := instance(), instance()
-	adm := kadm.NewClient(a.producer())
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		groups, err := adm.DescribeGroups(context.Background(), string(topology.InboxGroup), topology.SinkGroup("inapp"))
-		settled := err == nil && len(groups) == 2
-		for _, g := range groups {
-			settled = settled && g.State == "Stable" && len(g.Members) == 2
-		}
-		if settled {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("groups never settled with two members: %v %v", groups, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	a.waitSettled(2, string(topology.InboxGroup), topology.SinkGroup("inapp"))
 	a.mustCall(http.StatusOK, "PUT", "/v1/templates/inbox-welcome", inboxTemplate())
 	users := []string{"u-1", "u-2", "u-3", "u-4"} // spread over the partitions
 	streams := map[string]*sseClient{}

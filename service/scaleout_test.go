@@ -38,22 +38,7 @@ func TestTwoInstancesServeEveryStatusAndEachOthersWrites(t *testing.T) {
 	}
 	a, b := instance(), instance()
 	// Wait until the groups have settled with both members.
-	adm := kadm.NewClient(a.producer())
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		groups, err := adm.DescribeGroups(context.Background(), string(topology.StatusGroup), string(topology.DedupGroup))
-		settled := err == nil
-		for _, g := range groups {
-			settled = settled && g.State == "Stable" && len(g.Members) == 2
-		}
-		if settled {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("groups never settled with two members: %v %v", groups, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	a.waitSettled(2, string(topology.StatusGroup), string(topology.DedupGroup))
 
 	// A template written through one instance is usable and readable through
 	// the other at once.
@@ -92,7 +77,7 @@ func TestTwoInstancesServeEveryStatusAndEachOthersWrites(t *testing.T) {
 	}
 	// The scheduler's sweeper runs in the owner of each partition only: one
 	// release command per scheduled notification, not one per instance.
-	ends, err := adm.ListEndOffsets(context.Background(), string(topology.SchedulerDue))
+	ends, err := kadm.NewClient(a.producer()).ListEndOffsets(context.Background(), string(topology.SchedulerDue))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,5 +85,26 @@ func TestTwoInstancesServeEveryStatusAndEachOthersWrites(t *testing.T) {
 	ends.Each(func(o kadm.ListedOffset) { commands += o.Offset })
 	if scheduled := int64((n + 2) / 3); commands != scheduled {
 		t.Fatalf("%d release commands for %d scheduled notifications", commands, scheduled)
+	}
+}
+
+// waitSettled waits until each of groups is Stable with members members.
+func (h *harness) waitSettled(members int, groups ...string) {
+	h.t.Helper()
+	adm := kadm.NewClient(h.producer())
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		described, err := adm.DescribeGroups(context.Background(), groups...)
+		settled := err == nil && len(described) == len(groups)
+		for _, g := range described {
+			settled = settled && g.State == "Stable" && len(g.Members) == members
+		}
+		if settled {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("groups never settled with %d members: %v %v", members, described, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
