@@ -1,7 +1,9 @@
 package service_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"testing"
@@ -102,5 +104,52 @@ func TestWhatsAppStatusWebhookReceipts(t *testing.T) {
 	stranger.CallbackData = "not-ours"
 	if code, err := wa.PostStatus(ctx, url, "wa-app-secret", stranger, "delivered", 0); err != nil || code != http.StatusNotFound {
 		t.Fatalf("status of a message notifyd did not send: %d %v", code, err)
+	}
+}
+
+// Bad input at the provider callback endpoint: an unknown provider, a
+// provider that takes no callbacks, an oversized body and a signed body that
+// is not events all get a clear error and record nothing.
+func TestProviderCallbacksRefuseBadInput(t *testing.T) {
+	sg := sendgridtest.Start("SG.test-key")
+	t.Cleanup(sg.Close)
+	h := newHarness(t)
+	h.cfg.Channels["email"] = []config.Provider{providerYAML(t, "sendgrid", "sendgrid", fmt.Sprintf(
+		"apiKey: SG.test-key\nfromEmail: no-reply@example.com\nbaseUrl: %s\neventWebhookPublicKey: %s", sg.URL, sg.EventWebhookPublicKey()))}
+	h.start()
+	post := func(path string, body []byte, header ...string) (int, map[string]any) {
+		req, _ := http.NewRequest("POST", h.base+path, bytes.NewReader(body))
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	for _, c := range []struct {
+		path   string
+		body   []byte
+		header []string
+		want   int
+	}{
+		{"/v1/receipts/nobody", []byte("x"), nil, http.StatusNotFound},
+		{"/v1/receipts/hook-main", []byte("x"), nil, http.StatusNotFound}, // a webhook provider takes no callbacks
+		{"/v1/receipts/sendgrid", bytes.Repeat([]byte("a"), 100<<10), nil, http.StatusRequestEntityTooLarge},
+		{"/v1/receipts/sendgrid", []byte(`{"not":"an array"}`), []string{"X-Twilio-Email-Event-Webhook-Timestamp", "1",
+			"X-Twilio-Email-Event-Webhook-Signature", sg.Sign("1", []byte(`{"not":"an array"}`))}, http.StatusBadRequest},
+		{"/v1/receipts/sendgrid", []byte(`[]`), nil, http.StatusForbidden},
+	} {
+		code, out := post(c.path, c.body, c.header...)
+		if code != c.want || out["error"] == nil {
+			t.Errorf("POST %s (%d bytes): %d %v, want %d with an error", c.path, len(c.body), code, out, c.want)
+		}
+	}
+	if code, _ := h.call("GET", "/v1/receipts/sendgrid", nil); code != http.StatusNotFound {
+		t.Errorf("GET check of a provider without one: %d", code)
 	}
 }

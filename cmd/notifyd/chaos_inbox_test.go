@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -54,52 +52,24 @@ inbox: {secret: `+secret+`}
 	// user's browser would, with the user's token, once the inbox group has
 	// applied every command.
 	waitGroupCaughtUp(t, c.brokerPort, "notify.inbox", "notify.inbox.commands", 4*time.Minute)
-	var wrong atomic.Int32
-	var first atomic.Value
-	work := make(chan int)
-	var wg sync.WaitGroup
 	client := &http.Client{Timeout: 10 * time.Second}
-	for w := 0; w < 8; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := range work {
-				user := fmt.Sprintf("u%d", n)
-				want := processors.NotificationID(fmt.Sprintf("chaos-%d", n), user)
-				var feed struct {
-					Messages []struct{ ID, Title string }
-					Unread   int
-				}
-				for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
-					req, _ := http.NewRequestWithContext(context.Background(), "GET", c.base+"/v1/inbox/"+user+"/messages", nil)
-					req.Header.Set("Authorization", "Bearer "+notifydapi.InboxToken([]byte(secret), user))
-					resp, err := client.Do(req)
-					if err == nil {
-						raw, _ := io.ReadAll(resp.Body)
-						resp.Body.Close()
-						if resp.StatusCode == http.StatusOK && json.Unmarshal(raw, &feed) == nil {
-							break
-						}
-					}
-					if time.Now().After(deadline) {
-						wrong.Add(1)
-						first.CompareAndSwap(nil, user+": inbox unreadable")
-						break
-					}
-				}
-				if len(feed.Messages) != 1 || feed.Messages[0].ID != want || feed.Messages[0].Title != fmt.Sprintf("Order %d", n) || feed.Unread != 1 {
-					wrong.Add(1)
-					first.CompareAndSwap(nil, fmt.Sprintf("%s: %+v", user, feed))
-				}
-			}
-		}()
-	}
-	for n := 0; n < total; n++ {
-		work <- n
-	}
-	close(work)
-	wg.Wait()
-	if n := wrong.Load(); n > 0 {
-		t.Fatalf("%d inboxes are not exactly their message, e.g. %v", n, first.Load())
-	}
+	checkEach(t, total, 2*time.Minute, "inboxes are not exactly their message", func(ctx context.Context, n int) (bool, string) {
+		user := fmt.Sprintf("u%d", n)
+		want := processors.NotificationID(fmt.Sprintf("chaos-%d", n), user)
+		req, _ := http.NewRequestWithContext(ctx, "GET", c.base+"/v1/inbox/"+user+"/messages", nil)
+		req.Header.Set("Authorization", "Bearer "+notifydapi.InboxToken([]byte(secret), user))
+		resp, err := client.Do(req)
+		if err != nil {
+			return false, user + ": " + err.Error()
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var feed struct {
+			Messages []struct{ ID, Title string }
+			Unread   int
+		}
+		ok := resp.StatusCode == http.StatusOK && json.Unmarshal(raw, &feed) == nil && len(feed.Messages) == 1 &&
+			feed.Messages[0].ID == want && feed.Messages[0].Title == fmt.Sprintf("Order %d", n) && feed.Unread == 1
+		return ok, fmt.Sprintf("%s: %d %s", user, resp.StatusCode, raw)
+	})
 }

@@ -442,41 +442,47 @@ func receivedIDs(t *testing.T, srv *smtptest.Server) map[string]int {
 // checkAllSent reads every notification's status, concurrently, until each is sent.
 func checkAllSent(t *testing.T, base string, total int) {
 	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	checkEach(t, total, 3*time.Minute, "notifications do not read sent", func(ctx context.Context, n int) (bool, string) {
+		id := processors.NotificationID(fmt.Sprintf("chaos-%d", n), fmt.Sprintf("u%d", n))
+		req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/notifications/"+id, nil)
+		req.Header.Set("Authorization", "Bearer chaos-key-1")
+		resp, err := client.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var st struct{ Status string }
+		_ = json.Unmarshal(raw, &st)
+		return st.Status == "sent", fmt.Sprintf("%s (chaos-%d): %d %s", id, n, resp.StatusCode, raw)
+	})
+}
+
+// checkEach runs check for 0..total-1 on 8 workers, each retried every
+// 100 ms until it holds; it fails the test with the count of those that did
+// not within d, and the last answer of one of them.
+func checkEach(t *testing.T, total int, d time.Duration, what string, check func(ctx context.Context, n int) (bool, string)) {
+	t.Helper()
 	var wrong atomic.Int32
 	var first atomic.Value
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	work := make(chan int)
 	var wg sync.WaitGroup
-	client := &http.Client{Timeout: 10 * time.Second}
 	for w := 0; w < 8; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for n := range work {
-				id := processors.NotificationID(fmt.Sprintf("chaos-%d", n), fmt.Sprintf("u%d", n))
-				var lastAnswer string
 				for {
-					req, _ := http.NewRequestWithContext(ctx, "GET", base+"/v1/notifications/"+id, nil)
-					req.Header.Set("Authorization", "Bearer chaos-key-1")
-					var st struct{ Status string }
-					resp, err := client.Do(req)
-					var answer string
-					if err == nil {
-						raw, _ := io.ReadAll(resp.Body)
-						resp.Body.Close()
-						_ = json.Unmarshal(raw, &st)
-						answer = fmt.Sprintf("%d %s", resp.StatusCode, raw)
-						lastAnswer = answer
-					} else {
-						answer = err.Error()
-					}
-					if st.Status == "sent" {
+					ok, answer := check(ctx, n)
+					if ok {
 						break
 					}
 					if ctx.Err() != nil {
 						wrong.Add(1)
-						first.CompareAndSwap(nil, fmt.Sprintf("%s (chaos-%d): %s; last answer: %s", id, n, answer, lastAnswer))
+						first.CompareAndSwap(nil, answer)
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
@@ -490,7 +496,7 @@ func checkAllSent(t *testing.T, base string, total int) {
 	close(work)
 	wg.Wait()
 	if n := wrong.Load(); n > 0 {
-		t.Fatalf("%d notifications do not read sent, e.g. %v", n, first.Load())
+		t.Fatalf("%d %s, e.g. %v", n, what, first.Load())
 	}
 }
 
