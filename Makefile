@@ -15,7 +15,7 @@ clickhouse:
 
 # Everything CI runs.
 test: clickhouse vet
-	$(GO) test -race -count=1 -timeout 12m ./...
+	$(GO) test -race -count=1 -timeout 14m ./...
 
 vet:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
