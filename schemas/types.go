@@ -26,6 +26,8 @@ type SendRequest struct {
 	AcceptedAt int64       `avro:"acceptedAt"`
 	Source     string      `avro:"source"`
 	OTP        bool        `avro:"otp"` // since send_request.v2
+	// Tenant owns the record; "" is the default tenant (since send_request.v3).
+	Tenant string `avro:"tenant"`
 }
 
 // Content is a rendered message for one channel.
@@ -80,6 +82,11 @@ type Notification struct {
 	// OTP marks a one-time code: high priority, never delayed by quiet hours,
 	// never logged nor stored in analytics (since notification.v3).
 	OTP bool `avro:"otp"`
+	// Tenant owns the record; "" is the default tenant (since notification.v4).
+	Tenant string `avro:"tenant"`
+	// Sealed is the AES-GCM envelope of the whole record (since notification.v4);
+	// when set, contacts, data, targets and content are empty in clear.
+	Sealed []byte `avro:"sealed"`
 }
 
 // Target is one device or subscription a notification goes to.
@@ -119,6 +126,10 @@ type Profile struct {
 	Chat        map[string]map[string]string `avro:"chat"`
 	Preferences Preferences                  `avro:"preferences"`
 	UpdatedAt   int64                        `avro:"updatedAt"`
+	// Tenant owns the record; "" is the default tenant (since profile.v2).
+	Tenant string `avro:"tenant"`
+	// Sealed is the AES-GCM envelope of the whole profile (since profile.v2).
+	Sealed []byte `avro:"sealed"`
 }
 
 // ChannelContent is a template's unrendered content for one channel.
@@ -149,6 +160,8 @@ type Template struct {
 	Channels  map[string]ChannelContent            `avro:"channels"`
 	Locales   map[string]map[string]ChannelContent `avro:"locales"`
 	UpdatedAt int64                                `avro:"updatedAt"`
+	// Tenant owns the record; "" is the default tenant (since template.v3).
+	Tenant string `avro:"tenant"`
 }
 
 // StatusEvent is one state change of one notification.
@@ -168,6 +181,8 @@ type StatusEvent struct {
 	AcceptedAt        int64  `avro:"acceptedAt"`
 	Attempt           int32  `avro:"attempt"`
 	ProviderMessageID string `avro:"providerMessageId"`
+	// Tenant owns the record; "" is the default tenant (since status_event.v2).
+	Tenant string `avro:"tenant"`
 }
 
 // DedupEntry records when an eventId was first seen.
@@ -216,6 +231,8 @@ type Lifecycle struct {
 	Channels       map[string]string `avro:"channels"`
 	History        []HistoryEntry    `avro:"history"`
 	DroppedHistory int32             `avro:"droppedHistory"`
+	// Tenant owns the record; "" is the default tenant (since lifecycle.v3).
+	Tenant string `avro:"tenant"`
 }
 
 // DeadLetter is a record that could not be processed, with its reason.
@@ -299,6 +316,8 @@ type InboxItem struct {
 	Seen      bool              `avro:"seen" json:"seen"`
 	Read      bool              `avro:"read" json:"read"`
 	Archived  bool              `avro:"archived" json:"archived"`
+	// Sealed is the AES-GCM envelope of the item's content (since inbox_*.v2).
+	Sealed []byte `avro:"sealed" json:"-"`
 }
 
 // InboxCommand changes a user's inbox (on notify.inbox, key userId).
@@ -308,6 +327,8 @@ type InboxCommand struct {
 	MessageIDs []string  `avro:"messageIds"`
 	At         int64     `avro:"at"`
 	Message    InboxItem `avro:"message"`
+	// Tenant owns the record; "" is the default tenant (since inbox_command.v2).
+	Tenant string `avro:"tenant"`
 }
 
 // InboxFeed is the inbox group's value of a user: newest messages first.
