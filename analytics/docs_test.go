@@ -3,14 +3,19 @@ package analytics
 import (
 	"bytes"
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/notifyd/notifyd/analytics/analyticstest"
 )
 
 // Every SQL block of docs/ANALYTICS.md runs against the real server and returns
-// rows on a small data set, so the documentation cannot rot.
+// rows on a small data set, so the documentation cannot rot. The examples ask
+// about tenant acme; each must filter by tenant, so the same query for a
+// tenant without rows returns none although another tenant has some.
 func TestAnalyticsDocQueriesRun(t *testing.T) {
 	blocks, err := analyticstest.DocQueries("../docs/ANALYTICS.md")
 	if err != nil {
@@ -44,7 +49,8 @@ func TestAnalyticsDocQueriesRun(t *testing.T) {
 		}
 	}
 	evs = append(evs, ev{"n6-sup", "n6", "email", "", "suppressed", two, two}, ev{"n7-rej", "n7", "email", "", "rejected", two, two})
-	insertEvents(t, conn, "notifyd", evs)
+	insertEvents(t, conn, "notifyd", docTenant, evs)
+	insertEvents(t, conn, "notifyd", "other", evs)
 	for i, sql := range blocks {
 		rows, err := conn.Query(ctx, sql)
 		if err != nil {
@@ -58,10 +64,32 @@ func TestAnalyticsDocQueriesRun(t *testing.T) {
 		if n == 0 {
 			t.Errorf("example %d returns no row on the fixture:\n%s", i+1, sql)
 		}
+		if !strings.Contains(sql, "tenant = '"+docTenant+"'") {
+			t.Errorf("example %d does not filter by tenant = '%s':\n%s", i+1, docTenant, sql)
+		} else if n := countRows(t, conn, strings.ReplaceAll(sql, "'"+docTenant+"'", "'nobody'")); n != 0 {
+			t.Errorf("example %d returns %d rows for a tenant without any:\n%s", i+1, n, sql)
+		}
 		// And as an analyst runs it: clickhouse-client against the server.
 		out, err := analyticstest.Client(server.Addr, sql)
 		if err != nil || len(bytes.TrimSpace(out)) == 0 {
 			t.Errorf("example %d with clickhouse-client: %v\n%s", i+1, err, out)
 		}
 	}
+}
+
+// docTenant is the tenant the examples of docs/ANALYTICS.md ask about.
+const docTenant = "acme"
+
+func countRows(t *testing.T, conn driver.Conn, sql string) int {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, sql)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	return n
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/notifyd/notifyd/schemas"
 )
 
 // Table is a report: named columns and typed rows, printed as a table or CSV by
@@ -35,9 +37,10 @@ var (
 	Intervals  = map[string]string{"minute": "minute", "hour": "toStartOfHour(minute)", "day": "toStartOfDay(minute)"}
 )
 
-// SummaryQuery asks how many notifications reached each status (or other
-// dimensions) between From and To, optionally per Interval.
+// SummaryQuery asks how many of a tenant's notifications reached each status
+// (or other dimensions) between From and To, optionally per Interval.
 type SummaryQuery struct {
+	Tenant   string // "" or "default" is the default tenant
 	From, To time.Time
 	GroupBy  []string
 	Interval string // "", minute, hour, day
@@ -76,15 +79,17 @@ func Summary(ctx context.Context, conn driver.Conn, db string, q SummaryQuery) (
 	sel, group = append(sel, q.GroupBy...), append(group, q.GroupBy...)
 	t.Columns = append(append(t.Columns, q.GroupBy...), "notifications")
 	sql := "SELECT " + strings.Join(append(sel, "uniqExactMerge(notifications) AS notifications"), ", ") +
-		" FROM " + db + ".events_per_minute WHERE minute >= toDateTime(?) AND minute < toDateTime(?)"
+		" FROM " + db + ".events_per_minute WHERE tenant = ? AND minute >= toDateTime(?) AND minute < toDateTime(?)"
 	if len(group) > 0 {
 		sql += " GROUP BY " + strings.Join(group, ", ") + " ORDER BY " + strings.Join(group, ", ")
 	}
-	return query(ctx, conn, t, sql, q.From.Unix(), q.To.Unix())
+	return query(ctx, conn, t, sql, schemas.NormTenant(q.Tenant), q.From.Unix(), q.To.Unix())
 }
 
-// LatencyQuery asks for accept→sent and sent→delivered percentiles.
+// LatencyQuery asks for accept→sent and sent→delivered percentiles of a
+// tenant's notifications.
 type LatencyQuery struct {
+	Tenant   string // "" or "default" is the default tenant
 	From, To time.Time
 	GroupBy  []string // channel, provider, template, priority
 }
@@ -108,7 +113,7 @@ func Latency(ctx context.Context, conn driver.Conn, db string, q LatencyQuery) (
 	if len(q.GroupBy) > 0 {
 		sql += " GROUP BY " + strings.Join(q.GroupBy, ", ") + " ORDER BY " + strings.Join(q.GroupBy, ", ")
 	}
-	rows, err := conn.Query(ctx, sql, window(q.From, q.To)...)
+	rows, err := conn.Query(ctx, sql, window(q.Tenant, q.From, q.To)...)
 	if err != nil {
 		return t, fmt.Errorf("latency: %w", err)
 	}
@@ -143,7 +148,8 @@ func at(a []int64, i int) int64 {
 }
 
 // perNotification is one row per notification and channel with its
-// milestones, for the notifications with an event between the two bound times.
+// milestones, for the bound tenant's notifications with an event between the
+// two bound times.
 func perNotification(db string) string {
 	return `SELECT notification_id, channel,
 			anyIf(provider, status = 'sent') AS provider, any(template) AS template, any(priority) AS priority,
@@ -152,15 +158,15 @@ func perNotification(db string) string {
 			minIf(at_ms, status = 'delivered') AS delivered_ms,
 			maxIf(at_ms, status IN ('delivered', 'failed')) AS last_receipt_ms
 		FROM ` + db + `.events
-		WHERE at >= toDateTime(?) AND at <= toDateTime(?) AND at_ms >= ? AND at_ms < ? AND channel != ''
+		WHERE tenant = ? AND at >= toDateTime(?) AND at <= toDateTime(?) AND at_ms >= ? AND at_ms < ? AND channel != ''
 		GROUP BY notification_id, channel`
 }
 
-// window is the arguments of perNotification's time filter: whole seconds for
-// the partition key (inclusive: DateTime has no milliseconds) and milliseconds
-// for the exact half-open range.
-func window(from, to time.Time) []any {
-	return []any{from.Unix(), to.Unix(), from.UnixMilli(), to.UnixMilli()}
+// window is the arguments of perNotification's filter: the tenant, whole
+// seconds for the partition key (inclusive: DateTime has no milliseconds) and
+// milliseconds for the exact half-open range.
+func window(tenant string, from, to time.Time) []any {
+	return []any{schemas.NormTenant(tenant), from.Unix(), to.Unix(), from.UnixMilli(), to.UnixMilli()}
 }
 
 // Reconciliation compares, per provider and channel, the notifications notifyd
@@ -172,13 +178,22 @@ type Reconciliation struct {
 	Missing Table
 }
 
-// Reconcile builds the reconciliation of one UTC day.
-func Reconcile(ctx context.Context, conn driver.Conn, db string, day time.Time, grace time.Duration, now time.Time, limit int) (Reconciliation, error) {
-	from := time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, time.UTC)
+// ReconcileQuery asks for the reconciliation of one tenant's UTC day.
+type ReconcileQuery struct {
+	Tenant string // "" or "default" is the default tenant
+	Day    time.Time
+	Grace  time.Duration // how long a sent notification may wait for its receipt
+	Now    time.Time
+	Limit  int // most missing ids listed
+}
+
+// Reconcile builds the reconciliation of one tenant's UTC day.
+func Reconcile(ctx context.Context, conn driver.Conn, db string, q ReconcileQuery) (Reconciliation, error) {
+	from := time.Date(q.Day.Year(), q.Day.Month(), q.Day.Day(), 0, 0, 0, 0, time.UTC)
 	// Receipts may arrive after the day ends: look two days on for them.
 	to := from.Add(3 * 24 * time.Hour)
 	dayEnd := from.Add(24 * time.Hour).UnixMilli()
-	cutoff := now.Add(-grace).UnixMilli()
+	cutoff := q.Now.Add(-q.Grace).UnixMilli()
 	sent := "SELECT * FROM (" + perNotification(db) + ") WHERE sent_ms >= ? AND sent_ms < ?"
 	sum := Table{Columns: []string{"provider", "channel", "sent", "receipts", "missing", "pending"}}
 	var err error
@@ -187,7 +202,7 @@ func Reconcile(ctx context.Context, conn driver.Conn, db string, day time.Time, 
 			countIf(last_receipt_ms < sent_ms AND sent_ms < ?) AS missing,
 			countIf(last_receipt_ms < sent_ms AND sent_ms >= ?) AS pending
 		FROM (`+sent+`) GROUP BY provider, channel ORDER BY provider, channel`,
-		append(append([]any{cutoff, cutoff}, window(from, to)...), from.UnixMilli(), dayEnd)...)
+		append(append([]any{cutoff, cutoff}, window(q.Tenant, from, to)...), from.UnixMilli(), dayEnd)...)
 	if err != nil {
 		return Reconciliation{}, fmt.Errorf("reconciliation: %w", err)
 	}
@@ -195,7 +210,7 @@ func Reconcile(ctx context.Context, conn driver.Conn, db string, day time.Time, 
 	missing, err = query(ctx, conn, missing, `SELECT provider, channel, notification_id, sent_ms
 		FROM (`+sent+`) WHERE last_receipt_ms < sent_ms AND sent_ms < ?
 		ORDER BY provider, channel, sent_ms LIMIT ?`,
-		append(window(from, to), from.UnixMilli(), dayEnd, cutoff, limit)...)
+		append(window(q.Tenant, from, to), from.UnixMilli(), dayEnd, cutoff, q.Limit)...)
 	if err != nil {
 		return Reconciliation{}, fmt.Errorf("reconciliation: %w", err)
 	}

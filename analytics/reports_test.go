@@ -14,14 +14,15 @@ type ev struct {
 	accepted                                    time.Time
 }
 
-func insertEvents(t *testing.T, conn driver.Conn, db string, evs []ev) {
+// insertEvents writes evs as tenant's events.
+func insertEvents(t *testing.T, conn driver.Conn, db, tenant string, evs []ev) {
 	t.Helper()
-	b, err := conn.PrepareBatch(context.Background(), "INSERT INTO "+db+".events (id, notification_id, channel, provider, status, template, priority, at, at_ms, accepted_at_ms)")
+	b, err := conn.PrepareBatch(context.Background(), "INSERT INTO "+db+".events (tenant, id, notification_id, channel, provider, status, template, priority, at, at_ms, accepted_at_ms)")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range evs {
-		if err := b.Append(e.id, e.notification, e.channel, e.provider, e.status, "t", "normal", e.at, uint64(e.at.UnixMilli()), uint64(e.accepted.UnixMilli())); err != nil {
+		if err := b.Append(tenant, e.id, e.notification, e.channel, e.provider, e.status, "t", "normal", e.at, uint64(e.at.UnixMilli()), uint64(e.accepted.UnixMilli())); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -30,8 +31,16 @@ func insertEvents(t *testing.T, conn driver.Conn, db string, evs []ev) {
 	}
 }
 
-// A day: n1..n3 sent by sms-a (n1, n2 delivered later), n4 sent by smtp
-// with no receipt, n5 suppressed.
+// The tenants of reportFixture: every report of one must see none of the other's rows.
+const (
+	tenantA = "acme"
+	tenantB = "globex"
+)
+
+// A day of tenant A: n1..n3 sent by sms-a (n1, n2 delivered later), n4 sent
+// by smtp with no receipt, n5 suppressed. The same day of tenant B, on the
+// same providers and template, with other numbers: b1 sent by sms-a after
+// 5 s and delivered 9 s later, b2 sent by smtp with no receipt, b3 suppressed.
 func reportFixture(t *testing.T) (driver.Conn, string, time.Time) {
 	conn, db := testDB(t)
 	if _, err := Migrate(context.Background(), conn, db); err != nil {
@@ -40,7 +49,7 @@ func reportFixture(t *testing.T) (driver.Conn, string, time.Time) {
 	day := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
 	acc := day.Add(9 * time.Hour)
 	ms := func(d int) time.Time { return acc.Add(time.Duration(d) * time.Millisecond) }
-	insertEvents(t, conn, db, []ev{
+	insertEvents(t, conn, db, tenantA, []ev{
 		{"1a", "n1", "", "", "accepted", acc, acc}, {"1s", "n1", "sms", "sms-a", "sent", ms(100), acc}, {"1d", "n1", "sms", "sms-a", "delivered", ms(1100), acc},
 		{"2a", "n2", "", "", "accepted", acc, acc}, {"2s", "n2", "sms", "sms-a", "sent", ms(200), acc}, {"2d", "n2", "sms", "sms-a", "delivered", ms(3200), acc},
 		{"3a", "n3", "", "", "accepted", acc, acc}, {"3s", "n3", "sms", "sms-a", "sent", ms(300), acc},
@@ -49,12 +58,17 @@ func reportFixture(t *testing.T) (driver.Conn, string, time.Time) {
 		// the next hour: n6 sent late in the day, still within the grace period at "now"
 		{"6s", "n6", "sms", "sms-a", "sent", day.Add(23*time.Hour + 59*time.Minute), day.Add(23*time.Hour + 59*time.Minute)},
 	})
+	insertEvents(t, conn, db, tenantB, []ev{
+		{"b1a", "b1", "", "", "accepted", acc, acc}, {"b1s", "b1", "sms", "sms-a", "sent", ms(5000), acc}, {"b1d", "b1", "sms", "sms-a", "delivered", ms(14000), acc},
+		{"b2a", "b2", "", "", "accepted", acc, acc}, {"b2s", "b2", "email", "smtp", "sent", ms(7000), acc},
+		{"b3a", "b3", "", "", "accepted", acc, acc}, {"b3x", "b3", "email", "", "suppressed", ms(5), acc},
+	})
 	return conn, db, day
 }
 
 func TestSummaryCountsPerStatusAndHour(t *testing.T) {
 	conn, db, day := reportFixture(t)
-	tab, err := Summary(context.Background(), conn, db, SummaryQuery{From: day, To: day.Add(24 * time.Hour), GroupBy: []string{"status"}})
+	tab, err := Summary(context.Background(), conn, db, SummaryQuery{Tenant: tenantA, From: day, To: day.Add(24 * time.Hour), GroupBy: []string{"status"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +82,7 @@ func TestSummaryCountsPerStatusAndHour(t *testing.T) {
 			t.Fatalf("summary %v, want %v", got, want)
 		}
 	}
-	hourly, err := Summary(context.Background(), conn, db, SummaryQuery{From: day, To: day.Add(24 * time.Hour),
+	hourly, err := Summary(context.Background(), conn, db, SummaryQuery{Tenant: tenantA, From: day, To: day.Add(24 * time.Hour),
 		GroupBy: []string{"channel"}, Interval: "hour"})
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +100,7 @@ func TestSummaryCountsPerStatusAndHour(t *testing.T) {
 
 func TestLatencyPercentiles(t *testing.T) {
 	conn, db, day := reportFixture(t)
-	tab, err := Latency(context.Background(), conn, db, LatencyQuery{From: day, To: day.Add(24 * time.Hour), GroupBy: []string{"provider"}})
+	tab, err := Latency(context.Background(), conn, db, LatencyQuery{Tenant: tenantA, From: day, To: day.Add(24 * time.Hour), GroupBy: []string{"provider"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +122,7 @@ func TestLatencyPercentiles(t *testing.T) {
 func TestReconciliationFindsSentWithoutReceipt(t *testing.T) {
 	conn, db, day := reportFixture(t)
 	now := day.Add(24*time.Hour + 30*time.Minute) // n6 was sent 31 minutes ago
-	rec, err := Reconcile(context.Background(), conn, db, day, time.Hour, now, 100)
+	rec, err := Reconcile(context.Background(), conn, db, ReconcileQuery{Tenant: tenantA, Day: day, Grace: time.Hour, Now: now, Limit: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,5 +143,77 @@ func TestReconciliationFindsSentWithoutReceipt(t *testing.T) {
 	}
 	if len(ids) != 2 || ids[0] != "n3" || ids[1] != "n4" && ids[0] != "n4" {
 		t.Fatalf("missing %v", ids)
+	}
+}
+
+// Every report of a tenant counts its own rows only: B's numbers from the
+// same day, providers and template, and nothing at all for a tenant without
+// rows (the default tenant here).
+func TestReportsSeeOnlyTheirTenant(t *testing.T) {
+	conn, db, day := reportFixture(t)
+	ctx := context.Background()
+	if err := LoadPrices(ctx, conn, db, []Price{{Provider: "sms-a", Channel: "sms", PriceMicros: 50000, Currency: "USD"}}); err != nil {
+		t.Fatal(err)
+	}
+	end := day.Add(24 * time.Hour)
+	sum, err := Summary(ctx, conn, db, SummaryQuery{Tenant: tenantB, From: day, To: end, GroupBy: []string{"status"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]uint64{}
+	for _, r := range sum.Rows {
+		got[r[0].(string)] = r[1].(uint64)
+	}
+	if len(got) != 4 || got["accepted"] != 3 || got["sent"] != 2 || got["delivered"] != 1 || got["suppressed"] != 1 {
+		t.Fatalf("summary of B %v", got)
+	}
+	lat, err := Latency(ctx, conn, db, LatencyQuery{Tenant: tenantB, From: day, To: end, GroupBy: []string{"provider"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range lat.Objects() {
+		if r["provider"] == "sms-a" && (r["sent"] != uint64(1) || r["accept_to_sent_p50_ms"] != int64(5000) || r["sent_to_delivered_p99_ms"] != int64(9000)) {
+			t.Fatalf("latency of B on sms-a %v", r)
+		}
+	}
+	if len(lat.Rows) != 3 { // sms-a, smtp, and "" for the suppressed b3
+		t.Fatalf("latency of B %v", lat.Rows)
+	}
+	rec, err := Reconcile(ctx, conn, db, ReconcileQuery{Tenant: tenantB, Day: day, Grace: time.Hour, Now: end.Add(time.Hour), Limit: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.Summary.Rows) != 2 || len(rec.Missing.Rows) != 1 || rec.Missing.Rows[0][2] != "b2" {
+		t.Fatalf("reconciliation of B %v, missing %v", rec.Summary.Rows, rec.Missing.Rows)
+	}
+	for _, r := range rec.Summary.Rows {
+		if r[2] != uint64(1) {
+			t.Fatalf("reconciliation of B %v", rec.Summary.Rows)
+		}
+	}
+	// Cost per tenant: what each sent on sms-a, at the one global price.
+	for tenant, want := range map[string]float64{tenantA: 4 * 0.05, tenantB: 0.05} {
+		var cost float64
+		if err := conn.QueryRow(ctx, "SELECT sum(cost) FROM "+db+".cost_per_day WHERE tenant = ? AND provider = 'sms-a'", tenant).Scan(&cost); err != nil {
+			t.Fatal(err)
+		}
+		if cost < want-1e-9 || cost > want+1e-9 {
+			t.Fatalf("cost of %s %v, want %v", tenant, cost, want)
+		}
+	}
+	// A tenant with no rows sees none, whichever name it is given by.
+	for _, tenant := range []string{"", "default"} {
+		sum, err := Summary(ctx, conn, db, SummaryQuery{Tenant: tenant, From: day, To: end, GroupBy: []string{"status"}})
+		if err != nil || len(sum.Rows) != 0 {
+			t.Fatalf("summary of the default tenant %v %v", sum.Rows, err)
+		}
+		lat, err := Latency(ctx, conn, db, LatencyQuery{Tenant: tenant, From: day, To: end})
+		if err != nil || len(lat.Rows) != 1 || lat.Rows[0][0] != uint64(0) {
+			t.Fatalf("latency of the default tenant %v %v", lat.Rows, err)
+		}
+		rec, err := Reconcile(ctx, conn, db, ReconcileQuery{Tenant: tenant, Day: day, Now: end, Limit: 100})
+		if err != nil || len(rec.Summary.Rows) != 0 || len(rec.Missing.Rows) != 0 {
+			t.Fatalf("reconciliation of the default tenant %v %v %v", rec.Summary.Rows, rec.Missing.Rows, err)
+		}
 	}
 }

@@ -13,15 +13,30 @@ import (
 	"github.com/notifyd/notifyd/config"
 )
 
-// Migration is one version of the schema. Every statement is idempotent
-// (IF NOT EXISTS), so a migration interrupted half-way runs again cleanly.
+// Migration is one version of the schema. Every step is idempotent (IF NOT
+// EXISTS, IF EXISTS, a column added only if missing), so a migration
+// interrupted half-way runs again cleanly.
 // The DDL runs on Debian's ClickHouse 18.16 and on current ClickHouse: plain
 // String columns (18.16's LowCardinality breaks materialized views), DateTime
 // plus a millisecond UInt64 instead of DateTime64, no Map, no TTL.
 type Migration struct {
-	Version    uint32
-	Name       string
+	Version uint32
+	Name    string
+	// Columns are added before Statements run, each unless already there.
+	Columns    []NewColumn
 	Statements []string
+}
+
+// NewColumn adds a column to an existing table. 18.16 has no ADD COLUMN IF NOT
+// EXISTS, so Migrate reads system.columns first. With OrderBy set, the same
+// ALTER appends the column to the sorting key, which both 18.16 and current
+// ClickHouse allow only for a column added by that ALTER and without a
+// DEFAULT clause: rows written before read the type's default ("" for String).
+type NewColumn struct {
+	Table   string // without the database
+	Name    string
+	Type    string
+	OrderBy string // the table's new sorting key, the column at its end; "" keeps the key
 }
 
 // Migrations in order; append, never edit a released one.
@@ -103,6 +118,58 @@ var Migrations = []Migration{{
 			FROM {db}.prices GROUP BY provider, channel
 		) USING (provider, channel)`,
 	},
+}, {
+	Version: 2,
+	Name:    "tenant on every table and view",
+	// Rows written before tenants existed belong to the default tenant "".
+	// events gets tenant in its key so that two tenants' events never fold
+	// into one; the rollup needs it in its key so that merges sum per tenant.
+	Columns: []NewColumn{
+		{Table: "events", Name: "tenant", Type: "String", OrderBy: "toDate(at), channel, status, id, tenant"},
+		{Table: "events_per_minute", Name: "tenant", Type: "String",
+			OrderBy: "minute, channel, status, provider, template, priority, tenant"},
+	},
+	Statements: []string{
+		// The rollup's view is replaced, not altered: a new one is created
+		// before the old one is dropped. In between, an insert into events
+		// fails on 18.16 (the old view lacks tenant) and the sink retries it
+		// once the old view is gone, so no event misses the rollup. The
+		// rollup's rows from before keep tenant "".
+		`CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.events_per_minute_tenant_mv TO {db}.events_per_minute AS
+		SELECT toStartOfMinute(at) AS minute, tenant, channel, provider, template, priority, status,
+			uniqExactState(notification_id) AS notifications
+		FROM {db}.events
+		GROUP BY minute, tenant, channel, provider, template, priority, status`,
+		`DROP TABLE IF EXISTS {db}.events_per_minute_mv`,
+		// Plain views hold no rows: dropped and created again with tenant.
+		// (18.16 has neither CREATE OR REPLACE VIEW nor DROP VIEW.)
+		`DROP TABLE IF EXISTS {db}.latency`,
+		`CREATE VIEW IF NOT EXISTS {db}.latency AS
+		SELECT tenant, notification_id, channel,
+			anyIf(provider, status = 'sent') AS provider,
+			any(template) AS template,
+			any(priority) AS priority,
+			toDate(min(at)) AS day,
+			max(accepted_at_ms) AS accepted_ms,
+			minIf(at_ms, status = 'sent') AS sent_ms,
+			minIf(at_ms, status = 'delivered') AS delivered_ms
+		FROM {db}.events
+		WHERE channel != ''
+		GROUP BY tenant, notification_id, channel`,
+		// Prices stay global: providers and their prices are configured for
+		// the whole service; cost is per tenant through what it sent.
+		`DROP TABLE IF EXISTS {db}.cost_per_day`,
+		`CREATE VIEW IF NOT EXISTS {db}.cost_per_day AS
+		SELECT tenant, day, provider, channel, sent, price_micros, currency, sent * price_micros / 1000000 AS cost
+		FROM (
+			SELECT tenant, toDate(at) AS day, provider, channel, uniqExact(notification_id) AS sent
+			FROM {db}.events WHERE status = 'sent'
+			GROUP BY tenant, day, provider, channel
+		) ANY LEFT JOIN (
+			SELECT provider, channel, argMax(price_micros, updated_at) AS price_micros, argMax(currency, updated_at) AS currency
+			FROM {db}.prices GROUP BY provider, channel
+		) USING (provider, channel)`,
+	},
 }}
 
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,62}$`)
@@ -135,6 +202,11 @@ func Migrate(ctx context.Context, conn driver.Conn, db string) ([]uint32, error)
 		if m.Version <= current {
 			continue
 		}
+		for _, c := range m.Columns {
+			if err := addColumn(ctx, conn, db, c); err != nil {
+				return applied, fmt.Errorf("migration %d (%s): %w", m.Version, m.Name, err)
+			}
+		}
 		for i, s := range m.Statements {
 			if err := conn.Exec(ctx, q(s)); err != nil {
 				return applied, fmt.Errorf("migration %d (%s) statement %d: %w", m.Version, m.Name, i+1, err)
@@ -153,6 +225,27 @@ func Migrate(ctx context.Context, conn driver.Conn, db string) ([]uint32, error)
 		applied = append(applied, m.Version)
 	}
 	return applied, nil
+}
+
+// addColumn applies c unless the table has the column already (a migration
+// that stopped half-way and runs again).
+func addColumn(ctx context.Context, conn driver.Conn, db string, c NewColumn) error {
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+		db, c.Table, c.Name).Scan(&n); err != nil {
+		return fmt.Errorf("add column %s.%s: %w", c.Table, c.Name, err)
+	}
+	if n > 0 {
+		return nil
+	}
+	alter := "ALTER TABLE " + db + "." + c.Table + " ADD COLUMN " + c.Name + " " + c.Type
+	if c.OrderBy != "" {
+		alter += ", MODIFY ORDER BY (" + c.OrderBy + ")"
+	}
+	if err := conn.Exec(ctx, alter); err != nil {
+		return fmt.Errorf("add column %s.%s: %w", c.Table, c.Name, err)
+	}
+	return nil
 }
 
 // Open connects to ClickHouse over the native protocol.

@@ -2,6 +2,8 @@ package analytics
 
 import (
 	"context"
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -83,5 +85,140 @@ func TestRollupAndCostCountRedeliveredRowsOnce(t *testing.T) {
 	var sentMs int64
 	if err := conn.QueryRow(ctx, "SELECT sent_ms - accepted_ms FROM "+db+".latency WHERE notification_id = 'n2'").Scan(&sentMs); err != nil || sentMs != 300 {
 		t.Fatalf("latency of n2: %d %v", sentMs, err)
+	}
+}
+
+// schemaV1 is the DDL of version 1 as released, from testdata: what a
+// deployment made before tenants existed has.
+func schemaV1(t *testing.T, db string) []string {
+	t.Helper()
+	raw, err := os.ReadFile("testdata/schema_v1.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, s := range strings.Split(string(raw), ";\n") {
+		var lines []string
+		for _, l := range strings.Split(s, "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+				lines = append(lines, l)
+			}
+		}
+		if s = strings.TrimSpace(strings.Join(lines, "\n")); s != "" {
+			out = append(out, strings.ReplaceAll(strings.TrimSuffix(s, ";"), "{db}", db))
+		}
+	}
+	return out
+}
+
+// A database made by version 1, with rows, migrates in place: every table and
+// view gains tenant, the old rows belong to the default tenant, and rows
+// written afterwards are counted per tenant, also after merges.
+func TestMigrateAddsTenantToAVersion1Database(t *testing.T) {
+	conn, db := testDB(t)
+	ctx := context.Background()
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if err := conn.Exec(ctx, sql, args...); err != nil {
+			t.Fatalf("%v\n%s", err, sql)
+		}
+	}
+	exec("CREATE DATABASE " + db)
+	exec("CREATE TABLE " + db + ".schema_migrations (version UInt32, name String, applied_at DateTime) ENGINE = MergeTree ORDER BY version")
+	v1 := schemaV1(t, db)
+	if len(v1) != 6 {
+		t.Fatalf("testdata/schema_v1.sql has %d statements, want 6", len(v1))
+	}
+	for _, s := range v1 {
+		exec(s)
+	}
+	batch := func(sql string, rows ...[]any) {
+		t.Helper()
+		b, err := conn.PrepareBatch(ctx, sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if err := b.Append(r...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	batch("INSERT INTO "+db+".schema_migrations (version, name, applied_at)", []any{uint32(1), "v1", time.Now()})
+	at := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	ms := uint64(at.UnixMilli())
+	// Written by a sink of the version before tenants: no tenant column.
+	batch("INSERT INTO "+db+".events (id, notification_id, channel, provider, status, at, at_ms, accepted_at_ms)",
+		[]any{"old-sent", "n-old", "email", "smtp", "sent", at, ms, ms})
+
+	applied, err := Migrate(ctx, conn, db)
+	if err != nil || len(applied) != 1 || applied[0] != 2 {
+		t.Fatalf("applied %v, %v; want [2]", applied, err)
+	}
+	for _, table := range []string{"events", "events_per_minute", "latency", "cost_per_day"} {
+		var inKey uint8
+		if err := conn.QueryRow(ctx, "SELECT is_in_sorting_key FROM system.columns WHERE database = ? AND table = ? AND name = 'tenant'",
+			db, table).Scan(&inKey); err != nil {
+			t.Fatalf("%s has no tenant column: %v", table, err)
+		}
+		if (table == "events" || table == "events_per_minute") && inKey != 1 {
+			t.Fatalf("tenant is not in the sorting key of %s", table)
+		}
+	}
+	var views []string
+	rows, err := conn.Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND engine = 'MaterializedView' ORDER BY name", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n string
+		_ = rows.Scan(&n)
+		views = append(views, n)
+	}
+	rows.Close()
+	if len(views) != 1 || views[0] != "events_per_minute_tenant_mv" {
+		t.Fatalf("materialized views %v, want only events_per_minute_tenant_mv", views)
+	}
+	var oldTenant string
+	if err := conn.QueryRow(ctx, "SELECT tenant FROM "+db+".events WHERE id = 'old-sent'").Scan(&oldTenant); err != nil || oldTenant != "" {
+		t.Fatalf("old row's tenant %q %v, want the default tenant", oldTenant, err)
+	}
+
+	// After the migration: one more default-tenant notification and one of
+	// acme in the same minute, and an event id both tenants use.
+	batch("INSERT INTO "+db+".events (tenant, id, notification_id, channel, provider, status, at, at_ms, accepted_at_ms)",
+		[]any{"", "new-sent", "n-new", "email", "smtp", "sent", at, ms, ms},
+		[]any{"acme", "acme-sent", "n-acme", "email", "smtp", "sent", at, ms, ms},
+		[]any{"", "same-id", "n-same", "email", "smtp", "failed", at, ms, ms},
+		[]any{"acme", "same-id", "n-same", "email", "smtp", "failed", at, ms, ms})
+	check := func(when string) {
+		t.Helper()
+		for tenant, want := range map[string]uint64{"": 2, "acme": 1} {
+			sum, err := Summary(ctx, conn, db, SummaryQuery{Tenant: tenant, From: at, To: at.Add(time.Hour), GroupBy: []string{"status"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(sum.Rows) != 2 || sum.Rows[1][0] != "sent" || sum.Rows[1][1] != want {
+				t.Fatalf("%s: summary of %q %v, want %d sent", when, tenant, sum.Rows, want)
+			}
+		}
+		var copies uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".events FINAL WHERE id = 'same-id'").Scan(&copies); err != nil || copies != 2 {
+			t.Fatalf("%s: %d rows of the id both tenants use (%v), want 2", when, copies, err)
+		}
+		var lat uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".latency WHERE tenant = '' AND sent_ms > 0").Scan(&lat); err != nil || lat != 2 {
+			t.Fatalf("%s: latency rows of the default tenant %d %v", when, lat, err)
+		}
+	}
+	check("before merges")
+	exec("OPTIMIZE TABLE " + db + ".events FINAL")
+	exec("OPTIMIZE TABLE " + db + ".events_per_minute FINAL")
+	check("after merges")
+	if again, err := Migrate(ctx, conn, db); err != nil || len(again) != 0 {
+		t.Fatalf("second run applied %v (%v)", again, err)
 	}
 }

@@ -43,20 +43,43 @@ type Inbox struct {
 	Capacity int
 }
 
-// InboxToken is the token of a user's inbox: an HMAC of the user id with the
-// inbox secret, base64url encoded. It never expires; rotating the secret
-// revokes every token.
+// InboxToken is the token of a user's inbox in the default tenant: an HMAC
+// of the user id with the inbox secret, base64url encoded. It never expires;
+// rotating the secret revokes every token.
 func InboxToken(secret []byte, userID string) string {
+	return TenantInboxToken(secret, "", userID)
+}
+
+// TenantInboxToken is the token of a user's inbox in a tenant:
+// "<tenant>.<HMAC of the tenant-qualified user>", or InboxToken's form in the
+// default tenant. The tenant travels in the token because the end-user
+// endpoints have no API key to name it.
+func TenantInboxToken(secret []byte, tenant, userID string) string {
 	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("notifyd-inbox-v1\x00" + userID))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	m.Write([]byte("notifyd-inbox-v1\x00" + schemas.TenantKey(tenant, userID)))
+	mac := base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+	if tenant = schemas.NormTenant(tenant); tenant != "" {
+		return tenant + "." + mac
+	}
+	return mac
+}
+
+type inboxUserKey struct{}
+
+// inboxUser is the inbox's tenant and the tenant-qualified key of the user
+// whose token authenticated the request.
+type inboxUser struct{ tenant, id, key string }
+
+func inboxUserOf(r *http.Request) inboxUser {
+	u, _ := r.Context().Value(inboxUserKey{}).(inboxUser)
+	return u
 }
 
 func (s *Server) inboxRoutes(mux *http.ServeMux) {
 	if s.Inbox == nil {
 		return
 	}
-	mux.Handle("GET /v1/inbox/{userId}/token", s.instrument("GET /v1/inbox/{userId}/token", s.authenticate(http.HandlerFunc(s.inboxToken))))
+	mux.Handle("GET /v1/inbox/{userId}/token", s.instrument("GET /v1/inbox/{userId}/token", s.authenticate(ScopeInboxToken, http.HandlerFunc(s.inboxToken))))
 	user := func(pattern string, h http.HandlerFunc) {
 		mux.Handle(pattern, s.instrument(pattern, s.inboxCORS(s.inboxAuth(h))))
 	}
@@ -78,7 +101,7 @@ func (s *Server) inboxToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"userId": id, "token": InboxToken(s.Inbox.Secret, id)})
+	writeJSON(w, http.StatusOK, map[string]string{"userId": id, "token": TenantInboxToken(s.Inbox.Secret, tenantFrom(r.Context()), id)})
 }
 
 // inboxCORS lets the configured origins call the end-user endpoints.
@@ -110,13 +133,19 @@ func (s *Server) inboxAuth(next http.Handler) http.Handler {
 		if !ok {
 			tok = r.URL.Query().Get("token")
 		}
-		want := InboxToken(s.Inbox.Secret, id)
-		if tok == "" || !hmac.Equal([]byte(strings.TrimSpace(tok)), []byte(want)) {
+		tok = strings.TrimSpace(tok)
+		tenant, _, _ := strings.Cut(tok, ".")
+		if !strings.Contains(tok, ".") || !schemas.ValidTenant(tenant) {
+			tenant = ""
+		}
+		want := TenantInboxToken(s.Inbox.Secret, tenant, id)
+		if tok == "" || !hmac.Equal([]byte(tok), []byte(want)) {
 			writeError(w, &Error{Status: http.StatusUnauthorized, Code: "unauthenticated",
 				Message: "missing or wrong inbox token for user " + id + ": send Authorization: Bearer <token> (or ?token=)"})
 			return
 		}
-		next.ServeHTTP(w, r)
+		u := inboxUser{tenant: tenant, id: id, key: schemas.TenantKey(tenant, id)}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), inboxUserKey{}, u)))
 	})
 }
 
@@ -164,7 +193,7 @@ func counts(f *schemas.InboxFeed) inboxCounts {
 
 // GET /v1/inbox/{userId}/messages?filter=unread|archived|all&limit=&before=<seq>
 func (s *Server) inboxList(w http.ResponseWriter, r *http.Request) {
-	f, apiErr := s.syncedFeed(r.Context(), r.PathValue("userId"))
+	f, apiErr := s.syncedFeed(r.Context(), inboxUserOf(r).key)
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return
@@ -209,7 +238,7 @@ func (s *Server) inboxList(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 			if (before == 0 || m.Seq < before) && keep(m) {
-				out.Messages = append(out.Messages, toMessageJSON(m))
+				out.Messages = append(out.Messages, toMessageJSON(s.openItem(r, m)))
 			}
 		}
 	}
@@ -226,7 +255,7 @@ func toMessageJSON(m schemas.InboxItem) inboxMessageJSON {
 }
 
 func (s *Server) inboxCount(w http.ResponseWriter, r *http.Request) {
-	f, apiErr := s.syncedFeed(r.Context(), r.PathValue("userId"))
+	f, apiErr := s.syncedFeed(r.Context(), inboxUserOf(r).key)
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return
@@ -249,7 +278,7 @@ func (s *Server) inboxMark(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	s.inboxCommand(w, r, &schemas.InboxCommand{Op: op, UserID: r.PathValue("userId"), MessageIDs: []string{r.PathValue("id")}})
+	s.inboxCommand(w, r, &schemas.InboxCommand{Op: op, UserID: inboxUserOf(r).id, Tenant: inboxUserOf(r).tenant, MessageIDs: []string{r.PathValue("id")}})
 }
 
 // POST /v1/inbox/{userId}/bulk {"op":"read","ids":[…]}
@@ -280,12 +309,12 @@ func (s *Server) inboxBulk(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	s.inboxCommand(w, r, &schemas.InboxCommand{Op: op, UserID: r.PathValue("userId"), MessageIDs: b.IDs})
+	s.inboxCommand(w, r, &schemas.InboxCommand{Op: op, UserID: inboxUserOf(r).id, Tenant: inboxUserOf(r).tenant, MessageIDs: b.IDs})
 }
 
 func (s *Server) inboxAll(op string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s.inboxCommand(w, r, &schemas.InboxCommand{Op: op, UserID: r.PathValue("userId")})
+		s.inboxCommand(w, r, &schemas.InboxCommand{Op: op, UserID: inboxUserOf(r).id, Tenant: inboxUserOf(r).tenant})
 	}
 }
 
@@ -294,24 +323,25 @@ func (s *Server) inboxAll(op string) http.HandlerFunc {
 // it; it answers the counts then.
 func (s *Server) inboxCommand(w http.ResponseWriter, r *http.Request, c *schemas.InboxCommand) {
 	c.At = s.now().UnixMilli()
+	key := schemas.TenantKey(c.Tenant, c.UserID)
 	b, err := schemas.InboxCommandCodec.Encode(c)
 	if err != nil {
 		writeError(w, invalid("", "%v", err))
 		return
 	}
 	applied := func() bool {
-		f, apiErr := s.feed(c.UserID)
+		f, apiErr := s.feed(key)
 		if apiErr != nil {
 			return false
 		}
 		_, ev := processors.ApplyInbox(f, c, s.Inbox.Capacity)
 		return ev == nil
 	}
-	if err := s.write(r.Context(), string(topology.InboxCommands), c.UserID, b, applied); err != nil {
+	if err := s.write(r.Context(), string(topology.InboxCommands), key, b, applied); err != nil {
 		writeError(w, err)
 		return
 	}
-	f, _ := s.feed(c.UserID)
+	f, _ := s.feed(key)
 	writeJSON(w, http.StatusAccepted, counts(f))
 }
 
@@ -320,7 +350,7 @@ func (s *Server) inboxCommand(w http.ResponseWriter, r *http.Request, c *schemas
 // id is the feed's sequence number. On reconnect with Last-Event-ID (or
 // ?lastEventId=), every message newer than it is sent first, then the counts.
 func (s *Server) inboxStream(w http.ResponseWriter, r *http.Request) {
-	userID := r.PathValue("userId")
+	userID := inboxUserOf(r).key
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		writeError(w, &Error{Status: http.StatusInternalServerError, Code: "internal", Message: "streaming unsupported"})
@@ -359,7 +389,7 @@ func (s *Server) inboxStream(w http.ResponseWriter, r *http.Request) {
 		// Missed messages, oldest first.
 		for i := len(f.Messages) - 1; i >= 0; i-- {
 			if m := f.Messages[i]; m.Seq > last {
-				writeEvent(w, m.Seq, processors.InboxEventMessage, messageEvent(m, f.Unread, f.Unseen))
+				writeEvent(w, m.Seq, processors.InboxEventMessage, messageEvent(s.openItem(r, m), f.Unread, f.Unseen))
 			}
 		}
 	}
@@ -390,12 +420,12 @@ func (s *Server) inboxStream(w http.ResponseWriter, r *http.Request) {
 			switch ev.Kind {
 			case processors.InboxEventMessage:
 				if len(ev.Items) > 0 {
-					writeEvent(w, ev.Seq, ev.Kind, messageEvent(ev.Items[0], ev.Unread, ev.Unseen))
+					writeEvent(w, ev.Seq, ev.Kind, messageEvent(s.openItem(r, ev.Items[0]), ev.Unread, ev.Unseen))
 				}
 			case processors.InboxEventUpdate:
 				ms := make([]inboxMessageJSON, 0, len(ev.Items))
 				for _, m := range ev.Items {
-					ms = append(ms, toMessageJSON(m))
+					ms = append(ms, toMessageJSON(s.openItem(r, m)))
 				}
 				writeEvent(w, ev.Seq, ev.Kind, map[string]any{"messages": ms, "unread": ev.Unread, "unseen": ev.Unseen})
 			default:
@@ -404,6 +434,15 @@ func (s *Server) inboxStream(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
+}
+
+// openItem reads a message's sealed content with its user's key. A message
+// whose key was erased keeps its id and state and shows no content.
+func (s *Server) openItem(r *http.Request, m schemas.InboxItem) schemas.InboxItem {
+	if err := processors.OpenInboxItem(r.Context(), s.sealer(), inboxUserOf(r).key, &m); err != nil {
+		m.Sealed = nil
+	}
+	return m
 }
 
 func messageEvent(m schemas.InboxItem, unread, unseen int32) map[string]any {
@@ -483,12 +522,16 @@ func (h *InboxHub) Streams() int {
 	return h.count
 }
 
-// Publish hands an event to the user's streams without blocking: a stream
-// that cannot keep up is ended (its client reconnects and catches up).
-func (h *InboxHub) Publish(ev *schemas.InboxEvent) {
+// Publish hands an event of a default-tenant user to the user's streams.
+func (h *InboxHub) Publish(ev *schemas.InboxEvent) { h.PublishTo(ev.UserID, ev) }
+
+// PublishTo hands an event to the streams of the user with the
+// tenant-qualified key without blocking: a stream that cannot keep up is
+// ended (its client reconnects and catches up).
+func (h *InboxHub) PublishTo(key string, ev *schemas.InboxEvent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for sub := range h.subs[ev.UserID] {
+	for sub := range h.subs[key] {
 		select {
 		case sub.events <- ev:
 		default:
@@ -500,8 +543,11 @@ func (h *InboxHub) Publish(ev *schemas.InboxEvent) {
 // PublishRecord decodes a record of notify.inbox.events and publishes it.
 func (h *InboxHub) PublishRecord(r *kgo.Record) {
 	ev, err := schemas.InboxEventCodec.Decode(r.Value)
-	if err != nil || ev.UserID != string(r.Key) {
+	if err != nil {
 		return
 	}
-	h.Publish(ev)
+	if _, id := schemas.SplitTenantKey(string(r.Key)); id != ev.UserID {
+		return
+	}
+	h.PublishTo(string(r.Key), ev)
 }

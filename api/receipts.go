@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -67,6 +68,20 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 			writeError(w, invalid(f("status"), "status must be delivered, failed, opened, clicked or unsubscribed, got %q", rc.Status))
 			return
 		}
+		lc := s.lifecycle(r.Context(), rc.NotificationID)
+		if lc == nil || lc.Tenant != tenantFrom(r.Context()) {
+			// Receipts only for notifications this tenant sent: nothing is
+			// made up for an id notifyd does not know.
+			writeError(w, &Error{Status: http.StatusNotFound, Code: "not_found", Field: f("notificationId"),
+				Message: fmt.Sprintf("notification %q not found", rc.NotificationID)})
+			return
+		}
+		if !sentBy(lc, rc.Channel, rc.Provider) {
+			writeError(w, &Error{Status: http.StatusForbidden, Code: "wrong_provider", Field: f("provider"),
+				Message: fmt.Sprintf("notification %q was not handed to provider %q on channel %s: only the provider that sent it may report on it",
+					rc.NotificationID, rc.Provider, rc.Channel)})
+			return
+		}
 		at := s.now()
 		if rc.At != "" {
 			t, err := time.Parse(time.RFC3339, rc.At)
@@ -76,9 +91,7 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 			}
 			at = t
 		}
-		ev := &schemas.StatusEvent{ID: processors.StatusEventID(rc.NotificationID, rc.Status, rc.Channel, 0),
-			NotificationID: rc.NotificationID, Channel: rc.Channel, Provider: rc.Provider, Status: rc.Status,
-			Reason: rc.Reason, ProviderMessageID: rc.ProviderMessageID, At: at.UnixMilli()}
+		ev := receiptEvent(lc, rc.Channel, rc.Provider, rc.Status, rc.Reason, rc.ProviderMessageID, at)
 		v, err := schemas.StatusEventCodec.Encode(ev)
 		if err != nil {
 			writeError(w, err)
@@ -138,9 +151,10 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		lc := s.lifecycle(r.Context(), rc.NotificationID)
-		if lc == nil {
-			// Not a notification notifyd sent: nothing is recorded for it. A
-			// batch (SendGrid posts many events at once) goes on with the rest.
+		if lc == nil || !sentBy(lc, src.Channel, name) {
+			// Not a notification notifyd handed to this provider: nothing is
+			// recorded for it. A batch (SendGrid posts many events at once)
+			// goes on with the rest.
 			unknown++
 			if firstUnknown == "" {
 				firstUnknown = rc.NotificationID
@@ -153,10 +167,7 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 			at = s.now()
 		}
 		channel := src.Channel
-		ev := &schemas.StatusEvent{ID: processors.StatusEventID(rc.NotificationID, rc.Status, channel, 0),
-			NotificationID: rc.NotificationID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template,
-			Channel: channel, Priority: lc.Priority, Category: lc.Category, Provider: name, Status: rc.Status,
-			Reason: processors.Clip(rc.Reason, processors.MaxReason), ProviderMessageID: rc.ProviderMessageID, At: at.UnixMilli()}
+		ev := receiptEvent(lc, channel, name, rc.Status, rc.Reason, rc.ProviderMessageID, at)
 		v, err := schemas.StatusEventCodec.Encode(ev)
 		if err != nil {
 			writeError(w, err)
@@ -167,7 +178,7 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 			fb, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: rc.NotificationID, Channel: channel,
 				Status: processors.StatusUnsubscribed, At: at.UnixMilli(), Unsubscribe: true, Reason: ev.Reason})
 			if err == nil {
-				recs = append(recs, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(lc.UserID), Value: fb})
+				recs = append(recs, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(schemas.TenantKey(lc.Tenant, lc.UserID)), Value: fb})
 			}
 		}
 	}
@@ -204,11 +215,52 @@ func (s *Server) providerHandshake(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, challenge)
 }
 
-// lifecycle reads a notification's lifecycle, nil when notifyd has none.
+// receiptEvent is the status event of a receipt about a known notification:
+// tenant, template, category and priority come from its lifecycle, so
+// analytics per template and tenant count it.
+func receiptEvent(lc *schemas.Lifecycle, channel, provider, status, reason, providerMessageID string, at time.Time) *schemas.StatusEvent {
+	return &schemas.StatusEvent{ID: processors.StatusEventID(lc.ID, status, channel, 0),
+		NotificationID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Tenant: lc.Tenant,
+		Channel: channel, Priority: lc.Priority, Category: lc.Category, Provider: provider, Status: status,
+		Reason: processors.Clip(reason, processors.MaxReason), ProviderMessageID: providerMessageID, At: at.UnixMilli()}
+}
+
+// sentBy tells whether provider was handed the notification on channel: a
+// receipt is taken only from the provider that sent it. Push sent to several
+// platforms names its providers joined by "+".
+func sentBy(lc *schemas.Lifecycle, channel, provider string) bool {
+	names := func(p string) bool {
+		for _, n := range strings.Split(p, "+") {
+			if n == provider {
+				return true
+			}
+		}
+		return false
+	}
+	for _, h := range lc.History {
+		if h.Status == processors.StatusSent && h.Channel == channel && names(h.Provider) {
+			return true
+		}
+	}
+	// The oldest history may have been dropped; the lifecycle still names the
+	// provider of its channel.
+	return lc.DroppedHistory > 0 && lc.Channel == channel && names(lc.Provider)
+}
+
+// lifecycle reads a notification's lifecycle, nil when notifyd has none. On a
+// miss the status table catches up once: a receipt may follow its send closely.
 func (s *Server) lifecycle(ctx context.Context, id string) *schemas.Lifecycle {
 	if !processors.ValidID(id) {
 		return nil
 	}
+	if lc := s.readLifecycle(id); lc != nil {
+		return lc
+	}
+	s.sync(ctx, s.Status, id)
+	return s.readLifecycle(id)
+}
+
+func (s *Server) readLifecycle(id string) *schemas.Lifecycle {
 	v, err := s.Status.Get(id)
 	if err != nil {
 		return nil

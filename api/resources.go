@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/topology"
@@ -98,7 +99,7 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	lc, _ := v.(*schemas.Lifecycle)
-	if lc == nil {
+	if lc == nil || lc.Tenant != tenantFrom(r.Context()) {
 		writeError(w, notFound("notification", id))
 		return
 	}
@@ -260,14 +261,21 @@ func (s *Server) putProfile(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr)
 		return
 	}
+	p.Tenant = tenantFrom(r.Context())
+	key := schemas.TenantKey(p.Tenant, id)
 	p.UpdatedAt = s.now().UnixMilli()
-	v, err := schemas.ProfileCodec.Encode(p)
+	sealed, err := processors.SealProfile(r.Context(), s.sealer(), p)
+	if err != nil {
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "profile: " + err.Error()})
+		return
+	}
+	v, err := schemas.ProfileCodec.Encode(sealed)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if err := s.write(r.Context(), string(topology.Profiles), id, v, func() bool {
-		cur := s.lookupProfile(id)
+	if err := s.write(r.Context(), string(topology.Profiles), key, v, func() bool {
+		cur := s.lookupProfile(key)
 		return cur != nil && cur.UpdatedAt == p.UpdatedAt
 	}); err != nil {
 		writeError(w, err)
@@ -278,24 +286,53 @@ func (s *Server) putProfile(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getProfile(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("userId")
-	s.sync(r.Context(), s.Profiles, id)
-	p := s.lookupProfile(id)
+	key := schemas.TenantKey(tenantFrom(r.Context()), id)
+	s.sync(r.Context(), s.Profiles, key)
+	p := s.lookupProfile(key)
 	if p == nil {
 		writeError(w, notFound("profile", id))
 		return
 	}
-	writeJSON(w, http.StatusOK, fromProfile(p))
+	opened, err := processors.OpenProfile(r.Context(), s.sealer(), p)
+	if err != nil {
+		if errors.Is(err, crypt.ErrErased) {
+			writeError(w, notFound("profile", id))
+			return
+		}
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "profile: " + err.Error()})
+		return
+	}
+	writeJSON(w, http.StatusOK, fromProfile(opened))
 }
 
 func (s *Server) deleteProfile(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("userId")
-	if s.lookupProfile(id) == nil {
+	key := schemas.TenantKey(tenantFrom(r.Context()), id)
+	if s.lookupProfile(key) == nil {
+		// Gone already; a DELETE repeated after its key could not be
+		// destroyed finishes the erasure.
+		if s.Crypt != nil {
+			if n, err := s.Crypt.Erase(r.Context(), key); err == nil && n > 0 {
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
 		writeError(w, notFound("profile", id))
 		return
 	}
-	if err := s.write(r.Context(), string(topology.Profiles), id, nil, func() bool { return s.lookupProfile(id) == nil }); err != nil {
+	if err := s.write(r.Context(), string(topology.Profiles), key, nil, func() bool { return s.lookupProfile(key) == nil }); err != nil {
 		writeError(w, err)
 		return
+	}
+	// Erasure: the user's data key is destroyed, so every copy of their
+	// personal data on every topic, in the DLQ and in local state (all
+	// sealed with it) can no longer be read.
+	if s.Crypt != nil {
+		if _, err := s.Crypt.Erase(r.Context(), key); err != nil {
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Message: "the profile is deleted but its data key could not be destroyed yet; repeat the DELETE: " + err.Error()})
+			return
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -335,7 +372,8 @@ func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	t := &schemas.Template{ID: id, Category: b.Category, Priority: b.Priority, Channels: b.Channels, Locales: b.Locales,
-		UpdatedAt: s.now().UnixMilli()}
+		UpdatedAt: s.now().UnixMilli(), Tenant: tenantFrom(r.Context())}
+	key := schemas.TenantKey(t.Tenant, id)
 	if err := processors.ValidateTemplateLimits(t, s.Render); err != nil {
 		field, msg, _ := strings.Cut(err.Error(), ": ")
 		writeError(w, invalid(field, "%s", msg))
@@ -346,8 +384,8 @@ func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if err := s.write(r.Context(), string(topology.Templates), id, v, func() bool {
-		cur := s.lookupTemplate(id)
+	if err := s.write(r.Context(), string(topology.Templates), key, v, func() bool {
+		cur := s.lookupTemplate(key)
 		return cur != nil && cur.UpdatedAt == t.UpdatedAt
 	}); err != nil {
 		writeError(w, err)
@@ -358,8 +396,9 @@ func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	s.sync(r.Context(), s.Templates, id)
-	t := s.lookupTemplate(id)
+	key := schemas.TenantKey(tenantFrom(r.Context()), id)
+	s.sync(r.Context(), s.Templates, key)
+	t := s.lookupTemplate(key)
 	if t == nil {
 		writeError(w, notFound("template", id))
 		return
@@ -375,7 +414,11 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 	}
 	defer it.Release()
 	out := []templateJSON{}
+	tenant := tenantFrom(r.Context())
 	for it.Next() {
+		if t, _ := schemas.SplitTenantKey(it.Key()); t != tenant {
+			continue
+		}
 		v, err := it.Value()
 		if err != nil {
 			continue
@@ -390,11 +433,12 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if s.lookupTemplate(id) == nil {
+	key := schemas.TenantKey(tenantFrom(r.Context()), id)
+	if s.lookupTemplate(key) == nil {
 		writeError(w, notFound("template", id))
 		return
 	}
-	if err := s.write(r.Context(), string(topology.Templates), id, nil, func() bool { return s.lookupTemplate(id) == nil }); err != nil {
+	if err := s.write(r.Context(), string(topology.Templates), key, nil, func() bool { return s.lookupTemplate(key) == nil }); err != nil {
 		writeError(w, err)
 		return
 	}
@@ -429,7 +473,7 @@ const statusClientClosedRequest = 499
 
 func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	t := s.lookupTemplate(id)
+	t := s.lookupTemplate(schemas.TenantKey(tenantFrom(r.Context()), id))
 	if t == nil {
 		writeError(w, notFound("template", id))
 		return

@@ -95,9 +95,14 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 	if err := validID(p("template"), b.Template); err != nil {
 		return nil, err
 	}
-	if !s.templateKnown(ctx, b.Template, synced) {
+	tenant := tenantFrom(ctx)
+	tmpl := s.knownTemplate(ctx, schemas.TenantKey(tenant, b.Template), synced)
+	if tmpl == nil {
 		return nil, &Error{Status: http.StatusBadRequest, Code: "unknown_template", Field: p("template"),
 			Message: fmt.Sprintf("unknown template %q", b.Template)}
+	}
+	if apiErr := checkCategory(ctx, b, tmpl, p("category")); apiErr != nil {
+		return nil, apiErr
 	}
 	if len(b.Recipients) == 0 {
 		return nil, invalid(p("recipients"), "at least one recipient is required")
@@ -106,7 +111,7 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 		return nil, invalid(p("recipients"), "at most %d recipients per request, got %d", MaxRecipients, len(b.Recipients))
 	}
 	req := &schemas.SendRequest{EventID: eventID, Template: b.Template, Priority: b.Priority, Category: b.Category,
-		Channels: b.Channels, AcceptedAt: s.now().UnixMilli(), Source: "api"}
+		Channels: b.Channels, AcceptedAt: s.now().UnixMilli(), Source: "api", Tenant: tenant}
 	for i, r := range b.Recipients {
 		f := func(name string) string { return p(fmt.Sprintf("recipients[%d].%s", i, name)) }
 		if err := validID(f("userId"), r.UserID); err != nil {
@@ -215,18 +220,38 @@ func recordSize(req *schemas.SendRequest, p func(string) string) *Error {
 	return nil
 }
 
-// templateKnown looks a template up; on a miss it lets the table catch up
-// once (per synced set), in case another instance wrote it a moment ago.
-func (s *Server) templateKnown(ctx context.Context, id string, synced map[string]bool) bool {
-	if s.lookupTemplate(id) != nil {
-		return true
+// knownTemplate looks a template up by its tenant-qualified key; on a miss it
+// lets the table catch up once (per synced set), in case another instance
+// wrote it a moment ago.
+func (s *Server) knownTemplate(ctx context.Context, key string, synced map[string]bool) *schemas.Template {
+	if t := s.lookupTemplate(key); t != nil {
+		return t
 	}
-	if synced[id] {
-		return false
+	if synced[key] {
+		return nil
 	}
-	synced[id] = true
-	s.sync(ctx, s.Templates, id)
-	return s.lookupTemplate(id) != nil
+	synced[key] = true
+	s.sync(ctx, s.Templates, key)
+	return s.lookupTemplate(key)
+}
+
+// checkCategory applies "the category comes from the template": a request
+// may only narrow a transactional template to another category, and a send
+// that ends up transactional (which skips opt-outs and quiet hours) needs
+// the send:transactional scope.
+func checkCategory(ctx context.Context, b *sendBody, t *schemas.Template, field string) *Error {
+	category, err := processors.NarrowCategory(b.Category, t)
+	if err != nil {
+		if b.Category == processors.CategoryTransactional {
+			return &Error{Status: http.StatusForbidden, Code: "forbidden", Field: field, Message: err.Error()}
+		}
+		return invalid(field, "%v", err)
+	}
+	if category == processors.CategoryTransactional && !can(ctx, ScopeSendTransactional) {
+		return &Error{Status: http.StatusForbidden, Code: "forbidden", Field: field,
+			Message: fmt.Sprintf("template %q is transactional (it skips opt-outs and quiet hours): this key lacks scope %q; send it under a narrower category or use a key with that scope", t.ID, ScopeSendTransactional)}
+	}
+	return nil
 }
 
 func respond(req *schemas.SendRequest) sendResponse {
@@ -327,7 +352,7 @@ func (s *Server) produceRequests(ctx context.Context, reqs []*schemas.SendReques
 			return err
 		}
 		wg.Add(1)
-		s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Ingest), Key: []byte(req.EventID), Value: v},
+		s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Ingest), Key: []byte(schemas.TenantKey(req.Tenant, req.EventID)), Value: v},
 			func(_ *kgo.Record, err error) {
 				if err != nil {
 					mu.Lock()
@@ -355,9 +380,14 @@ func (s *Server) upsertProfiles(ctx context.Context, req *schemas.SendRequest) {
 		if !r.Upsert {
 			continue
 		}
-		p := s.lookupProfile(r.UserID)
-		if p == nil {
-			p = &schemas.Profile{UserID: r.UserID}
+		key := schemas.TenantKey(req.Tenant, r.UserID)
+		p := &schemas.Profile{UserID: r.UserID, Tenant: req.Tenant}
+		if cur := s.lookupProfile(key); cur != nil {
+			opened, err := processors.OpenProfile(ctx, s.sealer(), cur)
+			if err != nil {
+				continue // erased or unreadable: not revived by a send
+			}
+			p = opened
 		}
 		if r.Email != "" {
 			p.Email = r.Email
@@ -369,8 +399,12 @@ func (s *Server) upsertProfiles(ctx context.Context, req *schemas.SendRequest) {
 			p.Locale = r.Locale
 		}
 		p.UpdatedAt = s.now().UnixMilli()
-		if v, err := schemas.ProfileCodec.Encode(p); err == nil {
-			s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Profiles), Key: []byte(r.UserID), Value: v}, nil)
+		sealed, err := processors.SealProfile(ctx, s.sealer(), p)
+		if err != nil {
+			continue
+		}
+		if v, err := schemas.ProfileCodec.Encode(sealed); err == nil {
+			s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Profiles), Key: []byte(key), Value: v}, nil)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -31,7 +32,15 @@ type Server struct {
 	Templates IterableTable
 	Profiles  Table
 	Status    Table
-	Keys      *Keys
+	// Keys are the configured API keys.
+	Keys *Keys
+	// ManagedKeys is a view of KeysTopic: the keys made by POST /v1/keys;
+	// nil = none (the /v1/keys endpoints answer 503).
+	ManagedKeys IterableTable
+	// NoAudit turns off the audit events of writes (on when Producer is set).
+	NoAudit bool
+	// Log takes what cannot be answered (an audit event that failed); nil = slog.Default().
+	Log *slog.Logger
 	// Ready reports whether the broker is reachable and tables are recovered.
 	Ready        func(ctx context.Context) error
 	MaxBodyBytes int64
@@ -48,11 +57,15 @@ type Server struct {
 	Render processors.RenderLimits
 	// Inbox serves the in-app inbox's end-user endpoints; nil = none.
 	Inbox *Inbox
+	// Keys seals profiles and opens profiles and inbox messages (crypt.Keyring);
+	// Erase crypto-shreds a user's data when their profile is deleted.
+	Crypt Keyring
 	// ReceiptProviders take their provider's callbacks at
 	// POST /v1/receipts/{provider}, by provider name.
 	ReceiptProviders map[string]ReceiptSource
 
 	requests *prometheus.HistogramVec
+	limiters keyLimiters
 }
 
 // NewMetrics registers the API's series.
@@ -73,27 +86,33 @@ func (s *Server) now() time.Time {
 // Handler routes every endpoint.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	authed := func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.instrument(pattern, s.authenticate(h)))
+	// Each route names the scope a key needs for it.
+	authed := func(scope, pattern string, h http.HandlerFunc) {
+		mux.Handle(pattern, s.instrument(pattern, s.authenticate(scope, h)))
 	}
-	authed("POST /v1/notifications", s.send)
-	authed("POST /v1/notifications/batch", s.sendBatch)
-	authed("GET /v1/notifications/{id}", s.getStatus)
-	authed("PUT /v1/profiles/{userId}", s.putProfile)
-	authed("GET /v1/profiles/{userId}", s.getProfile)
-	authed("DELETE /v1/profiles/{userId}", s.deleteProfile)
-	authed("PUT /v1/templates/{id}", s.putTemplate)
-	authed("GET /v1/templates/{id}", s.getTemplate)
-	authed("GET /v1/templates", s.listTemplates)
-	authed("DELETE /v1/templates/{id}", s.deleteTemplate)
-	authed("POST /v1/templates/{id}/preview", s.previewTemplate)
-	authed("POST /v1/receipts", s.receipts)
+	authed(ScopeSend, "POST /v1/notifications", s.send)
+	authed(ScopeSend, "POST /v1/notifications/batch", s.sendBatch)
+	authed(ScopeNotificationsRead, "GET /v1/notifications/{id}", s.getStatus)
+	authed(ScopeProfilesWrite, "PUT /v1/profiles/{userId}", s.putProfile)
+	authed(ScopeProfilesRead, "GET /v1/profiles/{userId}", s.getProfile)
+	authed(ScopeProfilesWrite, "DELETE /v1/profiles/{userId}", s.deleteProfile)
+	authed(ScopeTemplatesWrite, "PUT /v1/templates/{id}", s.putTemplate)
+	authed(ScopeTemplatesRead, "GET /v1/templates/{id}", s.getTemplate)
+	authed(ScopeTemplatesRead, "GET /v1/templates", s.listTemplates)
+	authed(ScopeTemplatesWrite, "DELETE /v1/templates/{id}", s.deleteTemplate)
+	authed(ScopeTemplatesRead, "POST /v1/templates/{id}/preview", s.previewTemplate)
+	authed(ScopeReceiptsWrite, "POST /v1/receipts", s.receipts)
 	// Authenticated by the provider's signature, not an API key.
 	mux.Handle("POST /v1/receipts/{provider}", s.instrument("POST /v1/receipts/{provider}", http.HandlerFunc(s.providerReceipts)))
 	mux.Handle("GET /v1/receipts/{provider}", s.instrument("GET /v1/receipts/{provider}", http.HandlerFunc(s.providerHandshake)))
-	authed("GET /v1/analytics/summary", s.analyticsSummary)
-	authed("GET /v1/analytics/latency", s.analyticsLatency)
-	authed("GET /v1/analytics/reconciliation", s.analyticsReconciliation)
+	authed(ScopeAnalyticsRead, "GET /v1/analytics/summary", s.analyticsSummary)
+	authed(ScopeAnalyticsRead, "GET /v1/analytics/latency", s.analyticsLatency)
+	authed(ScopeAnalyticsRead, "GET /v1/analytics/reconciliation", s.analyticsReconciliation)
+	authed(ScopeAdmin, "POST /v1/keys", s.createKey)
+	authed(ScopeAdmin, "GET /v1/keys", s.listKeys)
+	authed(ScopeAdmin, "GET /v1/keys/{id}", s.getKey)
+	authed(ScopeAdmin, "DELETE /v1/keys/{id}", s.revokeKey)
+	authed(ScopeAdmin, "POST /v1/keys/{id}/rotate", s.rotateKey)
 	s.inboxRoutes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})

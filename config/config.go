@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,21 +20,22 @@ import (
 
 // Config is the whole configuration. Zero values take the defaults of Default().
 type Config struct {
-	DataDir   string                `yaml:"dataDir"`
-	HTTP      HTTP                  `yaml:"http"`
-	Kafka     Kafka                 `yaml:"kafka"`
-	APIKeys   []APIKey              `yaml:"apiKeys"`
-	Dedup     Dedup                 `yaml:"dedup"`
-	Scheduler Scheduler             `yaml:"scheduler"`
-	Limits    Limits                `yaml:"limits"`
-	Sink      Sink                  `yaml:"sink"`
-	Channels  map[string][]Provider `yaml:"channels"`
-	Analytics Analytics             `yaml:"analytics"`
-	Render    Render                `yaml:"render"`
-	Health    Health                `yaml:"health"`
-	Alerts    Alerts                `yaml:"alerts"`
-	Inbox     Inbox                 `yaml:"inbox"`
-	LogLevel  string                `yaml:"logLevel"`
+	DataDir    string                `yaml:"dataDir"`
+	HTTP       HTTP                  `yaml:"http"`
+	Kafka      Kafka                 `yaml:"kafka"`
+	APIKeys    []APIKey              `yaml:"apiKeys"`
+	Dedup      Dedup                 `yaml:"dedup"`
+	Scheduler  Scheduler             `yaml:"scheduler"`
+	Limits     Limits                `yaml:"limits"`
+	Sink       Sink                  `yaml:"sink"`
+	Channels   map[string][]Provider `yaml:"channels"`
+	Analytics  Analytics             `yaml:"analytics"`
+	Render     Render                `yaml:"render"`
+	Health     Health                `yaml:"health"`
+	Alerts     Alerts                `yaml:"alerts"`
+	Inbox      Inbox                 `yaml:"inbox"`
+	Encryption Encryption            `yaml:"encryption"`
+	LogLevel   string                `yaml:"logLevel"`
 }
 
 // Render bounds the work of rendering one notification on one channel, in the
@@ -109,12 +111,26 @@ type Kafka struct {
 	// SessionTimeout is how long a consumer group waits for a member that
 	// stopped answering (crashed) before it gives its partitions to the others.
 	SessionTimeout time.Duration `yaml:"sessionTimeout"`
+	// Security is TLS and SASL towards external brokers (kafka_security.go).
+	Security KafkaSecurity `yaml:"security"`
 }
 
-// APIKey is one key allowed to call the API. Key is cleared once hashed.
+// APIKey is one key allowed to call the API, configured rather than created
+// through POST /v1/keys. Key is cleared once hashed.
 type APIKey struct {
 	Name string `yaml:"name"`
 	Key  string `yaml:"key"`
+	// Tenant the key acts in; "" or "default" is the default tenant.
+	Tenant string `yaml:"tenant"`
+	// Scopes the key holds (api.Scope* names). None: every scope (admin and
+	// tenants), as keys had before scopes existed.
+	Scopes []string `yaml:"scopes"`
+	// RateLimit is the requests per second the key may make on one API
+	// instance; 0 = unlimited.
+	RateLimit float64 `yaml:"rateLimit"`
+	// Burst is how many requests above RateLimit may come at once (0 = the
+	// rate rounded up, at least 1).
+	Burst int `yaml:"burst"`
 }
 
 // Dedup bounds the eventId deduplication state.
@@ -348,6 +364,9 @@ func (c *Config) merge(f Config) {
 	if f.Kafka.SessionTimeout != 0 {
 		c.Kafka.SessionTimeout = f.Kafka.SessionTimeout
 	}
+	if f.Kafka.Security != (KafkaSecurity{}) {
+		c.Kafka.Security = f.Kafka.Security
+	}
 	if len(f.APIKeys) > 0 {
 		c.APIKeys = f.APIKeys
 	}
@@ -512,6 +531,9 @@ func (c *Config) applyEnv(env func(string) string) error {
 		set("NOTIFYD_KAFKA_BROKERS", func(v string) error { c.Kafka.Brokers = splitList(v); return nil }),
 		set("NOTIFYD_KAFKA_EMBEDDED_PORT", num(&c.Kafka.EmbeddedPort)),
 		set("NOTIFYD_KAFKA_PARTITIONS", num(&c.Kafka.Partitions)),
+		set("NOTIFYD_KAFKA_SASL_MECHANISM", str(&c.Kafka.Security.SASL.Mechanism)),
+		set("NOTIFYD_KAFKA_SASL_USERNAME", str(&c.Kafka.Security.SASL.Username)),
+		set("NOTIFYD_KAFKA_SASL_PASSWORD", str(&c.Kafka.Security.SASL.Password)),
 		set("NOTIFYD_API_KEYS", func(v string) error {
 			keys, err := parseKeys(v)
 			c.APIKeys = keys
@@ -520,6 +542,7 @@ func (c *Config) applyEnv(env func(string) string) error {
 		set("NOTIFYD_ANALYTICS_ADDR", str(&c.Analytics.Addr)),
 		set("NOTIFYD_HEALTH_ADDR", str(&c.Health.Addr)),
 		set("NOTIFYD_INBOX_SECRET", str(&c.Inbox.Secret)),
+		set("NOTIFYD_MASTER_KEYS", str(&c.Encryption.MasterKeys)),
 		set("NOTIFYD_ANALYTICS_PASSWORD", str(&c.Analytics.Password)),
 		set("NOTIFYD_DEDUP_WINDOW", func(v string) error {
 			d, err := time.ParseDuration(v)
@@ -564,17 +587,60 @@ func splitList(v string) []string {
 	return out
 }
 
-// parseKeys reads "name:key,name2:key2".
+// parseKeys reads "name:key,name2:key2". A key may carry attributes after a
+// ';': "name:key;scopes=send+profiles:read;tenant=acme;rateLimit=10;burst=20"
+// (scopes joined by '+', since ',' separates keys).
 func parseKeys(v string) ([]APIKey, error) {
 	var out []APIKey
-	for _, item := range splitList(v) {
-		name, key, ok := strings.Cut(item, ":")
+	for i, item := range splitList(v) {
+		head, attrs, _ := strings.Cut(item, ";")
+		name, key, ok := strings.Cut(head, ":")
 		if !ok || name == "" || key == "" {
-			return nil, fmt.Errorf("want name:key, got %q", item)
+			// Not quoted: the item may be a key.
+			return nil, fmt.Errorf("item %d: want name:key", i+1)
 		}
-		out = append(out, APIKey{Name: name, Key: key})
+		k := APIKey{Name: name, Key: key}
+		if attrs != "" {
+			if err := k.parseAttrs(attrs); err != nil {
+				return nil, fmt.Errorf("key %q: %w", name, err)
+			}
+		}
+		out = append(out, k)
 	}
 	return out, nil
+}
+
+// parseAttrs reads "scopes=a+b;tenant=t;rateLimit=r;burst=n".
+func (k *APIKey) parseAttrs(attrs string) error {
+	for _, a := range strings.Split(attrs, ";") {
+		name, val, ok := strings.Cut(strings.TrimSpace(a), "=")
+		if !ok || val == "" {
+			return fmt.Errorf("want attribute=value after ';', got %q", a)
+		}
+		var err error
+		switch name {
+		case "scopes":
+			k.Scopes = strings.Split(val, "+")
+		case "tenant":
+			k.Tenant = val
+		case "rateLimit":
+			k.RateLimit, err = strconv.ParseFloat(val, 64)
+			if err == nil && (k.RateLimit < 0 || k.RateLimit != k.RateLimit) {
+				err = fmt.Errorf("must be a number >= 0")
+			}
+		case "burst":
+			k.Burst, err = strconv.Atoi(val)
+			if err == nil && k.Burst < 0 {
+				err = fmt.Errorf("must be >= 0")
+			}
+		default:
+			return fmt.Errorf("unknown attribute %q (want scopes, tenant, rateLimit or burst)", name)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // MinAPIKeyLength refuses keys short enough to guess (and the empty key an
@@ -602,6 +668,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.SessionTimeout < 6*time.Second || c.Kafka.SessionTimeout > 5*time.Minute {
 		return fmt.Errorf("config: kafka.sessionTimeout must be between 6s (the brokers' group.min.session.timeout.ms) and 5m")
+	}
+	if err := c.Kafka.Security.Validate(); err != nil {
+		return err
 	}
 	if c.Dedup.Window <= 0 || c.Dedup.SweepInterval <= 0 {
 		return fmt.Errorf("config: dedup.window and dedup.sweepInterval must be positive")
@@ -746,17 +815,65 @@ func (c *Config) ChannelNames() []string {
 	return out
 }
 
-// EnsureAPIKey generates a key when none is configured, so the API is never open.
-// It returns the generated key ("" if keys were configured).
-func (c *Config) EnsureAPIKey() string {
+// APIKeyFile is where EnsureAPIKey keeps a generated key, under the data directory.
+const APIKeyFile = "api.key"
+
+// EnsureAPIKey makes sure the API is never open: when no key is configured it
+// uses the key in <dataDir>/api.key, generating that file (mode 0600) on the
+// first start, so restarts keep the key. The key has every scope in the
+// default tenant. It returns the file's path, or "" if keys were configured;
+// the key itself is never returned, so it cannot end up in a log.
+func (c *Config) EnsureAPIKey() (string, error) {
 	if len(c.APIKeys) > 0 {
-		return ""
+		return "", nil
+	}
+	path := filepath.Join(c.DataDir, APIKeyFile)
+	key, err := readOrCreateKey(path)
+	if err != nil {
+		return "", fmt.Errorf("generated API key %s: %w", path, err)
+	}
+	c.APIKeys = []APIKey{{Name: "generated", Key: key}}
+	return path, nil
+}
+
+func readOrCreateKey(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		key := strings.TrimSpace(string(b))
+		if len(key) < MinAPIKeyLength {
+			return "", fmt.Errorf("holds no key of at least %d characters; delete it to generate a new one", MinAPIKeyLength)
+		}
+		return key, nil
+	} else if !os.IsNotExist(err) {
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return "", err
 	}
 	b := make([]byte, 18)
-	_, _ = rand.Read(b)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
 	key := "ndk_" + hex.EncodeToString(b)
-	c.APIKeys = []APIKey{{Name: "generated", Key: key}}
-	return key
+	// Written aside and linked into place, so another instance starting on
+	// the same data directory reads either no file or the whole key.
+	f, err := os.CreateTemp(filepath.Dir(path), ".api.key-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.WriteString(key + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := os.Link(f.Name(), path); os.IsExist(err) {
+		return readOrCreateKey(path)
+	} else if err != nil {
+		return "", err
+	}
+	return key, nil
 }
 
 // PerDay is the frequency cap of a channel (0 = unlimited).

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -109,12 +110,65 @@ func TestExpansionDefaults(t *testing.T) {
 
 func TestEnsureAPIKeyNeverLeavesTheAPIOpen(t *testing.T) {
 	cfg := Default()
-	key := cfg.EnsureAPIKey()
-	if !strings.HasPrefix(key, "ndk_") || len(cfg.APIKeys) != 1 || cfg.APIKeys[0].Key != key {
-		t.Fatalf("generated %q, keys %+v", key, cfg.APIKeys)
+	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	path, err := cfg.EnsureAPIKey()
+	if err != nil || path != filepath.Join(cfg.DataDir, "api.key") {
+		t.Fatalf("path %q, %v", path, err)
 	}
-	if again := cfg.EnsureAPIKey(); again != "" {
+	key := cfg.APIKeys[0].Key
+	if !strings.HasPrefix(key, "ndk_") || len(cfg.APIKeys) != 1 || len(cfg.APIKeys[0].Scopes) != 0 {
+		t.Fatalf("generated keys %+v", cfg.APIKeys)
+	}
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v", st, err)
+	}
+	if b, _ := os.ReadFile(path); strings.TrimSpace(string(b)) != key {
+		t.Fatalf("file holds %q", b)
+	}
+	if again, err := cfg.EnsureAPIKey(); again != "" || err != nil {
 		t.Fatal("replaced configured keys")
+	}
+	// A restart reuses the file's key.
+	next := Default()
+	next.DataDir = cfg.DataDir
+	if _, err := next.EnsureAPIKey(); err != nil || next.APIKeys[0].Key != key {
+		t.Fatalf("restart: %+v, %v", next.APIKeys, err)
+	}
+	// An empty or truncated file is an error, not an open API.
+	_ = os.WriteFile(path, []byte("short\n"), 0o600)
+	bad := Default()
+	bad.DataDir = cfg.DataDir
+	if _, err := bad.EnsureAPIKey(); err == nil || len(bad.APIKeys) != 0 {
+		t.Fatalf("short key file accepted: %+v", bad.APIKeys)
+	}
+}
+
+func TestAPIKeyScopesFromFileAndEnv(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	_ = os.WriteFile(path, []byte("apiKeys: [{name: ci, key: ci-key-0001, tenant: acme, scopes: [send, 'profiles:read'], rateLimit: 2.5, burst: 5}]"), 0o600)
+	cfg, err := Load(path, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := APIKey{Name: "ci", Key: "ci-key-0001", Tenant: "acme", Scopes: []string{"send", "profiles:read"}, RateLimit: 2.5, Burst: 5}
+	if !reflect.DeepEqual(cfg.APIKeys, []APIKey{want}) {
+		t.Fatalf("file: %+v", cfg.APIKeys)
+	}
+	cfg, err = Load("", env(map[string]string{"NOTIFYD_API_KEYS": "ci:ci-key-0001;scopes=send+profiles:read;tenant=acme;rateLimit=2.5;burst=5, old:old:key-with-colon"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.APIKeys, []APIKey{want, {Name: "old", Key: "old:key-with-colon"}}) {
+		t.Fatalf("env: %+v", cfg.APIKeys)
+	}
+	for _, bad := range []string{"a:secret-key-1;scopes", "a:secret-key-1;colour=red", "a:secret-key-1;rateLimit=-1", "a:secret-key-1;burst=x", "secret-key-1"} {
+		_, err := Load("", env(map[string]string{"NOTIFYD_API_KEYS": bad}))
+		if err == nil {
+			t.Errorf("%q accepted", bad)
+		} else if strings.Contains(err.Error(), "secret-key-1") {
+			t.Errorf("%q: the error quotes the key: %v", bad, err)
+		}
 	}
 }
 

@@ -27,6 +27,9 @@ func ValidateRequest(r *schemas.SendRequest) error {
 	if r.EventID == "" {
 		return fmt.Errorf("eventId: required")
 	}
+	if r.Tenant != "" && !schemas.ValidTenant(r.Tenant) {
+		return fmt.Errorf("tenant: must be 1-63 characters of lowercase letters, digits, _ and -")
+	}
 	if !ValidID(r.EventID) {
 		return fmt.Errorf("eventId: must be 1-200 characters of letters, digits and ._:@/+=-")
 	}
@@ -99,7 +102,7 @@ func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 		}
 		seen[rc.UserID] = true
 		out = append(out, &schemas.Notification{
-			ID: NotificationID(r.EventID, rc.UserID), EventID: r.EventID, UserID: rc.UserID,
+			ID: TenantNotificationID(r.Tenant, r.EventID, rc.UserID), EventID: r.EventID, UserID: rc.UserID, Tenant: r.Tenant,
 			Template: r.Template, Priority: r.Priority, Category: r.Category, Channels: r.Channels,
 			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt,
 			OTP: r.OTP,
@@ -121,6 +124,9 @@ func ValidateNotification(n *schemas.Notification) error {
 	if !ValidID(n.ID) {
 		return fmt.Errorf("id: must be 1-200 characters of letters, digits and ._:@/+=-")
 	}
+	if n.Tenant != "" && !schemas.ValidTenant(n.Tenant) {
+		return fmt.Errorf("tenant: must be 1-63 characters of lowercase letters, digits, _ and -")
+	}
 	if !ValidID(n.UserID) {
 		return fmt.Errorf("userId: must be 1-200 characters of letters, digits and ._:@/+=-")
 	}
@@ -138,10 +144,10 @@ const MaxReason = 2048
 //
 // A one-time code's data values are scrubbed from the reason.
 func NotificationEvent(n *schemas.Notification, status, channel, reason string, at time.Time) *schemas.StatusEvent {
-	reason = Clip(Scrub(reason, Secrets(n.OTP, n.Data)), MaxReason)
+	reason = Clip(Scrub(reason, append(Secrets(n.OTP, n.Data), Contacts(n)...)), MaxReason)
 	return &schemas.StatusEvent{
 		ID: StatusEventID(n.ID, status, channel, 0), NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID,
-		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category,
+		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category, Tenant: n.Tenant,
 		Status: status, Reason: reason, At: at.UnixMilli(), AcceptedAt: n.AcceptedAt,
 	}
 }

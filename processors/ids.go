@@ -8,6 +8,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+
+	"github.com/notifyd/notifyd/schemas"
 )
 
 var notificationNS = uuid.MustParse("6f1c3a52-9d0e-4c1b-8f7a-2e5d9b3c4a10")
@@ -16,6 +18,14 @@ var notificationNS = uuid.MustParse("6f1c3a52-9d0e-4c1b-8f7a-2e5d9b3c4a10")
 // yields the same ids.
 func NotificationID(eventID, userID string) string {
 	return uuid.NewSHA1(notificationNS, []byte(eventID+"\x00"+userID)).String()
+}
+
+// TenantNotificationID is NotificationID within a tenant: the same as
+// NotificationID in the default tenant, so ids of records written before
+// tenants existed stay, and different in every other, so two tenants that
+// use the same eventId and userId never share a notification.
+func TenantNotificationID(tenant, eventID, userID string) string {
+	return NotificationID(schemas.TenantKey(tenant, eventID), userID)
 }
 
 // NewEventID names a request that came without an idempotency key.

@@ -52,13 +52,32 @@ func QuietUntil(p *schemas.Profile, category, priority string, now time.Time) (t
 		loc, until.Format(time.RFC3339)), true
 }
 
-// Category and Priority resolve a notification's category and priority from
-// the request, else the template, else the defaults.
+// Category is the category a notification is sent under. It comes from the
+// template: a request may only narrow it, from transactional to a category
+// that preferences and quiet hours apply to. A request that asks for any
+// other category (transactional for a marketing template, say) is not
+// honoured here whatever its producer; the API refuses it (NarrowCategory).
 func Category(n *schemas.Notification, t *schemas.Template) string {
-	if t == nil {
-		return first(n.Category, "general")
+	c, _ := NarrowCategory(n.Category, t)
+	return c
+}
+
+// NarrowCategory resolves a requested category against the template's. It
+// returns the template's category and an error when the request would widen
+// or swap it.
+func NarrowCategory(requested string, t *schemas.Template) (string, error) {
+	tc := "general"
+	if t != nil && t.Category != "" {
+		tc = t.Category
 	}
-	return first(n.Category, t.Category, "general")
+	switch {
+	case requested == "" || requested == tc:
+		return tc, nil
+	case tc == CategoryTransactional:
+		return requested, nil
+	default:
+		return tc, fmt.Errorf("category %q may not replace the template's category %q: a request may only narrow a transactional template to another category", requested, tc)
+	}
 }
 
 // Priority resolves like Category.

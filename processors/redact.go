@@ -2,6 +2,7 @@ package processors
 
 import (
 	"encoding/json"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -55,12 +56,39 @@ func Secrets(otp bool, data string) []string {
 	return out
 }
 
-// Scrub removes secrets from text.
+// Scrub removes secrets from text, and every email address (providers quote
+// the address they refuse).
 func Scrub(text string, secrets []string) string {
 	for _, s := range secrets {
-		text = strings.ReplaceAll(text, s, Redacted)
+		if s != "" {
+			text = strings.ReplaceAll(text, s, Redacted)
+		}
 	}
-	return text
+	return emailLike.ReplaceAllString(text, Redacted)
+}
+
+// emailLike finds email addresses in free text (reasons, log lines).
+var emailLike = regexp.MustCompile(`[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}`)
+
+// Contacts are the addresses a notification names (email, phone, device
+// tokens, endpoints), which no status reason, log line or analytics row may
+// carry; reasons quote provider errors, and those quote addresses.
+func Contacts(n *schemas.Notification) []string {
+	var out []string
+	add := func(v string) {
+		if len(v) >= minSecretLen {
+			out = append(out, v)
+		}
+	}
+	add(n.Address)
+	add(n.Recipient.Email)
+	add(n.Recipient.Phone)
+	for _, t := range n.Targets {
+		add(t.Token)
+		add(t.Endpoint)
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
 }
 
 // RedactNotification is n as a dead letter or a log may carry it: for a
@@ -130,4 +158,28 @@ func RedactRecord(value []byte) []byte {
 		return nil
 	}
 	return value
+}
+
+// Mask shows enough of an address to recognise it in a log line and not
+// enough to use it: "a***@example.com", "+141***00", "abcd***" (tokens).
+func Mask(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	if local, domain, ok := strings.Cut(addr, "@"); ok {
+		return firstRunes(local, 1) + "***@" + domain
+	}
+	r := []rune(addr)
+	if len(r) <= 6 {
+		return "***"
+	}
+	return string(r[:4]) + "***" + string(r[len(r)-2:])
+}
+
+func firstRunes(s string, n int) string {
+	r := []rune(s)
+	if len(r) > n {
+		r = r[:n]
+	}
+	return string(r)
 }

@@ -104,7 +104,13 @@ func RenderContext(ctx context.Context, t *schemas.Template, channel string, cc 
 		if f.src == "" {
 			continue
 		}
-		s, err := renderOne(t, channel, f.name, f.src, f.html, root, b)
+		var s string
+		var err error
+		if f.name == "body" && channel == "webhook" {
+			s, err = renderWebhookBody(t, channel, f.src, root, b)
+		} else {
+			s, err = renderOne(t, channel, f.name, f.src, f.html, root, b)
+		}
 		if err != nil {
 			return out, &RenderError{Template: t.ID, Channel: channel, Field: f.name, Err: err}
 		}
@@ -240,26 +246,41 @@ func sourceFields(cc schemas.ChannelContent) []templateSource {
 	return out
 }
 
+// checkSource refuses a template field's source that does not parse, that
+// Render refuses whatever the data, or whose integer ranges exceed
+// lim.MaxIterations.
+func checkSource(field, src string, html bool, lim RenderLimits) error {
+	var err error
+	if html {
+		_, err = htmltemplate.New(field).Parse(src)
+	} else {
+		_, err = texttemplate.New(field).Parse(src)
+	}
+	if err != nil {
+		return err
+	}
+	tr, err := inspectSource(field, src)
+	if err != nil {
+		return err
+	}
+	return rangeProduct(tr, lim.MaxIterations)
+}
+
 // ValidateTemplateLimits is ValidateTemplate that also proves, cheaply, what
 // would exceed lim.MaxIterations with any data: integer ranges, nested ones
 // multiplied. Data-driven ranges are bounded when rendered.
 func ValidateTemplateLimits(t *schemas.Template, lim RenderLimits) error {
 	check := func(where string, cc schemas.ChannelContent) error {
-		if !KnownChannel(where[strings.LastIndexByte(where, '.')+1:]) {
+		channel := where[strings.LastIndexByte(where, '.')+1:]
+		if !KnownChannel(channel) {
 			return fmt.Errorf("%s: unknown channel", where)
 		}
 		for _, f := range sourceFields(cc) {
 			var err error
-			if f.field == "html" {
-				_, err = htmltemplate.New(f.field).Parse(f.src)
+			if f.field == "body" && channel == "webhook" && f.src != "" {
+				err = ValidateWebhookBody(f.src, lim)
 			} else {
-				_, err = texttemplate.New(f.field).Parse(f.src)
-			}
-			if err == nil {
-				var tr *textparse.Tree
-				if tr, err = inspectSource(f.field, f.src); err == nil {
-					err = rangeProduct(tr, lim.MaxIterations)
-				}
+				err = checkSource(f.field, f.src, f.field == "html", lim)
 			}
 			if err != nil {
 				return fmt.Errorf("%s.%s: %v", where, f.field, err)

@@ -150,6 +150,20 @@ func (b *renderBudget) Write(p []byte) (int, error) {
 	return b.out.Write(p)
 }
 
+// recount replaces what a field's parts counted against the output budget
+// since usedBefore by the size of the field as it is finally sent (a webhook
+// body: its parts, JSON-escaped, in the author's document).
+func (b *renderBudget) recount(usedBefore int, field []byte) error {
+	if b.err != nil {
+		return b.err
+	}
+	b.used = usedBefore + b.size(field)
+	if b.maxOut > 0 && b.used > b.maxOut {
+		return b.exceeded(BudgetOutput, int64(b.maxOut))
+	}
+	return nil
+}
+
 // checkClock stops the render when its time is up or its caller went away.
 func (b *renderBudget) checkClock() error {
 	if b.err != nil {

@@ -66,6 +66,7 @@ func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecy
 	fill(&lc.Template, ev.Template)
 	fill(&lc.Priority, ev.Priority)
 	fill(&lc.Category, ev.Category)
+	fill(&lc.Tenant, ev.Tenant)
 
 	lc.History = append(lc.History, schemas.HistoryEntry{
 		Status: ev.Status, At: ev.At, Reason: ev.Reason, Channel: ev.Channel, Provider: ev.Provider, EventID: ev.ID,

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"bytes"
+	"encoding/base64"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,6 +46,8 @@ func testConfig(t testing.TB, smtpSrv *smtptest.Server, hook *webhooktest.Receiv
 	cfg.Kafka.EmbeddedPort = 0
 	cfg.Kafka.Partitions = 2
 	cfg.APIKeys = []config.APIKey{{Name: "test", Key: testKey}}
+	// One master key for every instance a test starts against one broker.
+	cfg.Encryption.MasterKeys = "test1:" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
 	cfg.Sink.Backoff = 20 * time.Millisecond
 	cfg.Sink.SendTimeout = 10 * time.Second
 	off := false

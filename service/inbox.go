@@ -57,7 +57,7 @@ func (s *Service) startInbox(ctx context.Context, g *errgroup.Group, kafka topol
 	hub := &api.InboxHub{MaxStreams: cfg.MaxStreams}
 	// Every instance reads every inbox event, from the end: a stream opened
 	// here reads what it missed from the feed, then follows from the hub.
-	cl, err := kgo.NewClient(kgo.SeedBrokers(kafka.Brokers...), kgo.ConsumeTopics(string(topology.InboxEvents)),
+	cl, err := topology.NewClient(kafka.Brokers, kgo.ConsumeTopics(string(topology.InboxEvents)),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtEnd()), kgo.FetchMaxWait(100*time.Millisecond))
 	if err != nil {
 		return nil, fmt.Errorf("inbox events: %w", err)

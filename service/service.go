@@ -28,6 +28,7 @@ import (
 	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/api"
 	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/topology"
@@ -78,6 +79,8 @@ type Service struct {
 	chConn    driver.Conn
 	// watch knows what every group and sink of this process has in work (readiness).
 	watch *topology.Watchdog
+	// keys seals and opens personal data (crypt.Keyring).
+	keys *crypt.Keyring
 }
 
 // AnalyticsAddr is the ClickHouse address the analytics sink writes to ("" if none).
@@ -208,6 +211,12 @@ func (s *Service) Run(ctx context.Context) error {
 		return errors.Join(err, g.Wait())
 	}
 	var waits []func(context.Context) error
+	keys, keysReady, err := s.startKeyring(gctx, g, kafka, producer)
+	if err != nil {
+		return fail(err)
+	}
+	s.keys = keys
+	waits = append(waits, keysReady)
 	if s.Roles.Process {
 		w, err := s.startProcess(gctx, g, kafka, producer, func(stage string) { deadLetters.WithLabelValues(stage).Inc() })
 		if err != nil {
@@ -365,6 +374,7 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		Partitions:    cfg.Kafka.Partitions,
 		Now:           s.Now,
 		InboxCapacity: cfg.Inbox.MaxMessages,
+		Keys:          s.keys,
 		Watch:         s.watch,
 		DeadLetter:    deadLetter,
 		Deliverer: processors.Deliverer{
@@ -470,7 +480,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts,
+	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys,
 		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
 		Keys:      api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
@@ -522,7 +532,7 @@ func (s *Service) receiptSources(ctx context.Context, g *errgroup.Group, produce
 		providers, injected := s.Providers[ch]
 		if !injected {
 			var err error
-			if providers, err = sinks.BuildProviders(ch, cfgs, sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer}); err != nil {
+			if providers, err = sinks.BuildProviders(ch, cfgs, sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer, Keys: s.keys}); err != nil {
 				return nil, err
 			}
 		}
@@ -645,7 +655,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 		providers, ok := s.Providers[ch]
 		if !ok {
 			var err error
-			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer})
+			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer, Keys: s.keys})
 			if err != nil {
 				return err
 			}
@@ -653,7 +663,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 		if len(providers) == 0 {
 			return fmt.Errorf("sink %s: no provider configured for the channel", ch)
 		}
-		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Limits: limits, Producer: producer, Log: s.Log,
+		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Limits: limits, Producer: producer, Log: s.Log, Keys: s.keys,
 			Metrics: metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
 			Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
 				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback, DrainTimeout: o.DrainTimeout,

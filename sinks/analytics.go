@@ -19,7 +19,7 @@ import (
 const AnalyticsGroup = "notify.analytics"
 
 // eventColumns is the INSERT column list (18.16 and clickhouse-go need it spelled out).
-const eventColumns = "id, notification_id, event_id, user_id, template, channel, priority, category, provider, status, reason, at, at_ms, accepted_at_ms, attempt, provider_message_id"
+const eventColumns = "id, notification_id, event_id, user_id, template, channel, priority, category, provider, status, reason, at, at_ms, accepted_at_ms, attempt, provider_message_id, tenant"
 
 // AnalyticsSink streams notify.events into ClickHouse in batches. It commits a
 // batch's offsets only after the insert succeeded (DESIGN rule 4). While
@@ -27,7 +27,8 @@ const eventColumns = "id, notification_id, event_id, user_id, template, channel,
 // further; the pipeline does not wait for it. A batch inserted but not
 // committed (a crash in between) is inserted again on restart: the events table
 // folds rows by event id and the rollups count distinct notification ids, so
-// nothing counts twice.
+// nothing counts twice. Every row carries its event's tenant ("" = the
+// default tenant), which every report filters by.
 type AnalyticsSink struct {
 	Brokers    []string
 	Conn       driver.Conn
@@ -69,8 +70,7 @@ func (a *AnalyticsSink) Run(ctx context.Context) error {
 	if a.Log == nil {
 		a.Log = slog.Default()
 	}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(a.Brokers...),
+	cl, err := topology.NewClient(a.Brokers,
 		kgo.ConsumerGroup(AnalyticsGroup),
 		kgo.ConsumeTopics(string(topology.Events)),
 		kgo.DisableAutoCommit(),
@@ -168,7 +168,7 @@ func (a *AnalyticsSink) insert(ctx context.Context, rows []*schemas.StatusEvent)
 		at := time.UnixMilli(e.At)
 		if err := b.Append(e.ID, e.NotificationID, e.EventID, e.UserID, e.Template, e.Channel, e.Priority, e.Category,
 			e.Provider, e.Status, e.Reason, at, uint64(max(e.At, 0)), uint64(max(e.AcceptedAt, 0)), uint32(max(e.Attempt, 0)),
-			e.ProviderMessageID); err != nil {
+			e.ProviderMessageID, schemas.NormTenant(e.Tenant)); err != nil {
 			_ = b.Abort()
 			return err
 		}

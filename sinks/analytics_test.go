@@ -262,3 +262,47 @@ func benchEvents(b *testing.B, env *sinkEnv, from, to int) {
 		b.Fatal(err)
 	}
 }
+
+// Every row carries its event's tenant, and the rollup counts per tenant: a
+// tenant's events never count for another, the default tenant's included.
+func TestAnalyticsSinkWritesTheTenant(t *testing.T) {
+	env := newSinkEnv(t)
+	ch := startClickHouse(t, t.TempDir(), 0)
+	defer ch.Stop()
+	conn := migrated(t, ch.Addr, "a3")
+	now := time.Now().UnixMilli()
+	want := map[string]uint64{"": 3, "acme": 2, "globex": 1}
+	i := 0
+	for tenant, n := range want {
+		for j := uint64(0); j < n; j++ {
+			i++
+			ev := &schemas.StatusEvent{Tenant: tenant, ID: fmt.Sprintf("ev-%d", i), NotificationID: fmt.Sprintf("n-%d", i),
+				Channel: "email", Provider: "smtp-main", Status: "sent", At: now, AcceptedAt: now - 5}
+			b, err := schemas.StatusEventCodec.Encode(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env.producer.Produce(env.ctx, &kgo.Record{Topic: string(topology.Events), Key: []byte(ev.NotificationID), Value: b}, nil)
+		}
+	}
+	if err := env.producer.Flush(env.ctx); err != nil {
+		t.Fatal(err)
+	}
+	runAnalytics(t, context.Background(), &AnalyticsSink{Brokers: env.brokers, Conn: conn, DB: "a3", BatchSize: 100,
+		FlushEvery: 50 * time.Millisecond, Backoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
+	waitCount(t, conn, "a3", 6, 30*time.Second)
+	ctx := context.Background()
+	for tenant, n := range want {
+		var rows, rollup uint64
+		if err := conn.QueryRow(ctx, "SELECT uniqExact(id) FROM a3.events WHERE tenant = ?", tenant).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM a3.events_per_minute WHERE tenant = ? AND status = 'sent'",
+			tenant).Scan(&rollup); err != nil {
+			t.Fatal(err)
+		}
+		if rows != n || rollup != n {
+			t.Fatalf("tenant %q: %d rows, rollup %d; want %d", tenant, rows, rollup, n)
+		}
+	}
+}

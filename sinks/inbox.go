@@ -51,9 +51,12 @@ func (p *inboxProvider) Send(ctx context.Context, n *schemas.Notification) (stri
 		body = n.Content.Text
 	}
 	now := p.deps.now().UnixMilli()
-	cmd := &schemas.InboxCommand{Op: processors.InboxAdd, UserID: n.UserID, At: now,
+	cmd := &schemas.InboxCommand{Op: processors.InboxAdd, UserID: n.UserID, Tenant: n.Tenant, At: now,
 		Message: schemas.InboxItem{ID: n.ID, Template: n.Template, Category: n.Category, Title: n.Content.Title, Body: body,
 			ActionURL: n.Content.ActionURL, Avatar: n.Content.ImageURL, Data: n.Content.Data, CreatedAt: now}}
+	if err := processors.SealInboxItem(ctx, p.deps.Keys, processors.Subject(n), &cmd.Message); err != nil {
+		return "", fmt.Errorf("inbox: %w", err)
+	}
 	b, err := schemas.InboxCommandCodec.Encode(cmd)
 	if err != nil {
 		return "", Permanent(fmt.Errorf("inbox: %w", err))
@@ -61,7 +64,8 @@ func (p *inboxProvider) Send(ctx context.Context, n *schemas.Notification) (stri
 	if !topology.Fits(n.UserID, b) {
 		return "", Permanent(fmt.Errorf("inbox: message of %d bytes is too large for the inbox", len(b)))
 	}
-	if err := p.producer.ProduceSync(ctx, &kgo.Record{Topic: string(topology.InboxCommands), Key: []byte(n.UserID), Value: b}).FirstErr(); err != nil {
+	key := schemas.TenantKey(n.Tenant, n.UserID)
+	if err := p.producer.ProduceSync(ctx, &kgo.Record{Topic: string(topology.InboxCommands), Key: []byte(key), Value: b}).FirstErr(); err != nil {
 		return "", fmt.Errorf("inbox: %w", err)
 	}
 	return n.ID, nil

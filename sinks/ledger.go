@@ -209,7 +209,7 @@ func (l *ledgerLoader) read(ctx context.Context, parts []int32) (int, error) {
 	topic := string(topology.Ledger)
 	lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	meta, err := kgo.NewClient(kgo.SeedBrokers(l.brokers...))
+	meta, err := topology.NewClient(l.brokers)
 	if err != nil {
 		return 0, err
 	}
@@ -240,7 +240,7 @@ func (l *ledgerLoader) read(ctx context.Context, parts []int32) (int, error) {
 	if len(pending) == 0 {
 		return 0, nil
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(l.brokers...),
+	cl, err := topology.NewClient(l.brokers,
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}))
 	if err != nil {
 		return 0, err

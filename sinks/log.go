@@ -5,6 +5,7 @@ import (
 	"log/slog"
 
 	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
 
@@ -34,7 +35,8 @@ func (p *logProvider) Send(ctx context.Context, n *schemas.Notification) (string
 		p.log.Info("notification", "provider", p.name, "id", n.ID, "channel", n.Channel, "otp", true)
 		return "log-" + n.ID, nil
 	}
-	p.log.Info("notification", "provider", p.name, "id", n.ID, "channel", n.Channel, "to", n.Address,
+	// The address is masked: logs carry no contact data.
+	p.log.Info("notification", "provider", p.name, "id", n.ID, "channel", n.Channel, "to", processors.Mask(n.Address),
 		"subject", n.Content.Subject, "text", n.Content.Text, "title", n.Content.Title, "body", n.Content.Body)
 	return "log-" + n.ID, nil
 }

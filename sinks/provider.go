@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
 
@@ -64,6 +65,9 @@ type Deps struct {
 	// Producer writes to notifyd's own topics (goka-compatible partitioning);
 	// the inbox provider delivers through it.
 	Producer *kgo.Client
+	// Keys seals what a provider writes to notifyd's own topics (the inbox's
+	// messages) for the notification's user.
+	Keys processors.Sealer
 }
 
 // Spec is what a provider type builds a provider from.

@@ -111,7 +111,7 @@ func (s *Sink) retry(j *job) {
 	if n.FirstFailedAt == 0 {
 		n.FirstFailedAt = now.UnixMilli()
 	}
-	n.LastError = processors.Clip(processors.Scrub(errString(j.lastErr), processors.Secrets(n.OTP, n.Data)), 1024)
+	n.LastError = processors.Clip(processors.Scrub(errString(j.lastErr), append(processors.Secrets(n.OTP, n.Data), processors.Contacts(&n)...)), 1024)
 	plan := PlanRetryAfter(&n, now, s.Opts.Retry, j.after)
 	if plan.Delay == 0 {
 		j.calls = 0
@@ -126,10 +126,15 @@ func (s *Sink) retry(j *job) {
 	}
 	n.Retries++
 	n.RetryAt = plan.Due.UnixMilli()
-	b, err := schemas.NotificationCodec.Encode(&n)
+	// Sealed again: the retry topic holds the remaining targets, never in clear.
+	sealed, err := processors.SealNotification(j.ctx, s.Keys, &n)
+	var b []byte
+	if err == nil {
+		b, err = schemas.NotificationCodec.Encode(sealed)
+	}
 	if err == nil && !topology.Fits(n.ID, b) {
-		n.LastError = ""
-		b, err = schemas.NotificationCodec.Encode(&n)
+		sealed.LastError = ""
+		b, err = schemas.NotificationCodec.Encode(sealed)
 	}
 	if err != nil {
 		j.lastErr = Permanent(fmt.Errorf("encode retry: %w", err))
@@ -203,8 +208,7 @@ func (r *Retrier) Run(ctx context.Context) error {
 		}
 		revokedMu <- struct{}{}
 	}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(r.Brokers...),
+	cl, err := topology.NewClient(r.Brokers,
 		kgo.ConsumerGroup(topology.RetryGroup),
 		kgo.ConsumeRegex(),
 		kgo.ConsumeTopics(retryTopics),

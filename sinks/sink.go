@@ -55,6 +55,9 @@ type Sink struct {
 	// Limits of providers by name (none = unlimited, every priority).
 	Limits   map[string]ProviderLimits
 	Producer *kgo.Client // goka-compatible partitioning (topology.NewProducer)
+	// Keys opens the sealed personal fields of each notification and seals
+	// them again on the way to a retry topic (crypt.Keyring).
+	Keys processors.Sealer
 	Opts     Options
 	Log      *slog.Logger
 	Metrics  *Metrics
@@ -200,8 +203,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	hard, hardCancel := context.WithCancel(context.Background())
 	defer hardCancel()
 	s.hard = hard
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(s.Brokers...),
+	cl, err := topology.NewClient(s.Brokers,
 		kgo.ConsumerGroup(topology.SinkGroup(s.Channel)),
 		kgo.ConsumeTopics(s.topics()...),
 		kgo.DisableAutoCommit(),
@@ -652,6 +654,16 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 		j.done()
 		return
 	}
+	if err := processors.OpenNotification(j.ctx, s.Keys, n); err != nil {
+		// Its key was erased (the user's data is gone) or cannot be read:
+		// nothing can be sent. The dead letter keeps the record for a
+		// replay once a missing key is restored.
+		s.deadLetter(j, n.ID, err)
+		s.event(j, processors.NotificationEvent(n, processors.StatusFailed, s.Channel, "sink: "+err.Error(), s.now()))
+		s.Metrics.outcome(s.Channel, "", processors.StatusFailed)
+		j.done()
+		return
+	}
 	j.n = n
 	j.remaining = n.Targets
 	if n.ExpiresAt > 0 && s.now().UnixMilli() >= n.ExpiresAt {
@@ -874,7 +886,7 @@ func (s *Sink) fail(j *job, exhausted bool) {
 	if exhausted {
 		reason = "retries exhausted after " + fmt.Sprint(n.Retries) + " retries, last: " + errString(j.lastErr)
 	}
-	reason = processors.Scrub(reason, processors.Secrets(n.OTP, n.Data))
+	reason = processors.Scrub(reason, append(processors.Secrets(n.OTP, n.Data), processors.Contacts(n)...))
 	s.Log.Warn("notification failed", "id", n.ID, "provider", j.lastProv, "reason", reason)
 	s.deadLetter(j, n.ID, errors.New(reason))
 	s.event(j, s.notificationEvent(n, processors.StatusFailed, j.lastProv, reason, n.Attempts+j.calls, ""))
@@ -942,11 +954,11 @@ func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
 func (s *Sink) feedback(j *job, status string) {
 	b, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
 		Status: status, At: s.now().UnixMilli(), Invalid: j.invalid, Unsubscribe: j.unsubscribe, Moved: j.moved,
-		Reason: processors.Clip(errString(j.lastErr), processors.MaxReason)})
+		Reason: processors.Clip(processors.Scrub(errString(j.lastErr), append(processors.Secrets(j.n.OTP, j.n.Data), processors.Contacts(j.n)...)), processors.MaxReason)})
 	if err != nil || !processors.ValidID(j.n.UserID) {
 		return
 	}
-	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(j.n.UserID), Value: b})
+	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(schemas.TenantKey(j.n.Tenant, j.n.UserID)), Value: b})
 }
 
 // produce produces a side effect of a job; the job finishes (and its offset

@@ -41,6 +41,7 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	c.Consumer.Group.Session.Timeout = SessionTimeout(k.SessionTimeout)
 	c.Consumer.Group.Heartbeat.Interval = c.Consumer.Group.Session.Timeout / 10
 	c.Consumer.Group.Rebalance.Timeout = 10 * time.Second
+	secureSarama(c)
 	return c
 }
 
@@ -50,7 +51,13 @@ func (k Kafka) topicManager() goka.TopicManagerBuilder {
 	tmc.Stream.Replication = k.Replication
 	tmc.MismatchBehavior = goka.TMConfigMismatchBehaviorFail
 	return func(brokers []string) (goka.TopicManager, error) {
-		return goka.NewTopicManager(brokers, k.saramaConfig(), tmc)
+		tm, err := goka.NewTopicManager(brokers, k.saramaConfig(), tmc)
+		if err != nil {
+			// Every goka processor and view starts here: say which setting a
+			// refused connection points at.
+			return nil, explainConnectError(brokers, saramaConnectError(brokers, k.saramaConfig(), err))
+		}
+		return tm, nil
 	}
 }
 
@@ -124,6 +131,16 @@ func (k Kafka) ViewOptions(name string) []goka.ViewOption {
 		goka.WithViewStorageBuilder(k.storage("view-" + name)),
 		goka.WithViewHasher(Hasher),
 		goka.WithViewAutoReconnect(),
+	}
+}
+
+// EmitterOptions are the options of a goka emitter of notifyd (tests and
+// tools): the same topic manager, producer and partitioning as the processors.
+func (k Kafka) EmitterOptions() []goka.EmitterOption {
+	return []goka.EmitterOption{
+		goka.WithEmitterTopicManagerBuilder(k.topicManager()),
+		goka.WithEmitterProducerBuilder(k.producerBuilder()),
+		goka.WithEmitterHasher(Hasher),
 	}
 }
 

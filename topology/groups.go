@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -37,6 +38,10 @@ type Pipeline struct {
 	// InboxCapacity is how many messages a user's inbox keeps
 	// (processors.DefaultInboxCapacity when zero).
 	InboxCapacity int
+	// Keys seals the personal fields of every notification and profile the
+	// groups write, and opens those they read (crypt.Keyring); nil writes them
+	// in clear (tests of other concerns).
+	Keys processors.Sealer
 
 	// missAt remembers, per partition, when a wait for a table last timed out:
 	// then the table has caught up and the record really is missing, so the
@@ -156,8 +161,9 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 	if err == nil {
 		err = processors.ValidateRequest(req)
 	}
-	if err == nil && req.EventID != ctx.Key() {
-		err = fmt.Errorf("record key %q must be the eventId %q", processors.Clip(ctx.Key(), 200), processors.Clip(req.EventID, 200))
+	if err == nil && schemas.TenantKey(req.Tenant, req.EventID) != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the eventId %q (tenant-qualified)", processors.Clip(ctx.Key(), 200),
+			processors.Clip(schemas.TenantKey(req.Tenant, req.EventID), 200))
 	}
 	if err != nil {
 		p.reject(ctx, raw, "dedup", err, requestNotifications(req), now)
@@ -198,7 +204,11 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 // (origin): a replay repeats it, a new request after the window does not.
 func (p *Pipeline) accept(ctx goka.Context, ns []*schemas.Notification, origin string, now time.Time) {
 	for _, n := range ns {
-		b, err := schemas.NotificationCodec.Encode(n)
+		sealed, err := processors.SealNotification(context.Background(), p.Keys, n)
+		var b []byte
+		if err == nil {
+			b, err = schemas.NotificationCodec.Encode(sealed)
+		}
 		if err == nil && !Fits(n.UserID, b) {
 			err = tooLarge("notification record", len(b))
 		}
@@ -206,7 +216,7 @@ func (p *Pipeline) accept(ctx goka.Context, ns []*schemas.Notification, origin s
 			p.rejectNotification(ctx, n, b, "dedup", "", err, now)
 			continue
 		}
-		ctx.Emit(Accepted, n.UserID, b)
+		ctx.Emit(Accepted, schemas.TenantKey(n.Tenant, n.UserID), b)
 		ev := processors.NotificationEvent(n, processors.StatusAccepted, "", "", now)
 		ev.ID = processors.StatusEventID(n.ID, processors.StatusAccepted, origin, 0)
 		ctx.Emit(Events, n.ID, ev)
@@ -265,8 +275,12 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	if err == nil {
 		err = processors.ValidateNotification(n)
 	}
-	if err == nil && n.UserID != ctx.Key() {
-		err = fmt.Errorf("record key %q must be the userId %q", processors.Clip(ctx.Key(), 200), n.UserID)
+	if err == nil {
+		err = processors.OpenNotification(context.Background(), p.Keys, n)
+	}
+	if err == nil && schemas.TenantKey(n.Tenant, n.UserID) != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the userId %q (tenant-qualified)", processors.Clip(ctx.Key(), 200),
+			schemas.TenantKey(n.Tenant, n.UserID))
 	}
 	if err != nil {
 		var ns []*schemas.Notification
@@ -281,7 +295,7 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		return
 	}
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
-	tmpl := p.template(ctx, n.Template, fresh)
+	tmpl := p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh)
 	profile := p.profile(ctx, n, fresh && processors.NeedsProfile(n, tmpl))
 	if until, why, quiet := processors.QuietUntil(profile, processors.Category(n, tmpl), processors.Priority(n, tmpl), now); quiet {
 		held := *n
@@ -296,7 +310,11 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	queued := false
 	for _, o := range p.Deliverer.Deliver(n, profile, tmpl, st, now) {
 		if o.Status == processors.StatusQueued {
-			b, err := schemas.NotificationCodec.Encode(o.Out)
+			out, err := processors.SealNotification(context.Background(), p.Keys, o.Out)
+			var b []byte
+			if err == nil {
+				b, err = schemas.NotificationCodec.Encode(out)
+			}
 			if err == nil && !Fits(o.Out.ID, b) {
 				err = tooLarge("routed "+o.Channel+" notification", len(b))
 			}
@@ -355,14 +373,18 @@ func (p *Pipeline) removeInvalid(ctx goka.Context, fb *schemas.DeliveryFeedback)
 	if !ok || d.Err != nil || d.V == nil {
 		return // no profile (inline contacts only): nothing stored to remove
 	}
-	prof := *d.V
-	prof.Devices = append([]schemas.Device(nil), d.V.Devices...)
+	opened, err := processors.OpenProfile(context.Background(), p.Keys, d.V)
+	if err != nil {
+		return // erased or unreadable: nothing to correct
+	}
+	prof := *opened
+	prof.Devices = append([]schemas.Device(nil), opened.Devices...)
 	prof.Chat = map[string]map[string]string{}
-	for app, m := range d.V.Chat {
+	for app, m := range opened.Chat {
 		prof.Chat[app] = maps.Clone(m)
 	}
 	prof.Preferences.Categories = map[string]map[string]bool{}
-	for cat, m := range d.V.Preferences.Categories {
+	for cat, m := range opened.Preferences.Categories {
 		prof.Preferences.Categories[cat] = maps.Clone(m)
 	}
 	moved := processors.MoveTargets(&prof, fb.Moved)
@@ -370,14 +392,23 @@ func (p *Pipeline) removeInvalid(ctx goka.Context, fb *schemas.DeliveryFeedback)
 		return
 	}
 	prof.UpdatedAt = p.now().UnixMilli()
-	ctx.Emit(goka.Stream(Profiles), ctx.Key(), &prof)
+	sealed, err := processors.SealProfile(context.Background(), p.Keys, &prof)
+	if err != nil {
+		p.deadLetterOnly(ctx, nil, "deliver.feedback", err)
+		return
+	}
+	ctx.Emit(goka.Stream(Profiles), ctx.Key(), sealed)
 }
 
 // hold parks a notification with the scheduler group until due; the chain runs
 // then, so preferences and limits apply as they are at send time.
 func (p *Pipeline) hold(ctx goka.Context, n *schemas.Notification, due int64, reason string, now time.Time) {
 	key := processors.ScheduleKey(due, n.ID)
-	b, err := schemas.NotificationCodec.Encode(n)
+	sealed, err := processors.SealNotification(context.Background(), p.Keys, n)
+	var b []byte
+	if err == nil {
+		b, err = schemas.NotificationCodec.Encode(sealed)
+	}
 	if err == nil && !Fits(key, b) {
 		err = tooLarge("scheduled notification", len(b))
 	}
@@ -418,7 +449,12 @@ func (p *Pipeline) profile(ctx goka.Context, n *schemas.Notification, wait bool)
 	deadline := time.Now().Add(p.TableWait)
 	for {
 		if d, ok := ctx.Join(Profiles).(schemas.Decoded[schemas.Profile]); ok && d.Err == nil {
-			return d.V
+			prof, err := processors.OpenProfile(context.Background(), p.Keys, d.V)
+			if err != nil {
+				// Erased (or unreadable): the profile is as good as gone.
+				return nil
+			}
+			return prof
 		}
 		if !wait {
 			return nil
@@ -505,7 +541,7 @@ func (p *Pipeline) releaseEntry(ctx goka.Context, e *schemas.ScheduledEntry, now
 		p.reject(ctx, e.Notification, "scheduler", err, nil, now)
 		return
 	}
-	ctx.Emit(Accepted, n.UserID, e.Notification)
+	ctx.Emit(Accepted, schemas.TenantKey(n.Tenant, n.UserID), e.Notification)
 }
 
 // StatusGraph: notify.events (key notificationId) → the lifecycle table read by
@@ -629,8 +665,8 @@ func requestNotifications(req *schemas.SendRequest) []*schemas.Notification {
 	var out []*schemas.Notification
 	for _, r := range req.Recipients {
 		if processors.ValidID(r.UserID) {
-			out = append(out, &schemas.Notification{ID: processors.NotificationID(req.EventID, r.UserID),
-				EventID: req.EventID, UserID: r.UserID, Template: processors.Clip(req.Template, 200)})
+			out = append(out, &schemas.Notification{ID: processors.TenantNotificationID(req.Tenant, req.EventID, r.UserID),
+				EventID: req.EventID, UserID: r.UserID, Tenant: req.Tenant, Template: processors.Clip(req.Template, 200)})
 		}
 	}
 	return out

@@ -52,8 +52,9 @@ func (p *Pipeline) inbox(ctx goka.Context, msg any) {
 	if err == nil {
 		err = processors.ValidateInboxCommand(c)
 	}
-	if err == nil && c.UserID != ctx.Key() {
-		err = fmt.Errorf("record key %q must be the userId %q", processors.Clip(ctx.Key(), 200), c.UserID)
+	if err == nil && schemas.TenantKey(c.Tenant, c.UserID) != ctx.Key() {
+		err = fmt.Errorf("record key %q must be the userId %q (tenant-qualified)", processors.Clip(ctx.Key(), 200),
+			schemas.TenantKey(c.Tenant, c.UserID))
 	}
 	if err != nil {
 		p.deadLetterOnly(ctx, raw, "inbox", err)

@@ -74,7 +74,7 @@ func NewLagCollector(brokers []string, groups []string, log *slog.Logger) *LagCo
 	if c.log == nil {
 		c.log = slog.Default()
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ClientID("notifyd-lag"))
+	cl, err := NewClient(brokers, kgo.ClientID("notifyd-lag"))
 	if err != nil {
 		// Only bad options fail here; every scrape then counts an error.
 		c.log.Error("lag collector: kafka client", "err", err)

@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/config"
+	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
 )
 
@@ -36,8 +37,14 @@ const (
 	// (key <partition>/<offset> of the dead letter, compacted), so each is replayed once.
 	DLQReplays goka.Stream = "notify.dlq.replays"
 
-	Profiles  goka.Table = "notify.profiles"  // Profile, key userId (compacted)
-	Templates goka.Table = "notify.templates" // Template, key template id (compacted)
+	Profiles goka.Table = "notify.profiles" // Profile, key userId (compacted)
+	// DataKeys holds the wrapped keys of personal data (crypt.DataKey, compacted).
+	DataKeys goka.Table = crypt.Topic
+	// APIKeys holds managed API keys, hashed (compacted; key: the key id).
+	APIKeys goka.Table = "notify.apikeys"
+	// Audit receives an AuditEvent for every write through the API (key tenant).
+	Audit     goka.Stream = "notify.audit"
+	Templates goka.Table  = "notify.templates" // Template, key template id (compacted)
 
 	DedupGroup     goka.Group = "notify.dedup"
 	DeliverGroup   goka.Group = "notify.deliver"
@@ -108,6 +115,8 @@ type Topic struct {
 	Compact bool
 	// Retention, when set, also deletes records older than it.
 	Retention time.Duration
+	// Extra are further topic configs (segment.ms of the data keys).
+	Extra map[string]string
 }
 
 func (t Topic) configs() map[string]*string {
@@ -124,6 +133,11 @@ func (t Topic) configs() map[string]*string {
 		}
 	}
 	cfg["cleanup.policy"] = &policy
+	for k, v := range t.Extra {
+		if k != "cleanup.policy" {
+			cfg[k] = &v
+		}
+	}
 	maxBytes := strconv.Itoa(producerMaxBytes + 64<<10)
 	cfg["max.message.bytes"] = &maxBytes
 	return cfg
@@ -142,6 +156,8 @@ func Topics() []Topic {
 		{Name: string(Scheduled)}, {Name: string(SchedulerDue)},
 		{Name: string(goka.GroupTable(SchedulerGroup)), Compact: true},
 		{Name: string(Feedback)}, {Name: string(DLQReplays), Compact: true},
+		{Name: string(DataKeys), Compact: true, Extra: crypt.Spec().Configs},
+		{Name: string(APIKeys), Compact: true}, {Name: string(Audit)},
 	}
 	ts = append(ts, inboxTopics()...)
 	for _, ch := range processors.AllChannels() {
@@ -155,7 +171,7 @@ func Topics() []Topic {
 // CreateTopics creates every topic (of Topics and extra) that is missing and
 // fails if an existing one has another partition count than configured.
 func CreateTopics(ctx context.Context, brokers []string, partitions, replication int, extra ...Topic) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	cl, err := kgo.NewClient(ClientOpts(brokers...)...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}
@@ -214,13 +230,11 @@ func createTopics(ctx context.Context, adm *kadm.Client, partitions, replication
 // NewProducer returns a franz-go client for producing to notifyd topics, with
 // the partitioner goka agrees with. extra options are appended.
 func NewProducer(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
-	opts := append([]kgo.Opt{
-		kgo.SeedBrokers(brokers...),
+	opts := append(ClientOpts(brokers...),
 		kgo.RecordPartitioner(Partitioner()),
 		kgo.ProducerLinger(0),
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		kgo.MaxBufferedRecords(100_000),
-		kgo.ProducerBatchMaxBytes(producerMaxBytes),
-	}, extra...)
-	return kgo.NewClient(opts...)
+		kgo.ProducerBatchMaxBytes(producerMaxBytes))
+	return kgo.NewClient(append(opts, extra...)...)
 }

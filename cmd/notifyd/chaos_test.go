@@ -71,7 +71,7 @@ func (in *instance) start(t *testing.T) {
 		return
 	}
 	cmd := exec.Command(in.bin, in.args...)
-	cmd.Env = append(os.Environ(), in.env...)
+	cmd.Env = append(os.Environ(), append([]string{"NOTIFYD_MASTER_KEYS=" + testMasterKeys}, in.env...)...)
 	out := &lockedBuffer{}
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = out, io.MultiWriter(out, pw)
@@ -532,3 +532,6 @@ func waitGroupCaughtUp(t *testing.T, brokerPort int, group, topic string, d time
 	}
 	t.Fatalf("%s still %d records behind after %v", group, lag, d)
 }
+
+// testMasterKeys is the master key every process of a test cluster shares.
+const testMasterKeys = "chaos1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="

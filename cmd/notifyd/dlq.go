@@ -358,7 +358,7 @@ var errNoTopic = errors.New("no such topic")
 // end offset being readable, which holds for the topics read here: no writer
 // of them is transactional, and compaction keeps a partition's last record.
 func readTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo.Record)) error {
-	admCl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	admCl, err := topology.NewClient(brokers)
 	if err != nil {
 		return err
 	}
@@ -386,7 +386,7 @@ func readTopic(ctx context.Context, brokers []string, topic string, fn func(*kgo
 	if len(end) == 0 {
 		return nil
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
+	cl, err := topology.NewClient(brokers,
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}),
 		kgo.FetchMaxWait(100*time.Millisecond))
 	if err != nil {

@@ -33,6 +33,7 @@ commands:
   report KIND         print an analytics report (summary, latency, reconciliation) as a table or CSV
   bench               drive notifications through an in-process all-in-one instance and report figures
   dlq list|replay     show the dead letters of notify.dlq; re-inject them into their topics, each once
+  keys generate|rewrap  print a new master key; rewrap tenant keys under the current master key (rotation)
 
 common flags: --config FILE, --data-dir DIR, --brokers host:port[,…], --http ADDR
 `
@@ -59,6 +60,11 @@ func main() {
 		err = runBroker(ctx, args, os.Stdout)
 	case "dlq":
 		if err = runDLQ(ctx, args, os.Stdout); errors.As(err, new(usageError)) {
+			fmt.Fprint(os.Stderr, err)
+			os.Exit(2)
+		}
+	case "keys":
+		if err = runKeys(ctx, args, os.Stdout); errors.As(err, new(usageError)) {
 			fmt.Fprint(os.Stderr, err)
 			os.Exit(2)
 		}
@@ -158,8 +164,12 @@ func runRole(ctx context.Context, role string, args []string) error {
 		return fmt.Errorf("%s: --brokers (or kafka.brokers) is required outside `notifyd run`", role)
 	}
 	if role == "run" || role == "api" {
-		if key := cfg.EnsureAPIKey(); key != "" {
-			log.Warn("no API key configured; generated one for this run", "apiKey", key)
+		path, err := cfg.EnsureAPIKey()
+		if err != nil {
+			return err
+		}
+		if path != "" {
+			log.Warn("no API key configured; using the generated key in the file (every scope, default tenant)", "file", path)
 		}
 	}
 	svc := &service.Service{Cfg: cfg, Roles: roles, Log: log}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/analytics"
+	"github.com/notifyd/notifyd/schemas"
 )
 
 const reportUsage = `usage: notifyd report <summary|latency|reconciliation> [flags]
@@ -20,8 +21,9 @@ const reportUsage = `usage: notifyd report <summary|latency|reconciliation> [fla
   latency         accept→sent and sent→delivered p50/p95/p99 per --group-by
   reconciliation  per provider: sent on --day vs receipts, and the ids without one after --grace
 
-flags: --addr (default analytics.addr), --config, --from, --to (RFC 3339; default the last 24 h),
-       --group-by channel,status, --interval minute|hour|day, --day 2026-11-22, --grace 1h, --format table|csv
+flags: --addr (default analytics.addr), --config, --tenant (default: the default tenant),
+       --from, --to (RFC 3339; default the last 24 h), --group-by channel,status,
+       --interval minute|hour|day, --day 2026-11-22, --grace 1h, --format table|csv
 `
 
 func runReport(ctx context.Context, args []string, out io.Writer) error {
@@ -31,6 +33,7 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 	kind, args := args[0], args[1:]
 	fs := flag.NewFlagSet("report "+kind, flag.ContinueOnError)
 	addr := fs.String("addr", "", "ClickHouse native address (default analytics.addr)")
+	tenant := fs.String("tenant", schemas.DefaultTenant, "tenant whose notifications are reported")
 	from := fs.String("from", "", "start, RFC 3339")
 	to := fs.String("to", "", "end, RFC 3339")
 	groupBy := fs.String("group-by", "", "comma-separated dimensions")
@@ -47,6 +50,9 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 	}
 	if *addr == "" {
 		return errors.New("report: --addr or analytics.addr is required (the all-in-one logs its ClickHouse address at start)")
+	}
+	if !schemas.ValidTenant(*tenant) {
+		return fmt.Errorf("report: --tenant %q is not a tenant name (lower-case letters, digits, _ and -)", *tenant)
 	}
 	if *format != "table" && *format != "csv" {
 		return fmt.Errorf("report: --format must be table or csv, got %q", *format)
@@ -78,13 +84,13 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 	var tables []analytics.Table
 	switch kind {
 	case "summary":
-		t, err := analytics.Summary(ctx, conn, db, analytics.SummaryQuery{From: start, To: end, GroupBy: dims, Interval: *interval})
+		t, err := analytics.Summary(ctx, conn, db, analytics.SummaryQuery{Tenant: *tenant, From: start, To: end, GroupBy: dims, Interval: *interval})
 		if err != nil {
 			return err
 		}
 		tables = append(tables, t)
 	case "latency":
-		t, err := analytics.Latency(ctx, conn, db, analytics.LatencyQuery{From: start, To: end, GroupBy: dims})
+		t, err := analytics.Latency(ctx, conn, db, analytics.LatencyQuery{Tenant: *tenant, From: start, To: end, GroupBy: dims})
 		if err != nil {
 			return err
 		}
@@ -100,7 +106,8 @@ func runReport(ctx context.Context, args []string, out io.Writer) error {
 				return fmt.Errorf("report: --grace must be a duration like 1h")
 			}
 		}
-		rec, err := analytics.Reconcile(ctx, conn, db, d, g, time.Now(), 10000)
+		rec, err := analytics.Reconcile(ctx, conn, db, analytics.ReconcileQuery{
+			Tenant: *tenant, Day: d, Grace: g, Now: time.Now(), Limit: 10000})
 		if err != nil {
 			return err
 		}

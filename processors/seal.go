@@ -1,0 +1,204 @@
+package processors
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/notifyd/notifyd/schemas"
+)
+
+// Sealer encrypts personal data for one subject (a tenant-qualified userId)
+// and decrypts it again (crypt.Keyring). Records carry only the envelope, so
+// erasing the subject's key makes every copy unreadable.
+type Sealer interface {
+	Seal(ctx context.Context, subject, context string, plaintext []byte) ([]byte, error)
+	Open(ctx context.Context, context string, envelope []byte) ([]byte, string, error)
+}
+
+// The contexts bind an envelope to the kind of record it was made for: a
+// notification's envelope cannot be passed off as a profile's.
+const (
+	sealNotification = "notification"
+	sealProfile      = "profile"
+	sealInbox        = "inbox"
+)
+
+// Subject is whose key seals a notification's personal data.
+func Subject(n *schemas.Notification) string { return schemas.TenantKey(n.Tenant, n.UserID) }
+
+// notificationPII is what a notification says about its user and the content
+// rendered for them: contacts, the request's data, targets and content.
+type notificationPII struct {
+	Recipient schemas.Recipient `json:"r"`
+	Data      string            `json:"d,omitempty"`
+	Address   string            `json:"a,omitempty"`
+	Content   schemas.Content   `json:"c"`
+	Targets   []schemas.Target  `json:"t,omitempty"`
+}
+
+// SealNotification returns a copy of n whose personal fields are only in its
+// envelope (n itself is unchanged). Routing fields (ids, tenant, template,
+// channel, priority, times, retry state) stay readable for every stage.
+func SealNotification(ctx context.Context, s Sealer, n *schemas.Notification) (*schemas.Notification, error) {
+	if s == nil {
+		return n, nil
+	}
+	b, err := json.Marshal(notificationPII{Recipient: n.Recipient, Data: n.Data, Address: n.Address, Content: n.Content, Targets: n.Targets})
+	if err != nil {
+		return nil, err
+	}
+	env, err := s.Seal(ctx, Subject(n), sealNotification, b)
+	if err != nil {
+		return nil, fmt.Errorf("seal notification %s: %w", n.ID, err)
+	}
+	out := strip(n)
+	out.Sealed = env
+	return out, nil
+}
+
+// Stripped is a copy of n without the personal fields its envelope holds: what
+// goes on a topic. A notification without an envelope is returned as is.
+func Stripped(n *schemas.Notification) *schemas.Notification {
+	if len(n.Sealed) == 0 {
+		out := *n
+		return &out
+	}
+	return strip(n)
+}
+
+func strip(n *schemas.Notification) *schemas.Notification {
+	out := *n
+	out.Recipient = schemas.Recipient{UserID: n.Recipient.UserID, Locale: n.Recipient.Locale, Upsert: n.Recipient.Upsert}
+	out.Data, out.Address, out.Content, out.Targets = "", "", schemas.Content{}, nil
+	return &out
+}
+
+// ErrSubjectMismatch means an envelope was made for another user than the
+// record that carries it: a record moved between users is refused.
+var ErrSubjectMismatch = errors.New("sealed for another subject")
+
+// OpenNotification fills n's personal fields from its envelope. A
+// notification without one (written before encryption, or by a producer that
+// does not seal) is left as it is.
+func OpenNotification(ctx context.Context, s Sealer, n *schemas.Notification) error {
+	if len(n.Sealed) == 0 {
+		return nil
+	}
+	if s == nil {
+		return errors.New("open notification: no keyring")
+	}
+	b, subject, err := s.Open(ctx, sealNotification, n.Sealed)
+	if err != nil {
+		return fmt.Errorf("open notification %s: %w", n.ID, err)
+	}
+	if subject != Subject(n) {
+		return fmt.Errorf("open notification %s: %w", n.ID, ErrSubjectMismatch)
+	}
+	var pii notificationPII
+	if err := json.Unmarshal(b, &pii); err != nil {
+		return fmt.Errorf("open notification %s: %w", n.ID, err)
+	}
+	n.Recipient, n.Data, n.Address, n.Content, n.Targets = pii.Recipient, pii.Data, pii.Address, pii.Content, pii.Targets
+	return nil
+}
+
+type profilePII struct {
+	Email   string                       `json:"e,omitempty"`
+	Phone   string                       `json:"p,omitempty"`
+	Devices []schemas.Device             `json:"d,omitempty"`
+	Chat    map[string]map[string]string `json:"c,omitempty"`
+}
+
+// SealProfile returns a copy of p whose contacts, devices and chat ids are
+// only in its envelope; locale, time zone and preferences stay readable.
+func SealProfile(ctx context.Context, s Sealer, p *schemas.Profile) (*schemas.Profile, error) {
+	if s == nil {
+		return p, nil
+	}
+	b, err := json.Marshal(profilePII{Email: p.Email, Phone: p.Phone, Devices: p.Devices, Chat: p.Chat})
+	if err != nil {
+		return nil, err
+	}
+	env, err := s.Seal(ctx, schemas.TenantKey(p.Tenant, p.UserID), sealProfile, b)
+	if err != nil {
+		return nil, fmt.Errorf("seal profile: %w", err)
+	}
+	out := *p
+	out.Email, out.Phone, out.Devices, out.Chat, out.Sealed = "", "", nil, nil, env
+	return &out, nil
+}
+
+// OpenProfile returns p with its contacts read from its envelope (p itself is
+// unchanged). A profile without an envelope is returned as it is.
+func OpenProfile(ctx context.Context, s Sealer, p *schemas.Profile) (*schemas.Profile, error) {
+	if p == nil || len(p.Sealed) == 0 {
+		return p, nil
+	}
+	if s == nil {
+		return nil, errors.New("open profile: no keyring")
+	}
+	b, subject, err := s.Open(ctx, sealProfile, p.Sealed)
+	if err != nil {
+		return nil, fmt.Errorf("open profile: %w", err)
+	}
+	if subject != schemas.TenantKey(p.Tenant, p.UserID) {
+		return nil, fmt.Errorf("open profile: %w", ErrSubjectMismatch)
+	}
+	var pii profilePII
+	if err := json.Unmarshal(b, &pii); err != nil {
+		return nil, fmt.Errorf("open profile: %w", err)
+	}
+	out := *p
+	out.Email, out.Phone, out.Devices, out.Chat, out.Sealed = pii.Email, pii.Phone, pii.Devices, pii.Chat, nil
+	return &out, nil
+}
+
+type inboxPII struct {
+	Title     string            `json:"t,omitempty"`
+	Body      string            `json:"b,omitempty"`
+	ActionURL string            `json:"u,omitempty"`
+	Avatar    string            `json:"a,omitempty"`
+	Data      map[string]string `json:"d,omitempty"`
+}
+
+// SealInboxItem seals an inbox message's content for its user (subject).
+func SealInboxItem(ctx context.Context, s Sealer, subject string, it *schemas.InboxItem) error {
+	if s == nil {
+		return nil
+	}
+	b, err := json.Marshal(inboxPII{Title: it.Title, Body: it.Body, ActionURL: it.ActionURL, Avatar: it.Avatar, Data: it.Data})
+	if err != nil {
+		return err
+	}
+	env, err := s.Seal(ctx, subject, sealInbox, b)
+	if err != nil {
+		return fmt.Errorf("seal inbox message %s: %w", it.ID, err)
+	}
+	it.Title, it.Body, it.ActionURL, it.Avatar, it.Data, it.Sealed = "", "", "", "", nil, env
+	return nil
+}
+
+// OpenInboxItem fills an inbox message's content from its envelope.
+func OpenInboxItem(ctx context.Context, s Sealer, subject string, it *schemas.InboxItem) error {
+	if len(it.Sealed) == 0 {
+		return nil
+	}
+	if s == nil {
+		return errors.New("open inbox message: no keyring")
+	}
+	b, got, err := s.Open(ctx, sealInbox, it.Sealed)
+	if err != nil {
+		return fmt.Errorf("open inbox message %s: %w", it.ID, err)
+	}
+	if got != subject {
+		return fmt.Errorf("open inbox message %s: %w", it.ID, ErrSubjectMismatch)
+	}
+	var pii inboxPII
+	if err := json.Unmarshal(b, &pii); err != nil {
+		return fmt.Errorf("open inbox message %s: %w", it.ID, err)
+	}
+	it.Title, it.Body, it.ActionURL, it.Avatar, it.Data, it.Sealed = pii.Title, pii.Body, pii.ActionURL, pii.Avatar, pii.Data, nil
+	return nil
+}
