@@ -20,15 +20,6 @@ type Analytics struct {
 	Grace time.Duration // reconciliation: how long a sent notification may wait for its receipt
 }
 
-// tenantOf is the tenant whose analytics rows a request may read: its API
-// key's ("" = the default tenant).
-func tenantOf(r *http.Request) string {
-	if p := PrincipalFrom(r.Context()); p != nil {
-		return p.Tenant
-	}
-	return ""
-}
-
 // analyticsConn answers 503 and returns nil when analytics cannot be read.
 func (s *Server) analyticsConn(w http.ResponseWriter) driver.Conn {
 	var conn driver.Conn
@@ -108,14 +99,14 @@ func (s *Server) timeReport(run func(ctx context.Context, conn driver.Conn, from
 
 func (s *Server) analyticsSummary(w http.ResponseWriter, r *http.Request) {
 	s.timeReport(func(ctx context.Context, conn driver.Conn, from, to time.Time, r *http.Request) (analytics.Table, error) {
-		return analytics.Summary(ctx, conn, s.Reports.DB, analytics.SummaryQuery{Tenant: tenantOf(r),
+		return analytics.Summary(ctx, conn, s.Reports.DB, analytics.SummaryQuery{Tenant: tenantFrom(r.Context()),
 			From: from, To: to, GroupBy: groupBy(r), Interval: r.URL.Query().Get("interval")})
 	})(w, r)
 }
 
 func (s *Server) analyticsLatency(w http.ResponseWriter, r *http.Request) {
 	s.timeReport(func(ctx context.Context, conn driver.Conn, from, to time.Time, r *http.Request) (analytics.Table, error) {
-		return analytics.Latency(ctx, conn, s.Reports.DB, analytics.LatencyQuery{Tenant: tenantOf(r),
+		return analytics.Latency(ctx, conn, s.Reports.DB, analytics.LatencyQuery{Tenant: tenantFrom(r.Context()),
 			From: from, To: to, GroupBy: groupBy(r)})
 	})(w, r)
 }
@@ -145,7 +136,7 @@ func (s *Server) analyticsReconciliation(w http.ResponseWriter, r *http.Request)
 		}
 	}
 	rec, err := analytics.Reconcile(r.Context(), conn, s.Reports.DB, analytics.ReconcileQuery{
-		Tenant: tenantOf(r), Day: day, Grace: grace, Now: s.now(), Limit: limit})
+		Tenant: tenantFrom(r.Context()), Day: day, Grace: grace, Now: s.now(), Limit: limit})
 	if err != nil {
 		writeReportError(w, err)
 		return

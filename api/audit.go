@@ -12,11 +12,12 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
 )
 
 // AuditTopic receives an AuditEvent for every authenticated request that is
 // not a read (key: the tenant's name, "default" for the default tenant).
-const AuditTopic = "notify.audit"
+const AuditTopic = string(topology.Audit)
 
 // audits tells whether r is audited: a write, with somewhere to produce to.
 func (s *Server) audits(r *http.Request) bool {

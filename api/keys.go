@@ -15,6 +15,7 @@ import (
 	"unicode"
 
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
 )
 
 // Scopes a key may hold. Each route needs one (Server.Handler).
@@ -46,7 +47,7 @@ func Scopes() []string { return slices.Clone(allScopes) }
 func KnownScope(s string) bool { return slices.Contains(allScopes, s) }
 
 // KeysTopic holds the managed keys (compacted, key: key id, value: schemas.APIKey).
-const KeysTopic = "notify.apikeys"
+const KeysTopic = string(topology.APIKeys)
 
 // Managed keys read "ndk_<keyId>_<secret>": 16 and 64 lower-case hex digits.
 const (

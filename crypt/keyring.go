@@ -223,7 +223,7 @@ func (k *Keyring) lookup(ctx context.Context, rk string, unwrap unwrapFunc) (cip
 	if err != nil {
 		return nil, err
 	}
-	if _, gone := k.erased.get(rk); gone {
+	if _, gone := k.erased.get(rk); gone || d != nil && d.Erased() {
 		k.keys.remove(rk)
 		return nil, fmt.Errorf("%s: %w", rk, ErrErased)
 	}

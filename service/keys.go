@@ -121,3 +121,10 @@ func RewrapKeys(ctx context.Context, cfg config.Config, brokers []string) (int, 
 	_ = g.Wait()
 	return n, err
 }
+
+// Keyring is the process's keyring of personal data (nil before Run).
+func (s *Service) Keyring() *crypt.Keyring {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.keys
+}

@@ -30,6 +30,7 @@ import (
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/topology"
 )
@@ -173,6 +174,13 @@ func (s *Service) Run(ctx context.Context) error {
 	s.brokers = brokers
 	s.mu.Unlock()
 
+	if len(cfg.Kafka.Brokers) > 0 {
+		// A wrong password or CA fails here, naming the setting, rather
+		// than as a bare EOF from the first client.
+		if err := topology.CheckBrokers(ctx, brokers); err != nil {
+			return err
+		}
+	}
 	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication, topology.RetryTopics(cfg.Sink.Retry.Tiers)...); err != nil {
 		return err
 	}
@@ -215,7 +223,9 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	s.mu.Lock()
 	s.keys = keys
+	s.mu.Unlock()
 	waits = append(waits, keysReady)
 	if s.Roles.Process {
 		w, err := s.startProcess(gctx, g, kafka, producer, func(stage string) { deadLetters.WithLabelValues(stage).Inc() })
@@ -453,7 +463,15 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	views := []*goka.View{templates, profiles}
+	managedKeys, err := s.startView(ctx, g, kafka, "api-keys", topology.APIKeys, schemas.Lenient[schemas.APIKey]{C: schemas.APIKeyCodec})
+	if err != nil {
+		return nil, err
+	}
+	configKeys, err := api.LoadKeys(cfg.APIKeys)
+	if err != nil {
+		return nil, fmt.Errorf("apiKeys: %w", err)
+	}
+	views := []*goka.View{templates, profiles, managedKeys}
 	adm := kadm.NewClient(producer)
 	// In one process with the status group, read its table directly rather
 	// than keep a second copy of every lifecycle in a view; a view is started
@@ -483,7 +501,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys,
 		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
-		Keys:      api.NewKeys(cfg.APIKeys), MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
+		Keys:      configKeys, ManagedKeys: managedKeys, Log: s.Log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
 		Render:    processors.LimitsFromConfig(cfg.Render),
 		WriteWait: 3 * time.Second, Gatherer: reg, Now: s.Now,
 		Ready: func(ctx context.Context) error {

@@ -57,13 +57,13 @@ type Sink struct {
 	Producer *kgo.Client // goka-compatible partitioning (topology.NewProducer)
 	// Keys opens the sealed personal fields of each notification and seals
 	// them again on the way to a retry topic (crypt.Keyring).
-	Keys processors.Sealer
-	Opts     Options
-	Log      *slog.Logger
-	Metrics  *Metrics
-	Alerter  Alerter // told about exhausted notifications; nil = none
-	Watch    *topology.Watchdog
-	Now      func() time.Time
+	Keys    processors.Sealer
+	Opts    Options
+	Log     *slog.Logger
+	Metrics *Metrics
+	Alerter Alerter // told about exhausted notifications; nil = none
+	Watch   *topology.Watchdog
+	Now     func() time.Time
 
 	ledger       *Ledger
 	loader       *ledgerLoader

@@ -18,6 +18,7 @@ import (
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/service"
 	"github.com/notifyd/notifyd/sinks"
+	"github.com/notifyd/notifyd/topology"
 )
 
 const usage = `usage: notifyd <command> [flags]
@@ -119,6 +120,13 @@ func loadConfig(fs *flag.FlagSet, args []string) (config.Config, error) {
 	}
 	if len(brokers) > 0 {
 		cfg.Kafka.Brokers = brokers
+	}
+	// TLS and SASL apply to external brokers; the embedded one is plaintext
+	// on loopback.
+	if len(cfg.Kafka.Brokers) > 0 {
+		if err := topology.SetSecurity(cfg.Kafka.Security); err != nil {
+			return cfg, err
+		}
 	}
 	return cfg, nil
 }
