@@ -68,6 +68,15 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 			writeError(w, invalid(f("status"), "status must be delivered, failed, opened, clicked or unsubscribed, got %q", rc.Status))
 			return
 		}
+		at := s.now()
+		if rc.At != "" {
+			t, err := time.Parse(time.RFC3339, rc.At)
+			if err != nil {
+				writeError(w, invalid(f("at"), "at must be an RFC 3339 time: %v", err))
+				return
+			}
+			at = t
+		}
 		lc := s.lifecycle(r.Context(), rc.NotificationID)
 		if lc == nil || lc.Tenant != tenantFrom(r.Context()) {
 			// Receipts only for notifications this tenant sent: nothing is
@@ -81,15 +90,6 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 				Message: fmt.Sprintf("notification %q was not handed to provider %q on channel %s: only the provider that sent it may report on it",
 					rc.NotificationID, rc.Provider, rc.Channel)})
 			return
-		}
-		at := s.now()
-		if rc.At != "" {
-			t, err := time.Parse(time.RFC3339, rc.At)
-			if err != nil {
-				writeError(w, invalid(f("at"), "at must be an RFC 3339 time: %v", err))
-				return
-			}
-			at = t
 		}
 		ev := receiptEvent(lc, rc.Channel, rc.Provider, rc.Status, rc.Reason, rc.ProviderMessageID, at)
 		v, err := schemas.StatusEventCodec.Encode(ev)

@@ -57,7 +57,7 @@ type Server struct {
 	Render processors.RenderLimits
 	// Inbox serves the in-app inbox's end-user endpoints; nil = none.
 	Inbox *Inbox
-	// Keys seals profiles and opens profiles and inbox messages (crypt.Keyring);
+	// Crypt seals profiles and opens profiles and inbox messages (crypt.Keyring);
 	// Erase crypto-shreds a user's data when their profile is deleted.
 	Crypt Keyring
 	// ReceiptProviders take their provider's callbacks at

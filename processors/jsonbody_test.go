@@ -240,6 +240,12 @@ func FuzzWebhookBody(f *testing.F) {
 		f.Add(seed[0], seed[1])
 	}
 	f.Fuzz(func(t *testing.T, src, v string) {
+		if src == "" { // no body: the sink sends its own payload
+			if out, err := Render(hookTemplate, "webhook", schemas.ChannelContent{Body: src}, nil, defaultLimits); err != nil || out.Body != "" {
+				t.Fatalf("no body rendered %q, %v", out.Body, err)
+			}
+			return
+		}
 		validErr := ValidateWebhookBody(src, defaultLimits)
 		if validErr == nil && !json.Valid([]byte(src)) {
 			t.Fatalf("accepted a body that is not JSON: %q", src)

@@ -80,7 +80,9 @@ func Contacts(n *schemas.Notification) []string {
 			out = append(out, v)
 		}
 	}
-	add(n.Address)
+	if n.Channel != "webhook" { // a webhook's address names a configured endpoint
+		add(n.Address)
+	}
 	add(n.Recipient.Email)
 	add(n.Recipient.Phone)
 	for _, t := range n.Targets {

@@ -202,3 +202,53 @@ func OpenInboxItem(ctx context.Context, s Sealer, subject string, it *schemas.In
 	it.Title, it.Body, it.ActionURL, it.Avatar, it.Data, it.Sealed = pii.Title, pii.Body, pii.ActionURL, pii.Avatar, pii.Data, nil
 	return nil
 }
+
+const sealFeedback = "feedback"
+
+type feedbackPII struct {
+	Invalid []schemas.InvalidTarget `json:"i,omitempty"`
+	Moved   []schemas.MovedTarget   `json:"m,omitempty"`
+	Reason  string                  `json:"r,omitempty"`
+}
+
+// SealFeedback seals the targets and reason of a sink's feedback for the
+// user (subject) it is about; the deliver group opens it to correct the profile.
+func SealFeedback(ctx context.Context, s Sealer, subject string, fb *schemas.DeliveryFeedback) error {
+	if s == nil || (len(fb.Invalid) == 0 && len(fb.Moved) == 0 && fb.Reason == "") {
+		return nil
+	}
+	b, err := json.Marshal(feedbackPII{Invalid: fb.Invalid, Moved: fb.Moved, Reason: fb.Reason})
+	if err != nil {
+		return err
+	}
+	env, err := s.Seal(ctx, subject, sealFeedback, b)
+	if err != nil {
+		return fmt.Errorf("seal feedback: %w", err)
+	}
+	fb.Invalid, fb.Moved, fb.Reason, fb.Sealed = nil, nil, "", env
+	return nil
+}
+
+// OpenFeedback fills a feedback's targets and reason from its envelope,
+// which must be the subject's.
+func OpenFeedback(ctx context.Context, s Sealer, subject string, fb *schemas.DeliveryFeedback) error {
+	if len(fb.Sealed) == 0 {
+		return nil
+	}
+	if s == nil {
+		return errors.New("open feedback: no keyring")
+	}
+	b, got, err := s.Open(ctx, sealFeedback, fb.Sealed)
+	if err != nil {
+		return fmt.Errorf("open feedback: %w", err)
+	}
+	if got != subject {
+		return fmt.Errorf("open feedback: %w", ErrSubjectMismatch)
+	}
+	var pii feedbackPII
+	if err := json.Unmarshal(b, &pii); err != nil {
+		return fmt.Errorf("open feedback: %w", err)
+	}
+	fb.Invalid, fb.Moved, fb.Reason, fb.Sealed = pii.Invalid, pii.Moved, pii.Reason, nil
+	return nil
+}

@@ -274,6 +274,9 @@ type DeliveryFeedback struct {
 	// Moved are addresses the provider says moved (since delivery_feedback.v2).
 	Moved  []MovedTarget `avro:"moved"`
 	Reason string        `avro:"reason"`
+	// Sealed is the AES-GCM envelope of Invalid, Moved and Reason (since
+	// delivery_feedback.v3).
+	Sealed []byte `avro:"sealed"`
 }
 
 // MovedTarget is an address that moved: the profile's From becomes To.

@@ -153,3 +153,54 @@ func TestProviderCallbacksRefuseBadInput(t *testing.T) {
 		t.Errorf("GET check of a provider without one: %d", code)
 	}
 }
+
+// Receipts count only for notifications notifyd sent, of the caller's
+// tenant, and only from the provider that sent them: a correctly signed
+// SendGrid event about a mail smtp-main sent records nothing (404), and so
+// does a receipt through the API naming another provider (403) or an
+// unknown id (404). The right provider's receipt is recorded.
+func TestReceiptsOnlyForKnownNotificationsFromTheirProvider(t *testing.T) {
+	sg := sendgridtest.Start("SG.test-key")
+	t.Cleanup(sg.Close)
+	h := newHarness(t)
+	h.cfg.Channels["email"] = append(h.cfg.Channels["email"], providerYAML(t, "sendgrid", "sendgrid", fmt.Sprintf(
+		"apiKey: SG.test-key\nfromEmail: no-reply@example.com\nbaseUrl: %s\neventWebhookPublicKey: %s", sg.URL, sg.EventWebhookPublicKey())))
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("orders"))
+	id := h.send(map[string]any{"template": "order-shipped", "data": map[string]any{"orderId": 7, "eta": "now"},
+		"recipients": []any{map[string]any{"userId": "r1", "email": "r1@example.com"}}})["r1"]
+	h.waitStatus(id, processors.StatusSent) // by smtp-main, the first of the chain
+
+	forged := sendgridtest.EventsFor(sendgridtest.Message{To: []string{"r1@example.com"}, ID: "sg-x"}, "delivered",
+		map[string]any{"notification_id": id})
+	if code, err := sg.PostEvents(context.Background(), h.base+"/v1/receipts/sendgrid", forged); err != nil || code != http.StatusNotFound {
+		t.Fatalf("sendgrid's signed event about smtp-main's mail: %d %v, want 404", code, err)
+	}
+	receipt := func(nid, channel, provider string) map[string]any {
+		return map[string]any{"receipts": []any{map[string]any{"notificationId": nid, "channel": channel, "provider": provider, "status": "delivered"}}}
+	}
+	for _, c := range []struct {
+		body  map[string]any
+		code  int
+		field string
+	}{
+		{receipt(id, "email", "sendgrid"), http.StatusForbidden, "receipts[0].provider"},
+		{receipt(id, "sms", "smtp-main"), http.StatusForbidden, "receipts[0].provider"},
+		{receipt("no-such-notification", "email", "smtp-main"), http.StatusNotFound, "receipts[0].notificationId"},
+	} {
+		code, out := h.call("POST", "/v1/receipts", c.body)
+		if e, _ := out["error"].(map[string]any); code != c.code || e == nil || e["field"] != c.field {
+			t.Fatalf("%v: %d %v, want %d naming %s", c.body, code, out, c.code, c.field)
+		}
+	}
+	h.mustCall(http.StatusNotFound, "GET", "/v1/notifications/no-such-notification", nil)
+	st := h.mustCall(http.StatusOK, "GET", "/v1/notifications/"+id, nil)
+	if st["status"] != processors.StatusSent {
+		t.Fatalf("a refused receipt changed the status: %v", st)
+	}
+	h.mustCall(http.StatusAccepted, "POST", "/v1/receipts", receipt(id, "email", "smtp-main"))
+	st = h.waitStatus(id, processors.StatusDelivered)
+	if st["template"] != "order-shipped" {
+		t.Fatalf("status %v", st)
+	}
+}

@@ -181,7 +181,11 @@ func (s *Service) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication, topology.RetryTopics(cfg.Sink.Retry.Tiers)...); err != nil {
+	extraTopics := topology.RetryTopics(cfg.Sink.Retry.Tiers)
+	if len(cfg.Kafka.Brokers) > 0 {
+		extraTopics = append(extraTopics, topology.DataKeysOnKafka())
+	}
+	if err := topology.CreateTopics(ctx, brokers, cfg.Kafka.Partitions, cfg.Kafka.Replication, extraTopics...); err != nil {
 		return err
 	}
 	s.watch = topology.NewWatchdog()

@@ -412,17 +412,38 @@ func fuzzClassified(t *testing.T, status int, body []byte, err error) {
 	}
 }
 
-// The docker-compose stack's configuration loads and its providers build.
+// The docker-compose stack's configuration loads and its providers build;
+// its secrets come only from the environment, which docker-compose.yml
+// requires: without them there is no default key or inbox secret to run on.
 func TestComposeConfigBuilds(t *testing.T) {
-	cfg, err := config.Load("../deploy/notifyd.compose.yaml", func(string) string { return "" })
+	env := map[string]string{"NOTIFYD_API_KEYS": "ops:0123456789abcdef0123", "NOTIFYD_INBOX_SECRET": "0123456789abcdef0123456789abcdef",
+		"NOTIFYD_MASTER_KEYS": "m1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}
+	cfg, err := config.Load("../deploy/notifyd.compose.yaml", func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := Check(cfg); err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Channels["inapp"]) != 1 || len(cfg.Inbox.Secret) < 16 {
-		t.Fatalf("compose config without the inbox: %+v %q", cfg.Channels, cfg.Inbox.Secret)
+	if len(cfg.Channels["inapp"]) != 1 || cfg.Inbox.Secret != env["NOTIFYD_INBOX_SECRET"] || len(cfg.APIKeys) != 1 ||
+		cfg.Encryption.MasterKeys != env["NOTIFYD_MASTER_KEYS"] {
+		t.Fatalf("compose config: %+v inbox %q keys %d", cfg.Channels, cfg.Inbox.Secret, len(cfg.APIKeys))
+	}
+	bare, err := config.Load("../deploy/notifyd.compose.yaml", func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bare.Inbox.Secret != "" || len(bare.APIKeys) != 0 || bare.Encryption.MasterKeys != "" {
+		t.Fatalf("the compose config carries a default secret: inbox %q, keys %v", bare.Inbox.Secret, bare.APIKeys)
+	}
+	compose, err := os.ReadFile("../docker-compose.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range env {
+		if !strings.Contains(string(compose), k+": ${"+k+":?") {
+			t.Errorf("docker-compose.yml does not require %s", k)
+		}
 	}
 }
 

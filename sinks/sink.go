@@ -952,9 +952,15 @@ func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
 // feedback tells the deliver group that nothing was sent, so a resend of
 // the same content is not suppressed as a duplicate of it.
 func (s *Sink) feedback(j *job, status string) {
-	b, err := schemas.FeedbackCodec.Encode(&schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
+	fb := &schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
 		Status: status, At: s.now().UnixMilli(), Invalid: j.invalid, Unsubscribe: j.unsubscribe, Moved: j.moved,
-		Reason: processors.Clip(processors.Scrub(errString(j.lastErr), append(processors.Secrets(j.n.OTP, j.n.Data), processors.Contacts(j.n)...)), processors.MaxReason)})
+		Reason: processors.Clip(processors.Scrub(errString(j.lastErr), append(processors.Secrets(j.n.OTP, j.n.Data), processors.Contacts(j.n)...)), processors.MaxReason)}
+	// The targets it names are the user's contacts: sealed for the user.
+	err := processors.SealFeedback(j.ctx, s.Keys, processors.Subject(j.n), fb)
+	var b []byte
+	if err == nil {
+		b, err = schemas.FeedbackCodec.Encode(fb)
+	}
 	if err != nil || !processors.ValidID(j.n.UserID) {
 		return
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/codec"
 
+	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
@@ -218,6 +219,9 @@ func (p *Pipeline) accept(ctx goka.Context, ns []*schemas.Notification, origin s
 		}
 		ctx.Emit(Accepted, schemas.TenantKey(n.Tenant, n.UserID), b)
 		ev := processors.NotificationEvent(n, processors.StatusAccepted, "", "", now)
+		// The category is the template's (a request may only narrow it),
+		// known once the deliver group has the template: not the request's.
+		ev.Category = ""
 		ev.ID = processors.StatusEventID(n.ID, processors.StatusAccepted, origin, 0)
 		ctx.Emit(Events, n.ID, ev)
 	}
@@ -296,6 +300,7 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	}
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
 	tmpl := p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh)
+	n.Category = processors.Category(n, tmpl) // what the request says only counts as a narrowing
 	profile := p.profile(ctx, n, fresh && processors.NeedsProfile(n, tmpl))
 	if until, why, quiet := processors.QuietUntil(profile, processors.Category(n, tmpl), processors.Priority(n, tmpl), now); quiet {
 		held := *n
@@ -343,6 +348,12 @@ func (p *Pipeline) feedback(ctx goka.Context, msg any) {
 	defer p.Watch.Begin(string(DeliverGroup), ctx.Partition())()
 	raw, _ := msg.([]byte)
 	fb, err := decodeOrNull(raw, schemas.FeedbackCodec.Decode)
+	if err == nil {
+		err = processors.OpenFeedback(context.Background(), p.Keys, ctx.Key(), fb)
+		if errors.Is(err, crypt.ErrErased) {
+			return // the user was erased: there is no profile left to correct
+		}
+	}
 	if err != nil {
 		p.deadLetterOnly(ctx, raw, "deliver.feedback", err)
 		return
