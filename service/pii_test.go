@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -73,7 +74,9 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(smtpSrv.Close)
-	h := &harness{t: t, smtp: smtpSrv, cfg: testConfig(t, smtpSrv, nil)}
+	logs := &syncBuffer{}
+	h := &harness{t: t, smtp: smtpSrv, cfg: testConfig(t, smtpSrv, nil),
+		log: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
 	withInbox(&h.cfg)
 	h.start()
 
@@ -181,6 +184,17 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 	_, list = h.userCall("GET", "/v1/inbox/alice/messages", tok, nil)
 	if ms, _ := list["messages"].([]any); len(ms) != 1 || ms[0].(map[string]any)["title"] != nil {
 		t.Fatalf("alice's inbox after erasure shows content: %v", list)
+	}
+
+	// Nor in the log, at debug level, bob's refusal by the SMTP server (which
+	// quoted his address) included.
+	if !strings.Contains(logs.String(), "notification failed") {
+		t.Fatal("the log shows no failure: the check below proves nothing")
+	}
+	for _, sec := range secrets {
+		if strings.Contains(logs.String(), sec) {
+			t.Errorf("the log holds %q", sec)
+		}
 	}
 
 	// goka's local state, read value by value once the service has stopped

@@ -223,7 +223,15 @@ func (s *Service) Run(ctx context.Context) error {
 		return errors.Join(err, g.Wait())
 	}
 	var waits []func(context.Context) error
-	keys, keysReady, err := s.startKeyring(gctx, g, kafka, producer)
+	// Its own client: a new user's key is produced synchronously inside a
+	// group's callback, and must not wait behind the sinks' batches. Closed
+	// after every component has stopped.
+	keysProducer, err := topology.NewProducer(brokers)
+	if err != nil {
+		return fail(err)
+	}
+	defer keysProducer.Close()
+	keys, keysReady, err := s.startKeyring(gctx, g, kafka, keysProducer)
 	if err != nil {
 		return fail(err)
 	}

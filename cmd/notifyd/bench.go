@@ -92,6 +92,7 @@ func runBench(ctx context.Context, args []string) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase to this file")
 	apiProfile := fs.String("cpuprofile-api", "", "write a CPU profile of the API phase to this file")
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
+	users := fs.Int("users", 0, "send to this many users in turn (0: a new user per notification, each needing its own data key: the worst case)")
 	withAnalytics := fs.Bool("analytics", false, "also stream events into a local clickhouse-server and report the sink's rate and lag")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -140,7 +141,7 @@ func runBench(ctx context.Context, args []string) error {
 		map[bool]string{true: "in memory", false: "on disk"}[*memState], runtime.NumCPU())
 
 	// Warm-up: first records pay for group joins and connection set-up.
-	if err := ingest(ctx, producer, "warm", 500, 0); err != nil {
+	if err := ingest(ctx, producer, "warm", 500, 0, *users); err != nil {
 		return err
 	}
 	if err := bp.wait(ctx, 500, time.Minute); err != nil {
@@ -175,7 +176,7 @@ func runBench(ctx context.Context, args []string) error {
 	}
 	start := time.Now()
 	lags := sampleLag(ctx, producer, *withAnalytics)
-	if err := ingest(ctx, producer, "bulk", *n, 0); err != nil {
+	if err := ingest(ctx, producer, "bulk", *n, 0, *users); err != nil {
 		return err
 	}
 	produced := time.Since(start)
@@ -200,7 +201,7 @@ func runBench(ctx context.Context, args []string) error {
 	total := int(float64(*paced) * dur.Seconds())
 	start = time.Now()
 	lags = sampleLag(ctx, producer, *withAnalytics)
-	if err := ingest(ctx, producer, "paced", total, *paced); err != nil {
+	if err := ingest(ctx, producer, "paced", total, *paced, *users); err != nil {
 		return err
 	}
 	if err := bp.wait(ctx, int64(total), 5*time.Minute); err != nil {
@@ -243,8 +244,9 @@ func runBench(ctx context.Context, args []string) error {
 	return nil
 }
 
-// ingest produces count single-recipient requests; rate 0 means as fast as possible.
-func ingest(ctx context.Context, cl *kgo.Client, prefix string, count, rate int) error {
+// ingest produces count single-recipient requests; rate 0 means as fast as
+// possible; users > 0 cycles over that many users instead of one per request.
+func ingest(ctx context.Context, cl *kgo.Client, prefix string, count, rate, users int) error {
 	var interval time.Duration
 	if rate > 0 {
 		interval = time.Second / time.Duration(rate)
@@ -258,8 +260,12 @@ func ingest(ctx context.Context, cl *kgo.Client, prefix string, count, rate int)
 			}
 		}
 		id := fmt.Sprintf("%s-%d", prefix, i)
+		user := "user-" + id
+		if users > 0 {
+			user = fmt.Sprintf("user-%d", i%users)
+		}
 		req := &schemas.SendRequest{EventID: id, Template: "bench", AcceptedAt: time.Now().UnixMilli(), Source: "bench",
-			Recipients: []schemas.Recipient{{UserID: "user-" + id, Email: "user-" + id + "@example.com"}},
+			Recipients: []schemas.Recipient{{UserID: user, Email: user + "@example.com"}},
 			Data:       `{"orderId":"` + id + `"}`}
 		v, err := schemas.SendRequestCodec.Encode(req)
 		if err != nil {
