@@ -45,11 +45,8 @@ func SealNotification(ctx context.Context, s Sealer, n *schemas.Notification) (*
 	if s == nil {
 		return n, nil
 	}
-	b, err := json.Marshal(notificationPII{Recipient: n.Recipient, Data: n.Data, Address: n.Address, Content: n.Content, Targets: n.Targets})
-	if err != nil {
-		return nil, err
-	}
-	env, err := s.Seal(ctx, Subject(n), sealNotification, b)
+	env, err := sealJSON(ctx, s, Subject(n), sealNotification,
+		notificationPII{Recipient: n.Recipient, Data: n.Data, Address: n.Address, Content: n.Content, Targets: n.Targets})
 	if err != nil {
 		return nil, fmt.Errorf("seal notification %s: %w", n.ID, err)
 	}
@@ -79,6 +76,31 @@ func strip(n *schemas.Notification) *schemas.Notification {
 // record that carries it: a record moved between users is refused.
 var ErrSubjectMismatch = errors.New("sealed for another subject")
 
+// sealJSON seals v, as JSON, for subject in field.
+func sealJSON(ctx context.Context, s Sealer, subject, field string, v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return s.Seal(ctx, subject, field, b)
+}
+
+// openJSON opens an envelope of field, which must have been sealed for
+// subject, into out.
+func openJSON(ctx context.Context, s Sealer, subject, field string, env []byte, out any) error {
+	if s == nil {
+		return errors.New("no keyring")
+	}
+	b, got, err := s.Open(ctx, field, env)
+	if err != nil {
+		return err
+	}
+	if got != subject {
+		return ErrSubjectMismatch
+	}
+	return json.Unmarshal(b, out)
+}
+
 // OpenNotification fills n's personal fields from its envelope. A
 // notification without one (written before encryption, or by a producer that
 // does not seal) is left as it is.
@@ -86,18 +108,8 @@ func OpenNotification(ctx context.Context, s Sealer, n *schemas.Notification) er
 	if len(n.Sealed) == 0 {
 		return nil
 	}
-	if s == nil {
-		return errors.New("open notification: no keyring")
-	}
-	b, subject, err := s.Open(ctx, sealNotification, n.Sealed)
-	if err != nil {
-		return fmt.Errorf("open notification %s: %w", n.ID, err)
-	}
-	if subject != Subject(n) {
-		return fmt.Errorf("open notification %s: %w", n.ID, ErrSubjectMismatch)
-	}
 	var pii notificationPII
-	if err := json.Unmarshal(b, &pii); err != nil {
+	if err := openJSON(ctx, s, Subject(n), sealNotification, n.Sealed, &pii); err != nil {
 		return fmt.Errorf("open notification %s: %w", n.ID, err)
 	}
 	n.Recipient, n.Data, n.Address, n.Content, n.Targets = pii.Recipient, pii.Data, pii.Address, pii.Content, pii.Targets
@@ -117,11 +129,8 @@ func SealProfile(ctx context.Context, s Sealer, p *schemas.Profile) (*schemas.Pr
 	if s == nil {
 		return p, nil
 	}
-	b, err := json.Marshal(profilePII{Email: p.Email, Phone: p.Phone, Devices: p.Devices, Chat: p.Chat})
-	if err != nil {
-		return nil, err
-	}
-	env, err := s.Seal(ctx, schemas.TenantKey(p.Tenant, p.UserID), sealProfile, b)
+	env, err := sealJSON(ctx, s, schemas.TenantKey(p.Tenant, p.UserID), sealProfile,
+		profilePII{Email: p.Email, Phone: p.Phone, Devices: p.Devices, Chat: p.Chat})
 	if err != nil {
 		return nil, fmt.Errorf("seal profile: %w", err)
 	}
@@ -136,18 +145,8 @@ func OpenProfile(ctx context.Context, s Sealer, p *schemas.Profile) (*schemas.Pr
 	if p == nil || len(p.Sealed) == 0 {
 		return p, nil
 	}
-	if s == nil {
-		return nil, errors.New("open profile: no keyring")
-	}
-	b, subject, err := s.Open(ctx, sealProfile, p.Sealed)
-	if err != nil {
-		return nil, fmt.Errorf("open profile: %w", err)
-	}
-	if subject != schemas.TenantKey(p.Tenant, p.UserID) {
-		return nil, fmt.Errorf("open profile: %w", ErrSubjectMismatch)
-	}
 	var pii profilePII
-	if err := json.Unmarshal(b, &pii); err != nil {
+	if err := openJSON(ctx, s, schemas.TenantKey(p.Tenant, p.UserID), sealProfile, p.Sealed, &pii); err != nil {
 		return nil, fmt.Errorf("open profile: %w", err)
 	}
 	out := *p
@@ -168,11 +167,8 @@ func SealInboxItem(ctx context.Context, s Sealer, subject string, it *schemas.In
 	if s == nil {
 		return nil
 	}
-	b, err := json.Marshal(inboxPII{Title: it.Title, Body: it.Body, ActionURL: it.ActionURL, Avatar: it.Avatar, Data: it.Data})
-	if err != nil {
-		return err
-	}
-	env, err := s.Seal(ctx, subject, sealInbox, b)
+	env, err := sealJSON(ctx, s, subject, sealInbox,
+		inboxPII{Title: it.Title, Body: it.Body, ActionURL: it.ActionURL, Avatar: it.Avatar, Data: it.Data})
 	if err != nil {
 		return fmt.Errorf("seal inbox message %s: %w", it.ID, err)
 	}
@@ -185,18 +181,8 @@ func OpenInboxItem(ctx context.Context, s Sealer, subject string, it *schemas.In
 	if len(it.Sealed) == 0 {
 		return nil
 	}
-	if s == nil {
-		return errors.New("open inbox message: no keyring")
-	}
-	b, got, err := s.Open(ctx, sealInbox, it.Sealed)
-	if err != nil {
-		return fmt.Errorf("open inbox message %s: %w", it.ID, err)
-	}
-	if got != subject {
-		return fmt.Errorf("open inbox message %s: %w", it.ID, ErrSubjectMismatch)
-	}
 	var pii inboxPII
-	if err := json.Unmarshal(b, &pii); err != nil {
+	if err := openJSON(ctx, s, subject, sealInbox, it.Sealed, &pii); err != nil {
 		return fmt.Errorf("open inbox message %s: %w", it.ID, err)
 	}
 	it.Title, it.Body, it.ActionURL, it.Avatar, it.Data, it.Sealed = pii.Title, pii.Body, pii.ActionURL, pii.Avatar, pii.Data, nil
@@ -217,11 +203,7 @@ func SealFeedback(ctx context.Context, s Sealer, subject string, fb *schemas.Del
 	if s == nil || (len(fb.Invalid) == 0 && len(fb.Moved) == 0 && fb.Reason == "") {
 		return nil
 	}
-	b, err := json.Marshal(feedbackPII{Invalid: fb.Invalid, Moved: fb.Moved, Reason: fb.Reason})
-	if err != nil {
-		return err
-	}
-	env, err := s.Seal(ctx, subject, sealFeedback, b)
+	env, err := sealJSON(ctx, s, subject, sealFeedback, feedbackPII{Invalid: fb.Invalid, Moved: fb.Moved, Reason: fb.Reason})
 	if err != nil {
 		return fmt.Errorf("seal feedback: %w", err)
 	}
@@ -235,18 +217,8 @@ func OpenFeedback(ctx context.Context, s Sealer, subject string, fb *schemas.Del
 	if len(fb.Sealed) == 0 {
 		return nil
 	}
-	if s == nil {
-		return errors.New("open feedback: no keyring")
-	}
-	b, got, err := s.Open(ctx, sealFeedback, fb.Sealed)
-	if err != nil {
-		return fmt.Errorf("open feedback: %w", err)
-	}
-	if got != subject {
-		return fmt.Errorf("open feedback: %w", ErrSubjectMismatch)
-	}
 	var pii feedbackPII
-	if err := json.Unmarshal(b, &pii); err != nil {
+	if err := openJSON(ctx, s, subject, sealFeedback, fb.Sealed, &pii); err != nil {
 		return fmt.Errorf("open feedback: %w", err)
 	}
 	fb.Invalid, fb.Moved, fb.Reason, fb.Sealed = pii.Invalid, pii.Moved, pii.Reason, nil
