@@ -48,7 +48,11 @@ func NewMasterKeySpec(id string) (string, error) {
 	if _, err := rand.Read(b); err != nil {
 		return "", err
 	}
-	return id + ":" + base64.StdEncoding.EncodeToString(b), nil
+	spec := id + ":" + base64.StdEncoding.EncodeToString(b)
+	if _, err := crypt.ParseMasterKeys(spec); err != nil { // the id must be one the configuration accepts
+		return "", err
+	}
+	return spec, nil
 }
 
 // localMasterKey reads dataDir/master.key, creating it (0600) on first use.

@@ -97,15 +97,24 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 	aliceID := send("pii-1", "alice", nil)
 	bobID := send("pii-2", "bob", map[string]any{"channels": []string{"email"}})
 	laterID := send("pii-3", "alice", map[string]any{"sendAt": time.Now().Add(time.Hour).UTC().Format(time.RFC3339)})
+	// carol has no profile: only the inline address of her one send.
+	carolID := h.send(map[string]any{"template": "pii", "eventId": "pii-4", "data": map[string]any{"orderId": orderID},
+		"channels": []string{"email"}, "recipients": []any{map[string]any{"userId": "carol", "email": "pii.carol@example.org"}}})["carol"]
+	h.waitStatus(carolID, "sent")
 	h.waitStatus(aliceID, "sent")
 	h.waitStatus(bobID, "failed")
 	h.waitStatus(laterID, "scheduled")
 
 	// Sealing takes nothing away from delivery: the mail and the inbox carry
 	// the content.
-	msgs := smtpSrv.WaitFor(1, 10*time.Second)
-	if len(msgs) != 1 || !bytes.Contains(msgs[0].Data, []byte(bodyMark)) || msgs[0].To[0] != aliceEmail {
-		t.Fatalf("alice's mail: %+v", msgs)
+	var aliceMail *smtptest.Message
+	for _, m := range smtpSrv.WaitFor(2, 10*time.Second) {
+		if m.To[0] == aliceEmail {
+			aliceMail = &m
+		}
+	}
+	if aliceMail == nil || !bytes.Contains(aliceMail.Data, []byte(bodyMark)) {
+		t.Fatalf("alice's mail: %+v", smtpSrv.Messages())
 	}
 	tok := h.token("alice")
 	var list map[string]any
@@ -124,7 +133,7 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 	// The template's own text is not personal data (templates are stored as
 	// written); the rendered text is, and so is the request's data.
 	rendered := bodyMark + " order " + orderID
-	secrets := []string{aliceEmail, alicePhone, bobEmail, rendered, orderID, fcmToken}
+	secrets := []string{aliceEmail, alicePhone, bobEmail, "pii.carol@example.org", rendered, orderID, fcmToken}
 	// Every topic but notify.ingest, which holds requests as their producer
 	// wrote them (docs/SECURITY.md), and notify.deliver.feedback is included.
 	recs := topicRecords(t, h, `^notify\.(profiles|accepted|out\..*|dlq|retry\..*|scheduled|inbox\..*|events|deliver\.feedback|.*-table)$`)
@@ -181,6 +190,16 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 	if o, f, errs := opens("bob"); o == 0 || f != 0 {
 		t.Fatalf("bob (not erased): %d opened, %d failed: %v", o, f, errs)
 	}
+	// A user who never had a profile (inline contacts only) is erased too;
+	// a second DELETE finds nothing left to erase.
+	if o, f, _ := opens("carol"); o == 0 || f != 0 {
+		t.Fatalf("carol before erasure: %d opened, %d failed", o, f)
+	}
+	h.mustCall(http.StatusNoContent, "DELETE", "/v1/profiles/carol", nil)
+	if o, f, _ := opens("carol"); o != 0 || f == 0 {
+		t.Fatalf("carol after erasure: %d of her records still open", o)
+	}
+	h.mustCall(http.StatusNotFound, "DELETE", "/v1/profiles/carol", nil)
 	_, list = h.userCall("GET", "/v1/inbox/alice/messages", tok, nil)
 	if ms, _ := list["messages"].([]any); len(ms) != 1 || ms[0].(map[string]any)["title"] != nil {
 		t.Fatalf("alice's inbox after erasure shows content: %v", list)

@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/sinks/webhooktest"
 )
 
@@ -242,6 +244,10 @@ func TestCommandLineRejectsBadInvocations(t *testing.T) {
 		{[]string{"run", "--config", filepath.Join(dir, "missing.yaml")}, 1, "no such file"},
 		{[]string{"run", "--config", bad}, 1, "config " + bad},
 		{[]string{"run", "--no-such-flag"}, 1, "flag provided but not defined"},
+		{[]string{"keys"}, 2, "notifyd keys"},
+		{[]string{"keys", "shred"}, 2, `unknown command "shred"`},
+		{[]string{"keys", "generate", "--id", "no spaces"}, 1, "master key"},
+		{[]string{"keys", "rewrap"}, 1, "--brokers (or kafka.brokers) is required"},
 	}
 	for _, c := range cases {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()
@@ -252,5 +258,13 @@ func TestCommandLineRejectsBadInvocations(t *testing.T) {
 		if code != c.code || !bytes.Contains(out, []byte(c.say)) {
 			t.Errorf("notifyd %v: exit %d, want %d, output %q (want it to say %q)", c.args, code, c.code, out, c.say)
 		}
+	}
+	// keys generate prints a master key the configuration accepts.
+	out, err := exec.Command(bin, "keys", "generate", "--id", "m7").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mk, err := crypt.ParseMasterKeys(strings.TrimSpace(string(out))); err != nil || mk.Current() != "m7" {
+		t.Fatalf("keys generate printed %q: %v", out, err)
 	}
 }
