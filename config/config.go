@@ -35,6 +35,7 @@ type Config struct {
 	Alerts     Alerts                `yaml:"alerts"`
 	Inbox      Inbox                 `yaml:"inbox"`
 	Encryption Encryption            `yaml:"encryption"`
+	Tracking   Tracking              `yaml:"tracking"`
 	LogLevel   string                `yaml:"logLevel"`
 }
 
@@ -466,6 +467,15 @@ func (c *Config) merge(f Config) {
 	if f.Inbox.MaxStreams != 0 {
 		c.Inbox.MaxStreams = f.Inbox.MaxStreams
 	}
+	if f.Encryption.MasterKeys != "" {
+		c.Encryption.MasterKeys = f.Encryption.MasterKeys
+	}
+	if f.Tracking.BaseURL != "" {
+		c.Tracking.BaseURL = f.Tracking.BaseURL
+	}
+	if f.Tracking.Secret != "" {
+		c.Tracking.Secret = f.Tracking.Secret
+	}
 	c.Analytics.merge(f.Analytics)
 	if f.LogLevel != "" {
 		c.LogLevel = f.LogLevel
@@ -543,6 +553,8 @@ func (c *Config) applyEnv(env func(string) string) error {
 		set("NOTIFYD_HEALTH_ADDR", str(&c.Health.Addr)),
 		set("NOTIFYD_INBOX_SECRET", str(&c.Inbox.Secret)),
 		set("NOTIFYD_MASTER_KEYS", str(&c.Encryption.MasterKeys)),
+		set("NOTIFYD_TRACKING_SECRET", str(&c.Tracking.Secret)),
+		set("NOTIFYD_TRACKING_BASE_URL", str(&c.Tracking.BaseURL)),
 		set("NOTIFYD_ANALYTICS_PASSWORD", str(&c.Analytics.Password)),
 		set("NOTIFYD_DEDUP_WINDOW", func(v string) error {
 			d, err := time.ParseDuration(v)

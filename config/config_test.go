@@ -19,6 +19,8 @@ http: {addr: ":9000"}
 kafka: {partitions: 12}
 dedup: {window: 48h}
 apiKeys: [{name: ci, key: "${CI_KEY}"}]
+encryption: {masterKeys: "m1:${MASTER}"}
+tracking: {baseUrl: "https://t.example.com"}
 channels:
   email:
     - name: smtp-main
@@ -34,6 +36,8 @@ channels:
 	}
 	cfg, err := Load(path, env(map[string]string{
 		"CI_KEY":                                "from-env",
+		"MASTER":                                "a2V5",
+		"NOTIFYD_TRACKING_SECRET":               "tracking-secret-from-env",
 		"NOTIFYD_HTTP_ADDR":                     ":9100",
 		"NOTIFYD_PROVIDER_SMTP_MAIN_PASSWORD":   "pw",
 		"NOTIFYD_PROVIDER_HOOKS_SECRET_DEFAULT": "whsec",
@@ -47,6 +51,10 @@ channels:
 	if cfg.APIKeys[0].Key != "from-env" || cfg.Channels["email"][0].SMTP.Password != "pw" ||
 		cfg.Channels["webhook"][0].Webhook.Endpoints["default"].Secret != "whsec" {
 		t.Fatalf("secrets not taken from the environment: %+v", cfg)
+	}
+	if cfg.Encryption.MasterKeys != "m1:a2V5" || cfg.Tracking.BaseURL != "https://t.example.com" ||
+		cfg.Tracking.Secret != "tracking-secret-from-env" {
+		t.Fatalf("encryption %+v, tracking %+v", cfg.Encryption, cfg.Tracking)
 	}
 	// Defaults survive where the file is silent.
 	if cfg.Sink.Attempts != 3 || cfg.HTTP.MaxBodyBytes != 1<<20 || cfg.Kafka.EmbeddedPort != 9092 {
