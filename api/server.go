@@ -13,6 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/tracking"
 )
 
 // Table is a readable goka table (a *goka.View).
@@ -60,6 +61,9 @@ type Server struct {
 	// Crypt seals profiles and opens profiles and inbox messages (crypt.Keyring);
 	// Erase crypto-shreds a user's data when their profile is deleted.
 	Crypt Keyring
+	// Tracker verifies the email tracking and unsubscribe links served at
+	// /t/ (nil: tracking is off).
+	Tracker *tracking.Signer
 	// ReceiptProviders take their provider's callbacks at
 	// POST /v1/receipts/{provider}, by provider name.
 	ReceiptProviders map[string]ReceiptSource
@@ -114,6 +118,7 @@ func (s *Server) Handler() http.Handler {
 	authed(ScopeAdmin, "DELETE /v1/keys/{id}", s.revokeKey)
 	authed(ScopeAdmin, "POST /v1/keys/{id}/rotate", s.rotateKey)
 	s.inboxRoutes(mux)
+	s.trackingRoutes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

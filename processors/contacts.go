@@ -58,6 +58,26 @@ func RemoveInvalid(p *schemas.Profile, channel string, invalid []schemas.Invalid
 	return changed
 }
 
+// OptOut turns category off on channel in the profile's preferences (a
+// one-click unsubscribe from a message of that category). It tells whether
+// the profile changed. Transactional cannot be opted out of.
+func OptOut(p *schemas.Profile, category, channel string) bool {
+	if category == "" || category == CategoryTransactional {
+		return false
+	}
+	if p.Preferences.Categories == nil {
+		p.Preferences.Categories = map[string]map[string]bool{}
+	}
+	if p.Preferences.Categories[category] == nil {
+		p.Preferences.Categories[category] = map[string]bool{}
+	}
+	if allowed, ok := p.Preferences.Categories[category][channel]; ok && !allowed {
+		return false
+	}
+	p.Preferences.Categories[category][channel] = false
+	return true
+}
+
 // MoveTargets rewrites addresses a provider says moved (a chat id that
 // changed): every chat entry of the platform holding From holds To instead.
 // It tells whether the profile changed; p is modified in place.

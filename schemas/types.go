@@ -276,7 +276,9 @@ type DeliveryFeedback struct {
 	Reason string        `avro:"reason"`
 	// Sealed is the AES-GCM envelope of Invalid, Moved and Reason (since
 	// delivery_feedback.v3).
-	Sealed []byte `avro:"sealed"`
+	Sealed []byte `avro:"sealed"`	// UnsubscribeCategory, with Unsubscribe, opts out of this category only
+	// (since delivery_feedback.v4).
+	UnsubscribeCategory string `avro:"unsubscribeCategory"`
 }
 
 // MovedTarget is an address that moved: the profile's From becomes To.

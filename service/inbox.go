@@ -17,7 +17,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/notifyd/notifyd/api"
+	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/topology"
+	"github.com/notifyd/notifyd/tracking"
 )
 
 // inboxAPI is the API's side of the in-app inbox: the feeds it reads and the
@@ -82,14 +84,20 @@ func (s *Service) startInbox(ctx context.Context, g *errgroup.Group, kafka topol
 // inboxSecret is the configured secret, or one generated once and kept under
 // the data directory.
 func inboxSecret(configured, dataDir string) ([]byte, error) {
+	return localSecret(configured, dataDir, "inbox.secret")
+}
+
+// localSecret is the configured secret, or one generated once and kept in
+// dataDir/file (0600): enough for one instance; several need it configured.
+func localSecret(configured, dataDir, file string) ([]byte, error) {
 	if configured != "" {
 		return []byte(configured), nil
 	}
-	path := filepath.Join(dataDir, "inbox.secret")
+	path := filepath.Join(dataDir, file)
 	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 32 {
 		return []byte(strings.TrimSpace(string(b))), nil
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("inbox secret: %w", err)
+		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	buf := make([]byte, 32)
 	if _, err := rand.Read(buf); err != nil {
@@ -97,10 +105,27 @@ func inboxSecret(configured, dataDir string) ([]byte, error) {
 	}
 	secret := hex.EncodeToString(buf)
 	if err := os.MkdirAll(dataDir, 0o755); err != nil {
-		return nil, fmt.Errorf("inbox secret: %w", err)
+		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("inbox secret: %w", err)
+		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	return []byte(secret), nil
+}
+
+// tracker signs and verifies email tracking links (nil when tracking.baseUrl
+// is not set).
+func tracker(cfg config.Config) (*tracking.Signer, error) {
+	if cfg.Tracking.BaseURL == "" {
+		return nil, nil
+	}
+	secret, err := localSecret(cfg.Tracking.Secret, cfg.DataDir, "tracking.secret")
+	if err != nil {
+		return nil, err
+	}
+	t, err := tracking.NewSigner(cfg.Tracking.BaseURL, secret)
+	if err != nil {
+		return nil, fmt.Errorf("tracking: %w", err)
+	}
+	return t, nil
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/topology"
+	"github.com/notifyd/notifyd/tracking"
 )
 
 // Roles say which components a process runs.
@@ -82,6 +83,8 @@ type Service struct {
 	watch *topology.Watchdog
 	// keys seals and opens personal data (crypt.Keyring).
 	keys *crypt.Keyring
+	// tracker signs and verifies email tracking links (nil: off).
+	tracker *tracking.Signer
 }
 
 // AnalyticsAddr is the ClickHouse address the analytics sink writes to ("" if none).
@@ -235,8 +238,12 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	tr, err := tracker(cfg)
+	if err != nil {
+		return fail(err)
+	}
 	s.mu.Lock()
-	s.keys = keys
+	s.keys, s.tracker = keys, tr
 	s.mu.Unlock()
 	waits = append(waits, keysReady)
 	if s.Roles.Process {
@@ -510,7 +517,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys,
+	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
 		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
 		Keys:      configKeys, ManagedKeys: managedKeys, Log: s.Log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
@@ -562,7 +569,7 @@ func (s *Service) receiptSources(ctx context.Context, g *errgroup.Group, produce
 		providers, injected := s.Providers[ch]
 		if !injected {
 			var err error
-			if providers, err = sinks.BuildProviders(ch, cfgs, sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer, Keys: s.keys}); err != nil {
+			if providers, err = sinks.BuildProviders(ch, cfgs, sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer, Keys: s.keys, Tracker: s.tracker}); err != nil {
 				return nil, err
 			}
 		}
@@ -685,7 +692,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 		providers, ok := s.Providers[ch]
 		if !ok {
 			var err error
-			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer, Keys: s.keys})
+			providers, err = sinks.BuildProviders(ch, s.Cfg.Channels[ch], sinks.Deps{Log: s.Log, Now: s.Now, Producer: producer, Keys: s.keys, Tracker: s.tracker})
 			if err != nil {
 				return err
 			}

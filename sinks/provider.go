@@ -25,6 +25,7 @@ import (
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/tracking"
 )
 
 // Provider hands a notification to one external service.
@@ -67,7 +68,9 @@ type Deps struct {
 	Producer *kgo.Client
 	// Keys seals what a provider writes to notifyd's own topics (the inbox's
 	// messages) for the notification's user.
-	Keys processors.Sealer
+	Keys processors.Sealer // Tracker signs the email's tracking links and unsubscribe URL; nil: no
+	// tracking.
+	Tracker *tracking.Signer
 }
 
 // Spec is what a provider type builds a provider from.

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/tracking"
 )
 
 // SendGrid v3 Mail Send: POST {baseUrl}/v3/mail/send with
@@ -51,6 +52,7 @@ type sendGridProvider struct {
 	client   *http.Client
 	now      func() time.Time
 	events   *ecdsa.PublicKey // nil: no event webhook
+	tracker  *tracking.Signer // nil: no tracking
 }
 
 func init() {
@@ -66,7 +68,7 @@ func newSendGridProvider(spec Spec) (Provider, error) {
 	if base == "" {
 		base = sendGridDefaultBaseURL
 	}
-	p := &sendGridProvider{name: spec.Name, s: s, endpoint: base + "/v3/mail/send",
+	p := &sendGridProvider{name: spec.Name, s: s, endpoint: base + "/v3/mail/send", tracker: spec.Tracker,
 		client: newHTTPClient(s.Timeout, nil), now: spec.Deps.now}
 	if s.EventWebhookPublicKey != "" {
 		if p.events, err = parseSendGridKey(s.EventWebhookPublicKey); err != nil {
@@ -210,6 +212,7 @@ type sendGridMail struct {
 	TemplateID       string                    `json:"template_id,omitempty"`
 	Categories       []string                  `json:"categories,omitempty"`
 	CustomArgs       map[string]string         `json:"custom_args,omitempty"`
+	Headers          map[string]string         `json:"headers,omitempty"`
 }
 
 // mail is the Mail Send body of n. text/plain comes before text/html, as
@@ -229,8 +232,15 @@ func (p *sendGridProvider) mail(n *schemas.Notification) (*sendGridMail, error) 
 	if n.Content.Text != "" {
 		m.Content = append(m.Content, sendGridContent{Type: "text/plain", Value: n.Content.Text})
 	}
-	if n.Content.HTML != "" {
-		m.Content = append(m.Content, sendGridContent{Type: "text/html", Value: n.Content.HTML})
+	html, unsubscribe, err := trackedEmail(p.tracker, n)
+	if err != nil {
+		return nil, err
+	}
+	if unsubscribe != "" { // RFC 8058 one-click unsubscribe
+		m.Headers = map[string]string{"List-Unsubscribe": "<" + unsubscribe + ">", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+	}
+	if html != "" {
+		m.Content = append(m.Content, sendGridContent{Type: "text/html", Value: html})
 	}
 	if strings.HasPrefix(n.Content.TemplateID, "d-") {
 		m.TemplateID = n.Content.TemplateID

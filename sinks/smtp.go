@@ -11,6 +11,7 @@ import (
 
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/tracking"
 )
 
 // smtpProvider sends email through an SMTP server with go-mail, keeping a small
@@ -21,13 +22,15 @@ type smtpProvider struct {
 	client *mail.Client
 	idle   chan *smtp.Client
 	slots  chan struct{}
+	// tracker rewrites links and adds List-Unsubscribe (nil: no tracking).
+	tracker *tracking.Signer
 }
 
 func init() {
 	Register("smtp", Type{Channels: []string{"email"}, New: func(s Spec) (Provider, error) { return newSMTPProvider(s.Provider, s.Deps) }})
 }
 
-func newSMTPProvider(c config.Provider, _ Deps) (Provider, error) {
+func newSMTPProvider(c config.Provider, d Deps) (Provider, error) {
 	s := c.SMTP
 	// Without WithoutNoop, go-mail sends a NOOP before every message and again
 	// before the RSET after it: two round trips per message to learn that a
@@ -58,7 +61,7 @@ func newSMTPProvider(c config.Provider, _ Deps) (Provider, error) {
 	if n <= 0 {
 		n = 4
 	}
-	return &smtpProvider{name: c.Name, from: s.From, client: client,
+	return &smtpProvider{name: c.Name, from: s.From, client: client, tracker: d.Tracker,
 		idle: make(chan *smtp.Client, n), slots: make(chan struct{}, n)}, nil
 }
 
@@ -75,12 +78,20 @@ func (p *smtpProvider) message(n *schemas.Notification) (*mail.Msg, error) {
 	m.Subject(n.Content.Subject)
 	m.SetMessageID()
 	m.SetGenHeader("X-Notifyd-Notification-Id", n.ID)
+	html, unsubscribe, err := trackedEmail(p.tracker, n)
+	if err != nil {
+		return nil, err
+	}
+	if unsubscribe != "" { // RFC 8058 one-click unsubscribe
+		m.SetGenHeader("List-Unsubscribe", "<"+unsubscribe+">")
+		m.SetGenHeader("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+	}
 	switch {
-	case n.Content.Text != "" && n.Content.HTML != "":
+	case n.Content.Text != "" && html != "":
 		m.SetBodyString(mail.TypeTextPlain, n.Content.Text)
-		m.AddAlternativeString(mail.TypeTextHTML, n.Content.HTML)
-	case n.Content.HTML != "":
-		m.SetBodyString(mail.TypeTextHTML, n.Content.HTML)
+		m.AddAlternativeString(mail.TypeTextHTML, html)
+	case html != "":
+		m.SetBodyString(mail.TypeTextHTML, html)
 	default:
 		m.SetBodyString(mail.TypeTextPlain, n.Content.Text)
 	}

@@ -381,8 +381,17 @@ func (p *Pipeline) feedback(ctx goka.Context, msg any) {
 // the next send to the dead target removes it again.
 func (p *Pipeline) removeInvalid(ctx goka.Context, fb *schemas.DeliveryFeedback) {
 	d, ok := ctx.Join(Profiles).(schemas.Decoded[schemas.Profile])
-	if !ok || d.Err != nil || d.V == nil {
-		return // no profile (inline contacts only): nothing stored to remove
+	if ok && d.Err != nil {
+		return // an unreadable profile is not overwritten
+	}
+	if !ok || d.V == nil {
+		if !fb.Unsubscribe {
+			return // no profile (inline contacts only): nothing stored to remove
+		}
+		// An opt-out of a user known only by inline contacts is kept: in a
+		// profile of their own, holding only the preference.
+		tenant, user := schemas.SplitTenantKey(ctx.Key())
+		d.V = &schemas.Profile{UserID: user, Tenant: tenant}
 	}
 	opened, err := processors.OpenProfile(context.Background(), p.Keys, d.V)
 	if err != nil {
@@ -398,8 +407,13 @@ func (p *Pipeline) removeInvalid(ctx goka.Context, fb *schemas.DeliveryFeedback)
 	for cat, m := range opened.Preferences.Categories {
 		prof.Preferences.Categories[cat] = maps.Clone(m)
 	}
-	moved := processors.MoveTargets(&prof, fb.Moved)
-	if !processors.RemoveInvalid(&prof, fb.Channel, fb.Invalid, fb.Unsubscribe) && !moved {
+	changed := processors.MoveTargets(&prof, fb.Moved)
+	everything := fb.Unsubscribe && fb.UnsubscribeCategory == ""
+	changed = processors.RemoveInvalid(&prof, fb.Channel, fb.Invalid, everything) || changed
+	if fb.Unsubscribe && fb.UnsubscribeCategory != "" {
+		changed = processors.OptOut(&prof, fb.UnsubscribeCategory, fb.Channel) || changed
+	}
+	if !changed {
 		return
 	}
 	prof.UpdatedAt = p.now().UnixMilli()

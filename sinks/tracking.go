@@ -1,0 +1,37 @@
+package sinks
+
+import (
+	"fmt"
+
+	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/tracking"
+)
+
+// trackedEmail is an email's HTML with its links going through signed click
+// redirects and an open pixel, and the one-click unsubscribe URL for its
+// List-Unsubscribe headers. Transactional email and one-time codes are not
+// tracked (their links — a password reset — must not pass through a
+// redirect, and there is nothing to unsubscribe from): html is returned as
+// it is and unsubscribe is "".
+func trackedEmail(t *tracking.Signer, n *schemas.Notification) (html, unsubscribe string, err error) {
+	html = n.Content.HTML
+	if t == nil || n.OTP || n.Category == processors.CategoryTransactional {
+		return html, "", nil
+	}
+	link := func(kind string) tracking.Link {
+		return tracking.Link{Kind: kind, NotificationID: n.ID, Tenant: n.Tenant, UserID: n.UserID,
+			Template: n.Template, Category: n.Category, Channel: n.Channel}
+	}
+	if html != "" {
+		click := func(href string) string {
+			l := link(tracking.Click)
+			l.URL = href
+			return t.URL(l)
+		}
+		if html, err = tracking.RewriteHTML(html, click, t.URL(link(tracking.Open))); err != nil {
+			return "", "", Permanent(fmt.Errorf("tracking: %w", err))
+		}
+	}
+	return html, t.URL(link(tracking.Unsubscribe)), nil
+}
