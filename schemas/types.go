@@ -276,7 +276,7 @@ type DeliveryFeedback struct {
 	Reason string        `avro:"reason"`
 	// Sealed is the AES-GCM envelope of Invalid, Moved and Reason (since
 	// delivery_feedback.v3).
-	Sealed []byte `avro:"sealed"`	// UnsubscribeCategory, with Unsubscribe, opts out of this category only
+	Sealed []byte `avro:"sealed"` // UnsubscribeCategory, with Unsubscribe, opts out of this category only
 	// (since delivery_feedback.v4).
 	UnsubscribeCategory string `avro:"unsubscribeCategory"`
 }
