@@ -24,12 +24,9 @@ func trackedEmail(t *tracking.Signer, n *schemas.Notification) (html, unsubscrib
 			Template: n.Template, Category: n.Category, Channel: n.Channel}
 	}
 	if html != "" {
-		click := func(href string) string {
-			l := link(tracking.Click)
-			l.URL = href
-			return t.URL(l)
-		}
-		if html, err = tracking.RewriteHTML(html, click, t.URL(link(tracking.Open))); err != nil {
+		// ClickFunc leaves the signer's own links (an unsubscribe link in
+		// the template) and links too long to carry as they are.
+		if html, err = tracking.RewriteHTML(html, t.ClickFunc(link(tracking.Click)), t.URL(link(tracking.Open))); err != nil {
 			return "", "", Permanent(fmt.Errorf("tracking: %w", err))
 		}
 	}
