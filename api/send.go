@@ -39,6 +39,9 @@ type sendBody struct {
 	// OTP marks a one-time code: high priority, never delayed, expires in
 	// 5 minutes unless expiresAt says otherwise, never logged.
 	OTP bool `json:"otp"`
+	// LocalTime "HH:MM" sends each notification at that time of its
+	// recipient's day (their profile's time zone, UTC if none).
+	LocalTime string `json:"localTime"`
 }
 
 type sentNotification struct {
@@ -177,6 +180,15 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 		if req.ExpiresAt > 0 && req.SendAt >= req.ExpiresAt {
 			return nil, invalid(p("sendAt"), "sendAt %s is not before expiresAt %s", b.SendAt, b.ExpiresAt)
 		}
+	}
+	if b.LocalTime != "" {
+		if !hhmm.MatchString(b.LocalTime) {
+			return nil, invalid(p("localTime"), "localTime must be HH:MM (00:00 to 23:59), got %q", processors.Clip(b.LocalTime, 32))
+		}
+		if b.OTP {
+			return nil, invalid(p("localTime"), "a one-time code (otp) is sent at once; localTime is not allowed")
+		}
+		req.LocalTime = b.LocalTime
 	}
 	if b.OTP {
 		if b.Priority != "" && b.Priority != "high" {

@@ -3,6 +3,7 @@ package processors
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/notifyd/notifyd/schemas"
@@ -26,6 +27,9 @@ func DedupExpired(entry *schemas.DedupEntry, now time.Time, window time.Duration
 func ValidateRequest(r *schemas.SendRequest) error {
 	if r.EventID == "" {
 		return fmt.Errorf("eventId: required")
+	}
+	if r.LocalTime != "" && !hhmmPattern.MatchString(r.LocalTime) {
+		return fmt.Errorf("localTime: want HH:MM (00:00 to 23:59)")
 	}
 	if r.Tenant != "" && !schemas.ValidTenant(r.Tenant) {
 		return fmt.Errorf("tenant: must be 1-63 characters of lowercase letters, digits, _ and -")
@@ -86,6 +90,8 @@ func CheckFanout(r *schemas.SendRequest) error {
 	return nil
 }
 
+var hhmmPattern = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
+
 func validPriority(p string) bool { return p == "high" || p == "normal" || p == "low" }
 
 // OTPDefaultTTL is how long a one-time code may be delivered when its request
@@ -104,12 +110,12 @@ func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 		out = append(out, &schemas.Notification{
 			ID: TenantNotificationID(r.Tenant, r.EventID, rc.UserID), EventID: r.EventID, UserID: rc.UserID, Tenant: r.Tenant,
 			Template: r.Template, Priority: r.Priority, Category: r.Category, Channels: r.Channels,
-			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt,
+			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt, LocalTime: r.LocalTime,
 			OTP: r.OTP,
 		})
 		if r.OTP {
 			last := out[len(out)-1]
-			last.Priority, last.SendAt = "high", 0
+			last.Priority, last.SendAt, last.LocalTime = "high", 0, ""
 			if last.ExpiresAt == 0 {
 				last.ExpiresAt = r.AcceptedAt + OTPDefaultTTL.Milliseconds()
 			}

@@ -91,3 +91,38 @@ func Priority(n *schemas.Notification, t *schemas.Template) string {
 	}
 	return first(n.Priority, t.Priority, "normal")
 }
+
+// LocalDue is when a notification with localTime "HH:MM" goes out: the first
+// such time in the recipient's time zone (the profile's, UTC when there is
+// none or it is unknown) at or after after. On the day a clock skips that
+// time (a DST change), it is the moment the clock reaches it after the skip
+// (02:30 on a spring-forward day is 03:30); on a day it repeats, the first.
+func LocalDue(p *schemas.Profile, hhmm string, after time.Time) (time.Time, *time.Location, error) {
+	at, err := time.Parse("15:04", hhmm)
+	if err != nil {
+		return time.Time{}, nil, fmt.Errorf("localTime %q: want HH:MM", hhmm)
+	}
+	loc := time.UTC
+	if p != nil && p.Timezone != "" {
+		if l, err := time.LoadLocation(p.Timezone); err == nil {
+			loc = l
+		}
+	}
+	local := after.In(loc)
+	for day := 0; day < 3; day++ {
+		d := local.AddDate(0, 0, day)
+		due := time.Date(d.Year(), d.Month(), d.Day(), at.Hour(), at.Minute(), 0, 0, loc)
+		if l := due.In(loc); l.Hour() != at.Hour() || l.Minute() != at.Minute() {
+			// A time the clock skipped: time.Date gave the instant with the
+			// offset before the change; the wall clock reaches it one
+			// change later.
+			_, before := due.Zone()
+			_, later := due.Add(12 * time.Hour).Zone()
+			due = due.Add(time.Duration(later-before) * time.Second)
+		}
+		if !due.Before(after) {
+			return due, loc, nil
+		}
+	}
+	return time.Time{}, nil, fmt.Errorf("localTime %q: no such time in %s", hhmm, loc) // unreachable for valid zones
+}

@@ -28,6 +28,9 @@ type SendRequest struct {
 	OTP        bool        `avro:"otp"` // since send_request.v2
 	// Tenant owns the record; "" is the default tenant (since send_request.v3).
 	Tenant string `avro:"tenant"`
+	// LocalTime "HH:MM" sends each notification at that time of its
+	// recipient's day (since send_request.v4).
+	LocalTime string `avro:"localTime"`
 }
 
 // Content is a rendered message for one channel.
@@ -87,6 +90,9 @@ type Notification struct {
 	// Sealed is the AES-GCM envelope of the whole record (since notification.v4);
 	// when set, contacts, data, targets and content are empty in clear.
 	Sealed []byte `avro:"sealed"`
+	// LocalTime "HH:MM": held until that time in the recipient's time zone
+	// (since notification.v5).
+	LocalTime string `avro:"localTime"`
 }
 
 // Target is one device or subscription a notification goes to.

@@ -87,6 +87,9 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	const backlog = 5000
 	h := newHarness(t)
 	h.cfg.Limits.DefaultPerDay = 0
+	// The provider is slow here, not failing: held sends must not time out
+	// (and open the breaker) while a loaded machine routes the backlog.
+	h.cfg.Sink.SendTimeout = 3 * time.Minute
 	release := make(chan struct{})
 	h.hook.Hook = holdUntil(release)
 	h.start()

@@ -301,7 +301,24 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
 	tmpl := p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh)
 	n.Category = processors.Category(n, tmpl) // what the request says only counts as a narrowing
-	profile := p.profile(ctx, n, fresh && processors.NeedsProfile(n, tmpl))
+	profile := p.profile(ctx, n, fresh && (processors.NeedsProfile(n, tmpl) || n.LocalTime != ""))
+	if n.LocalTime != "" {
+		// "09:00 in the recipient's day": held until then, and released
+		// without localTime so the chain runs then as for any other.
+		due, loc, err := processors.LocalDue(profile, n.LocalTime, now)
+		if err != nil {
+			p.rejectNotification(ctx, n, raw, "deliver", "", err, now)
+			return
+		}
+		held := *n
+		held.LocalTime = ""
+		if due.After(now) {
+			held.SendAt = due.UnixMilli()
+			p.hold(ctx, &held, held.SendAt, fmt.Sprintf("local time %s (%s) at %s", n.LocalTime, loc, due.Format(time.RFC3339)), now)
+			return
+		}
+		n = &held
+	}
 	if until, why, quiet := processors.QuietUntil(profile, processors.Category(n, tmpl), processors.Priority(n, tmpl), now); quiet {
 		held := *n
 		held.SendAt = until.UnixMilli()
