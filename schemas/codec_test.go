@@ -240,4 +240,41 @@ func TestOlderSchemaVersionsStillDecode(t *testing.T) {
 	if err != nil || fb.Status != "failed" || len(fb.Invalid) != 0 || fb.Unsubscribe {
 		t.Fatalf("delivery_feedback v1 decoded %+v, %v", fb, err)
 	}
+	// Issue 9 and 10 versions: records of the versions before them read as
+	// the default tenant, unsealed, with no local time.
+	n, err = NotificationCodec.Decode(encode("notification.v3.avsc", map[string]any{"id": "n", "eventId": "e", "userId": "u",
+		"template": "t", "recipient": map[string]any{"email": "a@b.c"}, "content": map[string]any{}, "otp": true}))
+	if err != nil || n.Tenant != "" || len(n.Sealed) != 0 || n.Recipient.Email != "a@b.c" || !n.OTP || n.LocalTime != "" {
+		t.Fatalf("notification v3 decoded %+v, %v", n, err)
+	}
+	n, err = NotificationCodec.Decode(encode("notification.v4.avsc", map[string]any{"id": "n", "eventId": "e", "userId": "u",
+		"template": "t", "recipient": map[string]any{}, "content": map[string]any{}, "tenant": "acme", "sealed": []byte{1, 2}}))
+	if err != nil || n.Tenant != "acme" || len(n.Sealed) != 2 || n.LocalTime != "" {
+		t.Fatalf("notification v4 decoded %+v, %v", n, err)
+	}
+	rq, err := SendRequestCodec.Decode(encode("send_request.v2.avsc", map[string]any{"eventId": "e", "template": "t",
+		"recipients": []any{map[string]any{"userId": "u"}}, "otp": true}))
+	if err != nil || rq.Tenant != "" || !rq.OTP || rq.LocalTime != "" {
+		t.Fatalf("send_request v2 decoded %+v, %v", rq, err)
+	}
+	pr, err := ProfileCodec.Decode(encode("profile.v1.avsc", map[string]any{"userId": "u", "email": "a@b.c",
+		"preferences": map[string]any{}}))
+	if err != nil || pr.Email != "a@b.c" || pr.Tenant != "" || len(pr.Sealed) != 0 {
+		t.Fatalf("profile v1 decoded %+v, %v", pr, err)
+	}
+	se, err := StatusEventCodec.Decode(encode("status_event.v1.avsc", map[string]any{"id": "i", "notificationId": "n",
+		"status": "sent", "at": int64(1)}))
+	if err != nil || se.Status != "sent" || se.Tenant != "" {
+		t.Fatalf("status_event v1 decoded %+v, %v", se, err)
+	}
+	fb, err = FeedbackCodec.Decode(encode("delivery_feedback.v3.avsc", map[string]any{"notificationId": "n", "channel": "email",
+		"status": "unsubscribed", "at": int64(1), "unsubscribe": true}))
+	if err != nil || !fb.Unsubscribe || fb.UnsubscribeCategory != "" {
+		t.Fatalf("delivery_feedback v3 decoded %+v, %v", fb, err)
+	}
+	ic, err := InboxCommandCodec.Decode(encode("inbox_command.v1.avsc", map[string]any{"op": "add", "userId": "u",
+		"message": map[string]any{"id": "m", "title": "hi"}}))
+	if err != nil || ic.Message.Title != "hi" || len(ic.Message.Sealed) != 0 || ic.Tenant != "" {
+		t.Fatalf("inbox_command v1 decoded %+v, %v", ic, err)
+	}
 }
