@@ -245,7 +245,12 @@ func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.keys, s.tracker = keys, tr
 	s.mu.Unlock()
-	waits = append(waits, keysReady)
+	// Nothing consumes before the data keys are readable: a restarted sink
+	// or group would otherwise wait on each record for its key to show up in
+	// a view that is still loading, with its partitions' work in flight.
+	if err := keysReady(gctx); err != nil {
+		return fail(fmt.Errorf("data keys: %w", err))
+	}
 	if s.Roles.Process {
 		w, err := s.startProcess(gctx, g, kafka, producer, func(stage string) { deadLetters.WithLabelValues(stage).Inc() })
 		if err != nil {
@@ -527,9 +532,15 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 			if err := producer.Ping(ctx); err != nil {
 				return fmt.Errorf("broker unreachable: %w", err)
 			}
-			for _, v := range views {
-				if !v.Recovered() {
-					return errors.New("tables are still recovering")
+			select {
+			case <-s.ready:
+				// Every view recovered before the process became ready; one
+				// that reconnects for a moment since keeps serving.
+			default:
+				for _, v := range views {
+					if !v.Recovered() {
+						return fmt.Errorf("tables are still recovering: %s", v.Topic())
+					}
 				}
 			}
 			return s.notStuck()
