@@ -422,6 +422,12 @@ func (s *Server) inboxStream(w http.ResponseWriter, r *http.Request) {
 				if len(ev.Items) > 0 {
 					writeEvent(w, ev.Seq, ev.Kind, messageEvent(s.openItem(r, ev.Items[0]), ev.Unread, ev.Unseen))
 				}
+			case processors.InboxEventRecall:
+				ids := make([]string, 0, len(ev.Items))
+				for _, m := range ev.Items {
+					ids = append(ids, m.ID)
+				}
+				writeEvent(w, ev.Seq, ev.Kind, map[string]any{"ids": ids, "unread": ev.Unread, "unseen": ev.Unseen})
 			case processors.InboxEventUpdate:
 				ms := make([]inboxMessageJSON, 0, len(ev.Items))
 				for _, m := range ev.Items {

@@ -157,6 +157,7 @@ var routeScopes = []struct {
 	{"POST", "/v1/notifications", `{}`, ScopeSend},
 	{"POST", "/v1/notifications/batch", `{}`, ScopeSend},
 	{"GET", "/v1/notifications/n1", ``, ScopeNotificationsRead},
+	{"POST", "/v1/notifications/n1/recall", ``, ScopeSend},
 	{"PUT", "/v1/profiles/u1", `{"locale": "en"}`, ScopeProfilesWrite},
 	{"GET", "/v1/profiles/u1", ``, ScopeProfilesRead},
 	{"DELETE", "/v1/profiles/u1", ``, ScopeProfilesWrite},

@@ -97,6 +97,7 @@ func (s *Server) Handler() http.Handler {
 	authed(ScopeSend, "POST /v1/notifications", s.send)
 	authed(ScopeSend, "POST /v1/notifications/batch", s.sendBatch)
 	authed(ScopeNotificationsRead, "GET /v1/notifications/{id}", s.getStatus)
+	authed(ScopeSend, "POST /v1/notifications/{id}/recall", s.recall)
 	authed(ScopeProfilesWrite, "PUT /v1/profiles/{userId}", s.putProfile)
 	authed(ScopeProfilesRead, "GET /v1/profiles/{userId}", s.getProfile)
 	authed(ScopeProfilesWrite, "DELETE /v1/profiles/{userId}", s.deleteProfile)

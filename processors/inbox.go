@@ -17,6 +17,9 @@ const (
 	InboxUnarchive = "unarchive"
 	InboxReadAll   = "read_all"
 	InboxSeenAll   = "seen_all"
+	// InboxRecall removes messages their sender recalled (API key only,
+	// never an end-user operation).
+	InboxRecall = "recall"
 )
 
 // Inbox event kinds (InboxEvent.Kind).
@@ -24,7 +27,11 @@ const (
 	InboxEventMessage = "message" // a new message
 	InboxEventUpdate  = "update"  // messages changed state
 	InboxEventCount   = "count"   // counts changed in bulk
+	InboxEventRecall  = "recall"  // messages were recalled (removed)
 )
+
+// MaxRecalled bounds the recalled ids a feed remembers.
+const MaxRecalled = 1000
 
 // DefaultInboxCapacity is how many messages a user's inbox keeps (newest).
 const DefaultInboxCapacity = 200
@@ -43,7 +50,7 @@ func ValidateInboxCommand(c *schemas.InboxCommand) error {
 		if !ValidID(c.Message.ID) {
 			return fmt.Errorf("message.id: must be 1-200 characters of letters, digits and ._:@/+=-")
 		}
-	case InboxRead, InboxUnread, InboxSeen, InboxArchive, InboxUnarchive:
+	case InboxRead, InboxUnread, InboxSeen, InboxArchive, InboxUnarchive, InboxRecall:
 		if len(c.MessageIDs) == 0 || len(c.MessageIDs) > MaxInboxIDs {
 			return fmt.Errorf("messageIds: 1 to %d ids are required for %s", MaxInboxIDs, c.Op)
 		}
@@ -70,7 +77,8 @@ func ApplyInbox(feed *schemas.InboxFeed, c *schemas.InboxCommand, capacity int) 
 	ev := &schemas.InboxEvent{UserID: c.UserID, At: c.At}
 	switch c.Op {
 	case InboxAdd:
-		if slices.ContainsFunc(f.Messages, func(m schemas.InboxItem) bool { return m.ID == c.Message.ID }) {
+		if slices.ContainsFunc(f.Messages, func(m schemas.InboxItem) bool { return m.ID == c.Message.ID }) ||
+			slices.Contains(f.Recalled, c.Message.ID) {
 			return feed, nil
 		}
 		f.Seq++
@@ -84,6 +92,29 @@ func ApplyInbox(feed *schemas.InboxFeed, c *schemas.InboxCommand, capacity int) 
 			f.Messages = f.Messages[:capacity]
 		}
 		ev.Kind, ev.Items = InboxEventMessage, []schemas.InboxItem{item}
+	case InboxRecall:
+		f.Recalled = slices.Clone(f.Recalled)
+		var gone []schemas.InboxItem
+		for _, id := range c.MessageIDs {
+			if !slices.Contains(f.Recalled, id) {
+				f.Recalled = append(f.Recalled, id)
+			}
+		}
+		if n := len(f.Recalled) - MaxRecalled; n > 0 {
+			f.Recalled = f.Recalled[n:]
+		}
+		f.Messages = slices.DeleteFunc(f.Messages, func(m schemas.InboxItem) bool {
+			if slices.Contains(c.MessageIDs, m.ID) {
+				gone = append(gone, schemas.InboxItem{ID: m.ID, Seq: m.Seq})
+				return true
+			}
+			return false
+		})
+		if feed != nil && len(gone) == 0 && len(f.Recalled) == len(feed.Recalled) {
+			return feed, nil // recalled before, or never here and remembered already
+		}
+		f.Seq++
+		ev.Kind, ev.Items = InboxEventRecall, gone
 	case InboxReadAll, InboxSeenAll:
 		changed := false
 		for i := range f.Messages {

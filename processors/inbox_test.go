@@ -1,6 +1,7 @@
 package processors
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/notifyd/notifyd/schemas"
@@ -85,4 +86,45 @@ func FuzzInboxCommand(f *testing.F) {
 			t.Fatalf("unread %d, counted %d", feed.Unread, unread)
 		}
 	})
+}
+
+// A recall removes the message and is remembered: the add arriving after it
+// (a late delivery) does not bring the message back; recalling twice, or a
+// message never seen, changes nothing the second time.
+func TestInboxRecall(t *testing.T) {
+	recall := &schemas.InboxCommand{Op: InboxRecall, UserID: "u", At: 2, MessageIDs: []string{"m1", "late"}}
+	if err := ValidateInboxCommand(recall); err != nil {
+		t.Fatal(err)
+	}
+	if err := ValidateInboxCommand(&schemas.InboxCommand{Op: InboxRecall, UserID: "u"}); err == nil {
+		t.Fatal("a recall without ids is valid")
+	}
+	f, _ := ApplyInbox(nil, add("m1", 1), 0)
+	f, _ = ApplyInbox(f, add("m2", 1), 0)
+	f, ev := ApplyInbox(f, recall, 0)
+	if ev == nil || ev.Kind != InboxEventRecall || len(ev.Items) != 1 || ev.Items[0].ID != "m1" || ev.Items[0].Title != "" {
+		t.Fatalf("recall event %+v", ev)
+	}
+	if len(f.Messages) != 1 || f.Messages[0].ID != "m2" || f.Unread != 1 {
+		t.Fatalf("feed after recall %+v", f)
+	}
+	if _, again := ApplyInbox(f, recall, 0); again != nil {
+		t.Fatalf("a second recall changed something: %+v", again)
+	}
+	g, ev := ApplyInbox(f, add("late", 3), 0)
+	if ev != nil || len(g.Messages) != 1 {
+		t.Fatalf("a recalled message arrived after its recall: %+v", g)
+	}
+	many := &schemas.InboxCommand{Op: InboxRecall, UserID: "u"}
+	for i := 0; i < MaxRecalled+10; i++ {
+		many.MessageIDs = append(many.MessageIDs, fmt.Sprintf("x%d", i))
+	}
+	many.MessageIDs = many.MessageIDs[:MaxInboxIDs]
+	for i := 0; i < 2; i++ {
+		f, _ = ApplyInbox(f, many, 0)
+		many.MessageIDs = append(many.MessageIDs[:0], fmt.Sprintf("y%d", i))
+	}
+	if len(f.Recalled) > MaxRecalled {
+		t.Fatalf("%d recalled ids kept, at most %d", len(f.Recalled), MaxRecalled)
+	}
 }

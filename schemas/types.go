@@ -348,6 +348,9 @@ type InboxFeed struct {
 	Seq      int64       `avro:"seq"`
 	Unread   int32       `avro:"unread"`
 	Unseen   int32       `avro:"unseen"`
+	// Recalled are ids of recalled messages (since inbox_feed.v3): a late add
+	// of one is ignored.
+	Recalled []string `avro:"recalled"`
 }
 
 // InboxEvent tells the API instances what changed in a user's inbox.
