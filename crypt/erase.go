@@ -75,11 +75,11 @@ func (k *Keyring) eraseUnder(ctx context.Context, prefix string, match func(*Dat
 	done := map[string]bool{}
 	n := 0
 	for round := 0; round < 2; round++ {
-		todo := extra
+		pending := extra
 		extra = nil
 		err := k.scan(prefix, func(rk string, d *DataKey) error {
 			if !d.Erased() && match(d) {
-				todo = append(todo, d)
+				pending = append(pending, d)
 			}
 			return nil
 		})
@@ -87,7 +87,7 @@ func (k *Keyring) eraseUnder(ctx context.Context, prefix string, match func(*Dat
 			return n, err
 		}
 		var written []string
-		for _, d := range todo {
+		for _, d := range pending {
 			rk := d.recordKey()
 			if done[rk] {
 				continue

@@ -40,7 +40,7 @@ func (i *inboxAPI) view() *goka.View {
 
 func (s *Service) startInbox(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client) (*inboxAPI, error) {
 	cfg := s.Cfg.Inbox
-	secret, err := inboxSecret(cfg.Secret, s.Cfg.DataDir)
+	secret, err := localSecret(cfg.Secret, s.Cfg.DataDir, "inbox.secret")
 	if err != nil {
 		return nil, err
 	}
@@ -79,12 +79,6 @@ func (s *Service) startInbox(ctx context.Context, g *errgroup.Group, kafka topol
 	})
 	return &inboxAPI{feeds: feeds, api: &api.Inbox{Feeds: feeds, Sync: feeds.Sync, Hub: hub, Secret: secret,
 		AllowedOrigins: cfg.AllowedOrigins, Heartbeat: cfg.Heartbeat, Capacity: cfg.MaxMessages}}, nil
-}
-
-// inboxSecret is the configured secret, or one generated once and kept under
-// the data directory.
-func inboxSecret(configured, dataDir string) ([]byte, error) {
-	return localSecret(configured, dataDir, "inbox.secret")
 }
 
 // localSecret is the configured secret, or one generated once and kept in
