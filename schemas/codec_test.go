@@ -31,7 +31,8 @@ func TestRoundTripEveryRecord(t *testing.T) {
 		func(b []byte) (any, error) { return SendRequestCodec.Decode(b) }, req)
 	prof := &Profile{UserID: "u1", Email: "a@b.c", Devices: []Device{{Platform: "fcm", Token: "tok"}},
 		Chat:        map[string]map[string]string{"slack": {"webhookUrl": "https://x"}},
-		Preferences: Preferences{Categories: map[string]map[string]bool{"marketing": {"email": false}}, QuietStart: "22:00"}}
+		Preferences: Preferences{Categories: map[string]map[string]bool{"marketing": {"email": false}}, QuietStart: "22:00"},
+		Attributes:  map[string]string{"plan": "pro"}}
 	check("Profile", func() ([]byte, error) { return ProfileCodec.Encode(prof) },
 		func(b []byte) (any, error) { return ProfileCodec.Decode(b) }, prof)
 	tmpl := &Template{ID: "t", Channels: map[string]ChannelContent{"push": {Title: "s", Badge: 3, Sound: "ding",
@@ -276,5 +277,39 @@ func TestOlderSchemaVersionsStillDecode(t *testing.T) {
 		"message": map[string]any{"id": "m", "title": "hi"}}))
 	if err != nil || ic.Message.Title != "hi" || len(ic.Message.Sealed) != 0 || ic.Tenant != "" {
 		t.Fatalf("inbox_command v1 decoded %+v, %v", ic, err)
+	}
+	// Issue 10 (campaigns, digests): the versions before read with no
+	// campaign, no digest and no attributes.
+	n, err = NotificationCodec.Decode(encode("notification.v5.avsc", map[string]any{"id": "n", "eventId": "e", "userId": "u",
+		"template": "t", "recipient": map[string]any{}, "content": map[string]any{}, "localTime": "09:00"}))
+	if err != nil || n.LocalTime != "09:00" || n.Campaign != "" || n.DigestKey != "" || n.DigestFlush {
+		t.Fatalf("notification v5 decoded %+v, %v", n, err)
+	}
+	rq, err = SendRequestCodec.Decode(encode("send_request.v4.avsc", map[string]any{"eventId": "e", "template": "t",
+		"recipients": []any{map[string]any{"userId": "u"}}, "localTime": "09:00"}))
+	if err != nil || rq.LocalTime != "09:00" || rq.DigestKey != "" || rq.ScheduleID != "" {
+		t.Fatalf("send_request v4 decoded %+v, %v", rq, err)
+	}
+	se, err = StatusEventCodec.Decode(encode("status_event.v2.avsc", map[string]any{"id": "i", "notificationId": "n",
+		"status": "sent", "at": int64(1), "tenant": "acme"}))
+	if err != nil || se.Tenant != "acme" || se.Campaign != "" {
+		t.Fatalf("status_event v2 decoded %+v, %v", se, err)
+	}
+	lc, err = LifecycleCodec.Decode(encode("lifecycle.v3.avsc", map[string]any{"id": "n", "status": "sent", "tenant": "acme"}))
+	if err != nil || lc.Tenant != "acme" || lc.Campaign != "" {
+		t.Fatalf("lifecycle v3 decoded %+v, %v", lc, err)
+	}
+	pr, err = ProfileCodec.Decode(encode("profile.v2.avsc", map[string]any{"userId": "u", "locale": "de",
+		"preferences": map[string]any{}, "tenant": "acme"}))
+	if err != nil || pr.Locale != "de" || len(pr.Attributes) != 0 {
+		t.Fatalf("profile v2 decoded %+v, %v", pr, err)
+	}
+	tm, err = TemplateCodec.Decode(encode("template.v3.avsc", map[string]any{"id": "t", "tenant": "acme"}))
+	if err != nil || tm.Tenant != "acme" || tm.DigestWindowMs != 0 || tm.DigestMax != 0 {
+		t.Fatalf("template v3 decoded %+v, %v", tm, err)
+	}
+	st, err := UserStateCodec.Decode(encode("user_state.v3.avsc", recentV1))
+	if err != nil || len(st.Recent) != 1 || len(st.Digests) != 0 {
+		t.Fatalf("user_state v3 decoded %+v, %v", st, err)
 	}
 }

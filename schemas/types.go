@@ -31,6 +31,11 @@ type SendRequest struct {
 	// LocalTime "HH:MM" sends each notification at that time of its
 	// recipient's day (since send_request.v4).
 	LocalTime string `avro:"localTime"`
+	// DigestKey groups events of a digest template (since send_request.v5;
+	// "" is the template's one digest per user).
+	DigestKey string `avro:"digestKey"`
+	// ScheduleID names the recurring schedule that fired it (since v5).
+	ScheduleID string `avro:"scheduleId"`
 }
 
 // Content is a rendered message for one channel.
@@ -93,6 +98,14 @@ type Notification struct {
 	// LocalTime "HH:MM": held until that time in the recipient's time zone
 	// (since notification.v5).
 	LocalTime string `avro:"localTime"`
+	// Campaign is the campaign that sent it (since notification.v6).
+	Campaign string `avro:"campaign"`
+	// DigestKey groups events of a digest template (since notification.v6).
+	DigestKey string `avro:"digestKey"`
+	// DigestFlush marks the release of a digest window (since notification.v6).
+	DigestFlush bool `avro:"digestFlush"`
+	// ScheduleID names the recurring schedule that fired it (since v6).
+	ScheduleID string `avro:"scheduleId"`
 }
 
 // Target is one device or subscription a notification goes to.
@@ -136,6 +149,9 @@ type Profile struct {
 	Tenant string `avro:"tenant"`
 	// Sealed is the AES-GCM envelope of the whole profile (since profile.v2).
 	Sealed []byte `avro:"sealed"`
+	// Attributes are what segments select on (since profile.v3); they stay
+	// readable, like locale and time zone.
+	Attributes map[string]string `avro:"attributes"`
 }
 
 // ChannelContent is a template's unrendered content for one channel.
@@ -168,6 +184,11 @@ type Template struct {
 	UpdatedAt int64                                `avro:"updatedAt"`
 	// Tenant owns the record; "" is the default tenant (since template.v3).
 	Tenant string `avro:"tenant"`
+	// DigestWindowMs: events for a user within this window of the first are
+	// sent as one digest (since template.v4; 0: no digest).
+	DigestWindowMs int64 `avro:"digestWindowMs"`
+	// DigestMax bounds the items a digest lists (0: DefaultDigestMax).
+	DigestMax int32 `avro:"digestMax"`
 }
 
 // StatusEvent is one state change of one notification.
@@ -189,6 +210,8 @@ type StatusEvent struct {
 	ProviderMessageID string `avro:"providerMessageId"`
 	// Tenant owns the record; "" is the default tenant (since status_event.v2).
 	Tenant string `avro:"tenant"`
+	// Campaign is the notification's campaign (since status_event.v3).
+	Campaign string `avro:"campaign"`
 }
 
 // DedupEntry records when an eventId was first seen.
@@ -211,6 +234,22 @@ type UserState struct {
 	Day       string           `avro:"day"`
 	SentToday map[string]int32 `avro:"sentToday"`
 	Recent    []RecentContent  `avro:"recent"`
+	// Digests are the user's open digest windows (since user_state.v4).
+	Digests []Digest `avro:"digests"`
+}
+
+// Digest collects the events of one digest key of a user until DueAt.
+type Digest struct {
+	Key            string   `avro:"key"`
+	Template       string   `avro:"template"`
+	NotificationID string   `avro:"notificationId"` // the digest's own notification
+	FirstAt        int64    `avro:"firstAt"`
+	DueAt          int64    `avro:"dueAt"`
+	Count          int32    `avro:"count"`
+	Items          []string `avro:"items"`    // each event's data (JSON), up to the template's DigestMax
+	EventIDs       []string `avro:"eventIds"` // the events collected, for idempotent replays
+	// Sealed is the AES-GCM envelope of Items when the deliver group seals.
+	Sealed []byte `avro:"sealed"`
 }
 
 // HistoryEntry is one line of a notification's history.
@@ -239,6 +278,8 @@ type Lifecycle struct {
 	DroppedHistory int32             `avro:"droppedHistory"`
 	// Tenant owns the record; "" is the default tenant (since lifecycle.v3).
 	Tenant string `avro:"tenant"`
+	// Campaign is the notification's campaign (since lifecycle.v4).
+	Campaign string `avro:"campaign"`
 }
 
 // DeadLetter is a record that could not be processed, with its reason.
