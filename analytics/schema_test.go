@@ -2,6 +2,7 @@ package analytics
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -154,7 +155,8 @@ func TestMigrateAddsTenantToAVersion1Database(t *testing.T) {
 	batch("INSERT INTO "+db+".events (id, notification_id, channel, provider, status, at, at_ms, accepted_at_ms)",
 		[]any{"old-sent", "n-old", "email", "smtp", "sent", at, ms, ms})
 
-	applied, err := Migrate(ctx, conn, db)
+	// Up to version 2, the tenant migration; later ones have their own test.
+	applied, err := migrate(ctx, conn, db, Migrations[:2])
 	if err != nil || len(applied) != 1 || applied[0] != 2 {
 		t.Fatalf("applied %v, %v; want [2]", applied, err)
 	}
@@ -218,7 +220,125 @@ func TestMigrateAddsTenantToAVersion1Database(t *testing.T) {
 	exec("OPTIMIZE TABLE " + db + ".events FINAL")
 	exec("OPTIMIZE TABLE " + db + ".events_per_minute FINAL")
 	check("after merges")
-	if again, err := Migrate(ctx, conn, db); err != nil || len(again) != 0 {
+	if again, err := migrate(ctx, conn, db, Migrations[:2]); err != nil || len(again) != 0 {
+		t.Fatalf("second run applied %v (%v)", again, err)
+	}
+}
+
+// A database of version 2, with rows, migrates in place: events and the
+// rollup gain campaign (in the rollup's sorting key), the old rows and rows
+// written by a sink that does not know campaigns have none, and the rollup
+// counts per tenant and campaign, also after merges, while totals over all
+// campaigns stay exact.
+func TestMigrateAddsCampaignToAVersion2Database(t *testing.T) {
+	conn, db := testDB(t)
+	ctx := context.Background()
+	exec := func(sql string) {
+		t.Helper()
+		if err := conn.Exec(ctx, sql); err != nil {
+			t.Fatalf("%v\n%s", err, sql)
+		}
+	}
+	if applied, err := migrate(ctx, conn, db, Migrations[:2]); err != nil || len(applied) != 2 {
+		t.Fatalf("building version 2: %v %v", applied, err)
+	}
+	batch := func(sql string, rows ...[]any) {
+		t.Helper()
+		b, err := conn.PrepareBatch(ctx, sql)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rows {
+			if err := b.Append(r...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	ms := uint64(at.UnixMilli())
+	// The column list of a sink of version 2: no campaign.
+	const v2Insert = "INSERT INTO %s.events (tenant, id, notification_id, channel, provider, status, at, at_ms, accepted_at_ms)"
+	batch(fmt.Sprintf(v2Insert, db), []any{"acme", "old-sent", "n-old", "email", "smtp", "sent", at, ms, ms})
+
+	// Up to version 3; later ones have their own test.
+	applied, err := migrate(ctx, conn, db, Migrations[:3])
+	if err != nil || len(applied) != 1 || applied[0] != 3 {
+		t.Fatalf("applied %v, %v; want [3]", applied, err)
+	}
+	for table, wantInKey := range map[string]uint8{"events": 0, "events_per_minute": 1} {
+		var inKey uint8
+		if err := conn.QueryRow(ctx, "SELECT is_in_sorting_key FROM system.columns WHERE database = ? AND table = ? AND name = 'campaign'",
+			db, table).Scan(&inKey); err != nil {
+			t.Fatalf("%s has no campaign column: %v", table, err)
+		}
+		if inKey != wantInKey {
+			t.Fatalf("campaign in the sorting key of %s: %d, want %d", table, inKey, wantInKey)
+		}
+	}
+	var views []string
+	rows, err := conn.Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND engine = 'MaterializedView' ORDER BY name", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var n string
+		_ = rows.Scan(&n)
+		views = append(views, n)
+	}
+	rows.Close()
+	if len(views) != 1 || views[0] != "events_per_minute_campaign_mv" {
+		t.Fatalf("materialized views %v, want only events_per_minute_campaign_mv", views)
+	}
+	var oldCampaign string
+	if err := conn.QueryRow(ctx, "SELECT campaign FROM "+db+".events WHERE id = 'old-sent'").Scan(&oldCampaign); err != nil || oldCampaign != "" {
+		t.Fatalf("old row's campaign %q %v, want none", oldCampaign, err)
+	}
+
+	// After the migration: acme's campaign spring (two notifications, one of
+	// them also failed), one without a campaign, globex's spring, and a sink
+	// of version 2 still writing (its rows have no campaign).
+	batch("INSERT INTO "+db+".events (tenant, campaign, id, notification_id, channel, provider, status, at, at_ms, accepted_at_ms)",
+		[]any{"acme", "spring", "s1-sent", "n-s1", "email", "smtp", "sent", at, ms, ms},
+		[]any{"acme", "spring", "s2-sent", "n-s2", "email", "smtp", "sent", at, ms, ms},
+		[]any{"acme", "spring", "s2-failed", "n-s2", "email", "smtp", "failed", at, ms, ms},
+		[]any{"acme", "", "plain-sent", "n-plain", "email", "smtp", "sent", at, ms, ms},
+		[]any{"globex", "spring", "g-sent", "n-g", "email", "smtp", "sent", at, ms, ms})
+	batch(fmt.Sprintf(v2Insert, db), []any{"acme", "v2-sent", "n-v2", "email", "smtp", "sent", at, ms, ms})
+	check := func(when string) {
+		t.Helper()
+		type key struct{ tenant, campaign string }
+		want := map[key]uint64{{"acme", ""}: 3, {"acme", "spring"}: 2, {"globex", "spring"}: 1, {"globex", ""}: 0}
+		for k, n := range want {
+			var sent uint64
+			if err := conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM "+db+".events_per_minute WHERE tenant = ? AND campaign = ? AND status = 'sent'",
+				k.tenant, k.campaign).Scan(&sent); err != nil || sent != n {
+				t.Fatalf("%s: rollup of %v: %d sent (%v), want %d", when, k, sent, err, n)
+			}
+		}
+		// The reports read the rollup over all campaigns.
+		sum, err := Summary(ctx, conn, db, SummaryQuery{Tenant: "acme", From: at, To: at.Add(time.Hour), GroupBy: []string{"status"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sum.Rows) != 2 || sum.Rows[0][0] != "failed" || sum.Rows[0][1] != uint64(1) || sum.Rows[1][0] != "sent" || sum.Rows[1][1] != uint64(5) {
+			t.Fatalf("%s: summary of acme %v, want 1 failed, 5 sent", when, sum.Rows)
+		}
+		var final uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM "+db+".events FINAL").Scan(&final); err != nil || final != 7 {
+			t.Fatalf("%s: %d events after folding (%v), want 7", when, final, err)
+		}
+	}
+	check("before merges")
+	// A redelivered batch of the new sink folds with the first copy.
+	batch("INSERT INTO "+db+".events (tenant, campaign, id, notification_id, channel, provider, status, at, at_ms, accepted_at_ms)",
+		[]any{"acme", "spring", "s1-sent", "n-s1", "email", "smtp", "sent", at, ms, ms})
+	exec("OPTIMIZE TABLE " + db + ".events FINAL")
+	exec("OPTIMIZE TABLE " + db + ".events_per_minute FINAL")
+	check("after merges")
+	if again, err := migrate(ctx, conn, db, Migrations[:3]); err != nil || len(again) != 0 {
 		t.Fatalf("second run applied %v (%v)", again, err)
 	}
 }

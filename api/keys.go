@@ -38,7 +38,7 @@ const (
 
 var allScopes = []string{ScopeSend, ScopeSendTransactional, ScopeNotificationsRead, ScopeProfilesRead,
 	ScopeProfilesWrite, ScopeTemplatesRead, ScopeTemplatesWrite, ScopeAnalyticsRead, ScopeReceiptsWrite,
-	ScopeInboxToken, ScopeAdmin, ScopeTenants}
+	ScopeInboxToken, ScopeApprove, ScopeAdmin, ScopeTenants}
 
 // Scopes lists every scope name.
 func Scopes() []string { return slices.Clone(allScopes) }

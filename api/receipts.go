@@ -220,7 +220,7 @@ func (s *Server) providerHandshake(w http.ResponseWriter, r *http.Request) {
 // analytics per template and tenant count it.
 func receiptEvent(lc *schemas.Lifecycle, channel, provider, status, reason, providerMessageID string, at time.Time) *schemas.StatusEvent {
 	return &schemas.StatusEvent{ID: processors.StatusEventID(lc.ID, status, channel, 0),
-		NotificationID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Tenant: lc.Tenant,
+		NotificationID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Tenant: lc.Tenant, Campaign: lc.Campaign,
 		Channel: channel, Priority: lc.Priority, Category: lc.Category, Provider: provider, Status: status,
 		Reason: processors.Clip(reason, processors.MaxReason), ProviderMessageID: providerMessageID, At: at.UnixMilli()}
 }

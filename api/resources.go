@@ -144,8 +144,16 @@ type profileJSON struct {
 	Devices     []deviceJSON                 `json:"devices,omitempty"`
 	Chat        map[string]map[string]string `json:"chat,omitempty"`
 	Preferences preferencesJSON              `json:"preferences"`
-	UpdatedAt   string                       `json:"updatedAt,omitempty"`
+	// Attributes are what campaign segments select on (attributes.plan =
+	// "pro"); they are stored readable, like locale: no personal data.
+	Attributes map[string]string `json:"attributes,omitempty"`
+	UpdatedAt  string            `json:"updatedAt,omitempty"`
 }
+
+// MaxAttributes bounds a profile's attributes.
+const MaxAttributes = 100
+
+var attributeName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 var hhmm = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
 
@@ -155,6 +163,18 @@ func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
 	if b.UserID != "" && b.UserID != userID {
 		return nil, invalid("userId", "userId %q in the body differs from %q in the path", b.UserID, userID)
 	}
+	if len(b.Attributes) > MaxAttributes {
+		return nil, invalid("attributes", "at most %d attributes", MaxAttributes)
+	}
+	for k, v := range b.Attributes {
+		if !attributeName.MatchString(k) {
+			return nil, invalid("attributes."+processors.Clip(k, 64), "an attribute name is 1-64 letters, digits, _ - or .")
+		}
+		if len(v) > 1024 {
+			return nil, invalid("attributes."+k, "an attribute value is at most 1024 bytes")
+		}
+	}
+	p.Attributes = b.Attributes
 	if p.Email != "" {
 		if err := processors.ValidateEmail(p.Email); err != nil {
 			return nil, invalid("email", "%v", err)
@@ -217,7 +237,7 @@ func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
 }
 
 func fromProfile(p *schemas.Profile) profileJSON {
-	out := profileJSON{UserID: p.UserID, Email: p.Email, Phone: p.Phone, Locale: p.Locale, Timezone: p.Timezone, Chat: p.Chat,
+	out := profileJSON{UserID: p.UserID, Email: p.Email, Phone: p.Phone, Locale: p.Locale, Timezone: p.Timezone, Chat: p.Chat, Attributes: p.Attributes,
 		Preferences: preferencesJSON{UnsubscribedAll: p.Preferences.UnsubscribedAll, Categories: p.Preferences.Categories}}
 	if p.UpdatedAt > 0 {
 		out.UpdatedAt = millis(p.UpdatedAt)

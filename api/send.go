@@ -42,6 +42,9 @@ type sendBody struct {
 	// LocalTime "HH:MM" sends each notification at that time of its
 	// recipient's day (their profile's time zone, UTC if none).
 	LocalTime string `json:"localTime"`
+	// DigestKey groups the events of a digest template per user: events of
+	// one key within the template's window are sent as one notification.
+	DigestKey string `json:"digestKey"`
 }
 
 type sentNotification struct {
@@ -190,6 +193,12 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 		}
 		req.LocalTime = b.LocalTime
 	}
+	if b.DigestKey != "" {
+		if err := validID(p("digestKey"), b.DigestKey); err != nil {
+			return nil, err
+		}
+		req.DigestKey = b.DigestKey
+	}
 	if b.OTP {
 		if b.Priority != "" && b.Priority != "high" {
 			return nil, invalid(p("priority"), "a one-time code (otp) is always high priority, got %q", b.Priority)
@@ -285,6 +294,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiErr)
 		return
 	}
+	if s.holdForApproval(w, r, req) {
+		return
+	}
 	if err := s.produceRequests(r.Context(), []*schemas.SendRequest{req}); err != nil {
 		writeError(w, err)
 		return
@@ -331,6 +343,9 @@ func (s *Server) sendBatch(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		req, apiErr := s.toRequest(r.Context(), &sb, "", prefix, synced)
+		if apiErr == nil && s.Campaigns != nil && s.Campaigns.ApprovalAbove > 0 && len(req.Recipients) > s.Campaigns.ApprovalAbove {
+			apiErr = invalid(prefix+".recipients", "a request to more than %d recipients waits for approval: send it alone to POST /v1/notifications", s.Campaigns.ApprovalAbove)
+		}
 		if apiErr != nil {
 			items[i].Error = apiErr
 			continue

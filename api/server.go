@@ -67,6 +67,9 @@ type Server struct {
 	// ReceiptProviders take their provider's callbacks at
 	// POST /v1/receipts/{provider}, by provider name.
 	ReceiptProviders map[string]ReceiptSource
+	// Campaigns serves campaigns, audiences, schedules and cancellations;
+	// nil: those endpoints answer 503.
+	Campaigns *Campaigns
 
 	requests *prometheus.HistogramVec
 	limiters keyLimiters
@@ -98,6 +101,25 @@ func (s *Server) Handler() http.Handler {
 	authed(ScopeSend, "POST /v1/notifications/batch", s.sendBatch)
 	authed(ScopeNotificationsRead, "GET /v1/notifications/{id}", s.getStatus)
 	authed(ScopeSend, "POST /v1/notifications/{id}/recall", s.recall)
+	authed(ScopeSend, "POST /v1/notifications/{id}/cancel", s.cancelNotification)
+	authed(ScopeSend, "POST /v1/campaigns", s.createCampaign)
+	authed(ScopeNotificationsRead, "GET /v1/campaigns", s.listCampaigns)
+	authed(ScopeNotificationsRead, "GET /v1/campaigns/{id}", s.getCampaign)
+	authed(ScopeApprove, "POST /v1/campaigns/{id}/approve", s.decide(processors.OpApprove))
+	authed(ScopeApprove, "POST /v1/campaigns/{id}/reject", s.decide(processors.OpReject))
+	authed(ScopeSend, "POST /v1/campaigns/{id}/cancel", s.decide(processors.OpCancel))
+	authed(ScopeSend, "POST /v1/campaigns/{id}/pause", s.decide(processors.OpPause))
+	authed(ScopeSend, "POST /v1/campaigns/{id}/resume", s.decide(processors.OpResume))
+	authed(ScopeProfilesWrite, "POST /v1/topics/{id}/subscribers", s.subscribe)
+	authed(ScopeProfilesWrite, "DELETE /v1/topics/{id}/subscribers/{userId}", s.unsubscribeTopic)
+	authed(ScopeProfilesRead, "GET /v1/topics/{id}/subscribers", s.listMembers(processors.AudienceTopic))
+	authed(ScopeProfilesWrite, "POST /v1/lists/{id}/members", s.uploadList)
+	authed(ScopeProfilesRead, "GET /v1/lists/{id}/members", s.listMembers(processors.AudienceList))
+	authed(ScopeSend, "PUT /v1/schedules/{id}", s.putSchedule)
+	authed(ScopeNotificationsRead, "GET /v1/schedules/{id}", s.getSchedule)
+	authed(ScopeSend, "POST /v1/schedules/{id}/pause", s.scheduleOp("pause"))
+	authed(ScopeSend, "POST /v1/schedules/{id}/resume", s.scheduleOp("resume"))
+	authed(ScopeSend, "DELETE /v1/schedules/{id}", s.scheduleOp("delete"))
 	authed(ScopeProfilesWrite, "PUT /v1/profiles/{userId}", s.putProfile)
 	authed(ScopeProfilesRead, "GET /v1/profiles/{userId}", s.getProfile)
 	authed(ScopeProfilesWrite, "DELETE /v1/profiles/{userId}", s.deleteProfile)

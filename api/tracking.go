@@ -51,7 +51,7 @@ func (s *Server) trackedLink(w http.ResponseWriter, r *http.Request, kind string
 func (s *Server) trackEvent(r *http.Request, l tracking.Link, status, reason string) error {
 	ev := &schemas.StatusEvent{ID: processors.StatusEventID(l.NotificationID, status, l.Channel, 0),
 		NotificationID: l.NotificationID, UserID: l.UserID, Template: l.Template, Category: l.Category,
-		Channel: l.Channel, Tenant: l.Tenant, Status: status, Reason: reason, At: s.now().UnixMilli()}
+		Channel: l.Channel, Tenant: l.Tenant, Campaign: l.Campaign, Status: status, Reason: reason, At: s.now().UnixMilli()}
 	v, err := schemas.StatusEventCodec.Encode(ev)
 	if err != nil {
 		return err
@@ -132,7 +132,7 @@ func (s *Server) optOut(r *http.Request, l tracking.Link) error {
 	}
 	ev := &schemas.StatusEvent{ID: processors.StatusEventID(l.NotificationID, processors.StatusUnsubscribed, l.Channel, 0),
 		NotificationID: l.NotificationID, UserID: l.UserID, Template: l.Template, Category: l.Category, Channel: l.Channel,
-		Tenant: l.Tenant, Status: processors.StatusUnsubscribed, Reason: "one-click unsubscribe from " + l.Category, At: s.now().UnixMilli()}
+		Tenant: l.Tenant, Campaign: l.Campaign, Status: processors.StatusUnsubscribed, Reason: "one-click unsubscribe from " + l.Category, At: s.now().UnixMilli()}
 	v, err := schemas.StatusEventCodec.Encode(ev)
 	if err != nil {
 		return err

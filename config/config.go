@@ -36,6 +36,7 @@ type Config struct {
 	Inbox      Inbox                 `yaml:"inbox"`
 	Encryption Encryption            `yaml:"encryption"`
 	Tracking   Tracking              `yaml:"tracking"`
+	Campaigns  Campaigns             `yaml:"campaigns"`
 	LogLevel   string                `yaml:"logLevel"`
 }
 
@@ -276,6 +277,7 @@ func Default() Config {
 		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond, SessionTimeout: 10 * time.Second},
 		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
 		Scheduler: Scheduler{Interval: time.Second},
+		Campaigns: Campaigns{Step: time.Second, CatchUp: time.Hour, MaxListBytes: 1 << 30},
 		Analytics: Analytics{Database: "notifyd", User: "default", BatchSize: 10000,
 			FlushEvery: time.Second, MaxBackoff: 30 * time.Second, ReceiptGrace: time.Hour},
 		Limits: Limits{ContentDedupWindow: 10 * time.Minute, DefaultPerDay: 100,
@@ -377,6 +379,7 @@ func (c *Config) merge(f Config) {
 	if f.Dedup.SweepInterval != 0 {
 		c.Dedup.SweepInterval = f.Dedup.SweepInterval
 	}
+	c.Campaigns.merge(f.Campaigns)
 	if f.Scheduler.Interval != 0 {
 		c.Scheduler.Interval = f.Scheduler.Interval
 	}

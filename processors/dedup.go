@@ -111,7 +111,7 @@ func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 			ID: TenantNotificationID(r.Tenant, r.EventID, rc.UserID), EventID: r.EventID, UserID: rc.UserID, Tenant: r.Tenant,
 			Template: r.Template, Priority: r.Priority, Category: r.Category, Channels: r.Channels,
 			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt, LocalTime: r.LocalTime,
-			OTP: r.OTP,
+			OTP: r.OTP, DigestKey: r.DigestKey, ScheduleID: r.ScheduleID,
 		})
 		if r.OTP {
 			last := out[len(out)-1]
@@ -153,7 +153,7 @@ func NotificationEvent(n *schemas.Notification, status, channel, reason string, 
 	reason = Clip(Scrub(reason, append(Secrets(n.OTP, n.Data), Contacts(n)...)), MaxReason)
 	return &schemas.StatusEvent{
 		ID: StatusEventID(n.ID, status, channel, 0), NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID,
-		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category, Tenant: n.Tenant,
+		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category, Tenant: n.Tenant, Campaign: n.Campaign,
 		Status: status, Reason: reason, At: at.UnixMilli(), AcceptedAt: n.AcceptedAt,
 	}
 }

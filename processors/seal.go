@@ -191,6 +191,9 @@ func OpenInboxItem(ctx context.Context, s Sealer, subject string, it *schemas.In
 
 const sealFeedback = "feedback"
 
+// sealDigest binds a digest's envelope to its kind of record.
+const sealDigest = "digest"
+
 type feedbackPII struct {
 	Invalid []schemas.InvalidTarget `json:"i,omitempty"`
 	Moved   []schemas.MovedTarget   `json:"m,omitempty"`
@@ -222,5 +225,32 @@ func OpenFeedback(ctx context.Context, s Sealer, subject string, fb *schemas.Del
 		return fmt.Errorf("open feedback: %w", err)
 	}
 	fb.Invalid, fb.Moved, fb.Reason, fb.Sealed = pii.Invalid, pii.Moved, pii.Reason, nil
+	return nil
+}
+
+// SealDigest seals the items of a digest (events' data) with the user's key;
+// the deliver group keeps them so in its table.
+func SealDigest(ctx context.Context, s Sealer, subject string, d *schemas.Digest) error {
+	if s == nil || len(d.Items) == 0 {
+		return nil
+	}
+	env, err := sealJSON(ctx, s, subject, sealDigest, d.Items)
+	if err != nil {
+		return fmt.Errorf("seal digest: %w", err)
+	}
+	d.Items, d.Sealed = nil, env
+	return nil
+}
+
+// OpenDigest opens what SealDigest sealed.
+func OpenDigest(ctx context.Context, s Sealer, subject string, d *schemas.Digest) error {
+	if len(d.Sealed) == 0 {
+		return nil
+	}
+	var items []string
+	if err := openJSON(ctx, s, subject, sealDigest, d.Sealed, &items); err != nil {
+		return fmt.Errorf("open digest: %w", err)
+	}
+	d.Items, d.Sealed = items, nil
 	return nil
 }

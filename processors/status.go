@@ -23,6 +23,10 @@ const (
 	StatusFailed       = "failed"
 	StatusExpired      = "expired"
 	StatusUnsubscribed = "unsubscribed"
+	// StatusCanceled: cancelled (alone or with its campaign) before a provider took it.
+	StatusCanceled = "canceled"
+	// StatusDigested: collected into a digest notification, sent with it.
+	StatusDigested = "digested"
 )
 
 // rank orders states so that events arriving out of order cannot move a
@@ -30,7 +34,7 @@ const (
 var rank = map[string]int{
 	StatusAccepted: 1, StatusScheduled: 2, StatusQueued: 3, StatusRetrying: 3, StatusFailed: 4, StatusSent: 5,
 	StatusDelivered: 6, StatusOpened: 7, StatusClicked: 8, StatusUnsubscribed: 9,
-	StatusSuppressed: 10, StatusRateLimited: 10, StatusRejected: 10, StatusExpired: 10,
+	StatusSuppressed: 10, StatusRateLimited: 10, StatusRejected: 10, StatusExpired: 10, StatusCanceled: 10, StatusDigested: 10,
 }
 
 // MaxHistory bounds a lifecycle's history; older entries are counted, not kept.
@@ -67,6 +71,7 @@ func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecy
 	fill(&lc.Priority, ev.Priority)
 	fill(&lc.Category, ev.Category)
 	fill(&lc.Tenant, ev.Tenant)
+	fill(&lc.Campaign, ev.Campaign)
 
 	lc.History = append(lc.History, schemas.HistoryEntry{
 		Status: ev.Status, At: ev.At, Reason: ev.Reason, Channel: ev.Channel, Provider: ev.Provider, EventID: ev.ID,

@@ -42,6 +42,10 @@ type Campaign struct {
 	Reason           string             `avro:"reason"`
 	UpdatedAt        int64              `avro:"updatedAt"`
 	EventID          string             `avro:"eventId"`
+	// StepOrigin names the tick that made the last fan-out step and StepFrom
+	// the cursor before it: a replay of that tick redoes the step.
+	StepOrigin string `avro:"stepOrigin"`
+	StepFrom   string `avro:"stepFrom"`
 }
 
 // CampaignCommand changes a campaign (on notify.campaigns).
@@ -79,6 +83,8 @@ type Schedule struct {
 	LastFiredAt int64  `avro:"lastFiredAt"`
 	Fired       int64  `avro:"fired"`
 	UpdatedAt   int64  `avro:"updatedAt"`
+	// FireOrigin names the tick that fired last: its replay fires again.
+	FireOrigin string `avro:"fireOrigin"`
 }
 
 // ScheduleCommand changes a schedule (on notify.schedules).

@@ -85,6 +85,10 @@ type Service struct {
 	keys *crypt.Keyring
 	// tracker signs and verifies email tracking links (nil: off).
 	tracker *tracking.Signer
+	// tables are the group-table partitions this process's groups own.
+	tables *topology.Tables
+	// cancels is this process's view of notify.cancels.
+	cancels *goka.View
 }
 
 // AnalyticsAddr is the ClickHouse address the analytics sink writes to ("" if none).
@@ -204,7 +208,7 @@ func (s *Service) Run(ctx context.Context) error {
 		Help: "Records this process sent to notify.dlq, by stage."}, []string{"stage"})
 	reg.MustRegister(deadLetters)
 	lagGroups := []string{string(topology.DedupGroup), string(topology.DeliverGroup), string(topology.SchedulerGroup),
-		string(topology.StatusGroup), topology.RetryGroup, sinks.AnalyticsGroup}
+		string(topology.StatusGroup), string(topology.CampaignGroup), string(topology.ScheduleGroup), topology.RetryGroup, sinks.AnalyticsGroup}
 	for _, ch := range processors.AllChannels() {
 		lagGroups = append(lagGroups, topology.SinkGroup(ch))
 	}
@@ -250,6 +254,14 @@ func (s *Service) Run(ctx context.Context) error {
 	// a view that is still loading, with its partitions' work in flight.
 	if err := keysReady(gctx); err != nil {
 		return fail(fmt.Errorf("data keys: %w", err))
+	}
+	if s.Roles.Process || s.Roles.API || s.Roles.AllSinks || len(s.Roles.Sinks) > 0 {
+		cancels, err := s.startCancels(gctx, g, kafka)
+		if err != nil {
+			return fail(err)
+		}
+		s.cancels = cancels
+		waits = append(waits, viewReady(cancels))
 	}
 	if s.Roles.Process {
 		w, err := s.startProcess(gctx, g, kafka, producer, func(stage string) { deadLetters.WithLabelValues(stage).Inc() })
@@ -411,6 +423,8 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 		Keys:          s.keys,
 		Watch:         s.watch,
 		DeadLetter:    deadLetter,
+		CampaignStep:  cfg.Campaigns.Step,
+		CatchUp:       cfg.Campaigns.CatchUp,
 		Deliverer: processors.Deliverer{
 			Render:  processors.LimitsFromConfig(cfg.Render),
 			Limiter: processors.Limiter{ContentWindow: cfg.Limits.ContentDedupWindow, PerDay: cfg.Limits.PerDay},
@@ -420,8 +434,18 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 	gokaLog := slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)
 	tables := topology.NewTables()
 	kafka.Tables = tables
+	s.tables = tables
 	var waits []func(context.Context) error
-	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.SchedulerGraph(), pipe.StatusGraph(), pipe.InboxGraph()} {
+	audience, views, err := s.startAudience(ctx, g, kafka, kadm.NewClient(producer))
+	if err != nil {
+		return nil, err
+	}
+	pipe.Audience = audience
+	for _, v := range views {
+		waits = append(waits, viewReady(v))
+	}
+	for _, graph := range []*goka.GroupGraph{pipe.DedupGraph(), pipe.DeliverGraph(), pipe.SchedulerGraph(), pipe.StatusGraph(), pipe.InboxGraph(),
+		pipe.CampaignGraph(), pipe.ScheduleGraph()} {
 		opts := append(kafka.ProcessorOptions(graph.Group()), goka.WithLogger(gokaLog))
 		p, err := goka.NewProcessor(kafka.Brokers, graph, opts...)
 		if err != nil {
@@ -443,8 +467,12 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 	// swept once, however many process instances run.
 	dedup := topology.DedupSweeper(tables, producer, cfg.Dedup.Window, cfg.Dedup.SweepInterval, s.Now, s.Log)
 	scheduler := topology.SchedulerSweeper(tables, producer, cfg.Scheduler.Interval, topology.DefaultReleaseGrace, s.Now, s.Log)
+	campaigns := topology.CampaignSweeper(tables, producer, max(cfg.Campaigns.Step/10, 10*time.Millisecond), s.Now, s.Log)
+	schedules := topology.ScheduleSweeper(tables, producer, cfg.Scheduler.Interval, s.Now, s.Log)
 	g.Go(func() error { return dedup.Run(ctx) })
 	g.Go(func() error { return scheduler.Run(ctx) })
+	g.Go(func() error { return campaigns.Run(ctx) })
+	g.Go(func() error { return schedules.Run(ctx) })
 	return waits, nil
 }
 
@@ -495,7 +523,19 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, fmt.Errorf("apiKeys: %w", err)
 	}
-	views := []*goka.View{templates, profiles, managedKeys}
+	campaignTable, err := s.startView(ctx, g, kafka, "api-campaigns", goka.GroupTable(topology.CampaignGroup), topology.CampaignTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	scheduleTable, err := s.startView(ctx, g, kafka, "api-schedules", goka.GroupTable(topology.ScheduleGroup), topology.ScheduleTableCodec())
+	if err != nil {
+		return nil, err
+	}
+	members, err := s.startView(ctx, g, kafka, "api-audiences", topology.Audiences, schemas.Lenient[schemas.AudienceMember]{C: schemas.AudienceMemberCodec})
+	if err != nil {
+		return nil, err
+	}
+	views := []*goka.View{templates, profiles, managedKeys, campaignTable, scheduleTable, members}
 	adm := kadm.NewClient(producer)
 	// In one process with the status group, read its table directly rather
 	// than keep a second copy of every lifecycle in a view; a view is started
@@ -545,6 +585,8 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 			}
 			return s.notStuck()
 		}}
+	srv.Campaigns = &api.Campaigns{Table: campaignTable, Members: members, Cancels: s.cancels, Schedules: scheduleTable,
+		Progress: s.progress(status), ApprovalAbove: cfg.Campaigns.ApprovalAbove, MaxListBytes: cfg.Campaigns.MaxListBytes}
 	srv.NewMetrics(reg)
 	srv.Reports = api.Analytics{Conn: s.analyticsConn, DB: cfg.Analytics.Database, Grace: cfg.Analytics.ReceiptGrace}
 	if !s.Roles.Analytics && cfg.Analytics.Addr != "" { // an api instance of a scaled-out deployment
@@ -712,6 +754,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 			return fmt.Errorf("sink %s: no provider configured for the channel", ch)
 		}
 		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Limits: limits, Producer: producer, Log: s.Log, Keys: s.keys,
+			Canceled: canceledBy(s.cancels),
 			Metrics: metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
 			Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
 				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback, DrainTimeout: o.DrainTimeout,

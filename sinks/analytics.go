@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/topology"
 )
@@ -19,7 +20,11 @@ import (
 const AnalyticsGroup = "notify.analytics"
 
 // eventColumns is the INSERT column list (18.16 and clickhouse-go need it spelled out).
-const eventColumns = "id, notification_id, event_id, user_id, template, channel, priority, category, provider, status, reason, at, at_ms, accepted_at_ms, attempt, provider_message_id, tenant"
+const eventColumns = "id, notification_id, event_id, user_id, template, channel, priority, category, provider, status, reason, at, at_ms, accepted_at_ms, attempt, provider_message_id, tenant, campaign"
+
+// maxCampaign bounds the campaign written with an event: campaign ids are
+// ids (at most 200 bytes), so only a malformed record is cut.
+const maxCampaign = 200
 
 // AnalyticsSink streams notify.events into ClickHouse in batches. It commits a
 // batch's offsets only after the insert succeeded (DESIGN rule 4). While
@@ -28,7 +33,7 @@ const eventColumns = "id, notification_id, event_id, user_id, template, channel,
 // committed (a crash in between) is inserted again on restart: the events table
 // folds rows by event id and the rollups count distinct notification ids, so
 // nothing counts twice. Every row carries its event's tenant ("" = the
-// default tenant), which every report filters by.
+// default tenant), which every report filters by, and its campaign ("" = none).
 type AnalyticsSink struct {
 	Brokers    []string
 	Conn       driver.Conn
@@ -168,7 +173,7 @@ func (a *AnalyticsSink) insert(ctx context.Context, rows []*schemas.StatusEvent)
 		at := time.UnixMilli(e.At)
 		if err := b.Append(e.ID, e.NotificationID, e.EventID, e.UserID, e.Template, e.Channel, e.Priority, e.Category,
 			e.Provider, e.Status, e.Reason, at, uint64(max(e.At, 0)), uint64(max(e.AcceptedAt, 0)), uint32(max(e.Attempt, 0)),
-			e.ProviderMessageID, schemas.NormTenant(e.Tenant)); err != nil {
+			e.ProviderMessageID, schemas.NormTenant(e.Tenant), processors.Clip(e.Campaign, maxCampaign)); err != nil {
 			_ = b.Abort()
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/analytics/analyticstest"
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/topology"
 )
@@ -263,20 +265,26 @@ func benchEvents(b *testing.B, env *sinkEnv, from, to int) {
 	}
 }
 
-// Every row carries its event's tenant, and the rollup counts per tenant: a
-// tenant's events never count for another, the default tenant's included.
+// Every row carries its event's tenant and campaign, and the rollup counts
+// per tenant and campaign: a tenant's events never count for another, the
+// default tenant's included, nor a campaign's for another campaign or for
+// notifications no campaign sent. An oversized campaign is clipped.
 func TestAnalyticsSinkWritesTheTenant(t *testing.T) {
 	env := newSinkEnv(t)
 	ch := startClickHouse(t, t.TempDir(), 0)
 	defer ch.Stop()
 	conn := migrated(t, ch.Addr, "a3")
 	now := time.Now().UnixMilli()
-	want := map[string]uint64{"": 3, "acme": 2, "globex": 1}
+	long := strings.Repeat("c", 300)
+	clipped := processors.Clip(long, maxCampaign)
+	type key struct{ tenant, campaign string }
+	want := map[key]uint64{{"", ""}: 3, {"", "spring"}: 1, {"acme", ""}: 1, {"acme", "spring"}: 2, {"globex", "spring"}: 1,
+		{"globex", long}: 1}
 	i := 0
-	for tenant, n := range want {
+	for k, n := range want {
 		for j := uint64(0); j < n; j++ {
 			i++
-			ev := &schemas.StatusEvent{Tenant: tenant, ID: fmt.Sprintf("ev-%d", i), NotificationID: fmt.Sprintf("n-%d", i),
+			ev := &schemas.StatusEvent{Tenant: k.tenant, Campaign: k.campaign, ID: fmt.Sprintf("ev-%d", i), NotificationID: fmt.Sprintf("n-%d", i),
 				Channel: "email", Provider: "smtp-main", Status: "sent", At: now, AcceptedAt: now - 5}
 			b, err := schemas.StatusEventCodec.Encode(ev)
 			if err != nil {
@@ -290,19 +298,33 @@ func TestAnalyticsSinkWritesTheTenant(t *testing.T) {
 	}
 	runAnalytics(t, context.Background(), &AnalyticsSink{Brokers: env.brokers, Conn: conn, DB: "a3", BatchSize: 100,
 		FlushEvery: 50 * time.Millisecond, Backoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)})
-	waitCount(t, conn, "a3", 6, 30*time.Second)
+	waitCount(t, conn, "a3", uint64(i), 30*time.Second)
 	ctx := context.Background()
-	for tenant, n := range want {
+	for k, n := range want {
+		if k.campaign == long {
+			k.campaign = clipped
+		}
 		var rows, rollup uint64
-		if err := conn.QueryRow(ctx, "SELECT uniqExact(id) FROM a3.events WHERE tenant = ?", tenant).Scan(&rows); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT uniqExact(id) FROM a3.events WHERE tenant = ? AND campaign = ?", k.tenant, k.campaign).Scan(&rows); err != nil {
 			t.Fatal(err)
 		}
-		if err := conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM a3.events_per_minute WHERE tenant = ? AND status = 'sent'",
-			tenant).Scan(&rollup); err != nil {
+		if err := conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM a3.events_per_minute WHERE tenant = ? AND campaign = ? AND status = 'sent'",
+			k.tenant, k.campaign).Scan(&rollup); err != nil {
 			t.Fatal(err)
 		}
 		if rows != n || rollup != n {
-			t.Fatalf("tenant %q: %d rows, rollup %d; want %d", tenant, rows, rollup, n)
+			t.Fatalf("tenant %q, campaign %.20q: %d rows, rollup %d; want %d", k.tenant, k.campaign, rows, rollup, n)
 		}
+	}
+	for tenant, n := range map[string]uint64{"": 4, "acme": 3, "globex": 2} {
+		var rollup uint64
+		if err := conn.QueryRow(ctx, "SELECT uniqExactMerge(notifications) FROM a3.events_per_minute WHERE tenant = ? AND status = 'sent'",
+			tenant).Scan(&rollup); err != nil || rollup != n {
+			t.Fatalf("tenant %q over all campaigns: rollup %d (%v), want %d", tenant, rollup, err, n)
+		}
+	}
+	var longest uint64
+	if err := conn.QueryRow(ctx, "SELECT max(length(campaign)) FROM a3.events").Scan(&longest); err != nil || int(longest) > maxCampaign+len("…") {
+		t.Fatalf("longest campaign stored: %d bytes (%v)", longest, err)
 	}
 }

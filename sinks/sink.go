@@ -64,6 +64,10 @@ type Sink struct {
 	Alerter Alerter // told about exhausted notifications; nil = none
 	Watch   *topology.Watchdog
 	Now     func() time.Time
+	// Canceled, when set, tells why a notification may no longer go out
+	// ("" when it may): it, or its campaign, was cancelled. It is asked
+	// before the ledger claim and again just before each provider call.
+	Canceled func(n *schemas.Notification) string
 
 	ledger       *Ledger
 	loader       *ledgerLoader
@@ -670,6 +674,10 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 		s.expire(j, "expired at "+time.UnixMilli(n.ExpiresAt).UTC().Format(time.RFC3339)+" before a provider took it")
 		return
 	}
+	if why := s.canceled(n); why != "" {
+		s.cancel(j, why)
+		return
+	}
 	if !s.ledger.Claim(n.ID, s.Channel) {
 		s.Metrics.skipped(s.Channel)
 		if sent, ok := s.ledger.Delivered(n.ID, s.Channel); ok {
@@ -738,6 +746,16 @@ func (s *Sink) serve(l *lane, j *job) {
 			j.drop()
 			return
 		}
+	}
+	if why := s.canceled(j.n); why != "" && len(j.ids) == 0 {
+		// Cancelled while it waited for a lane: no provider has it yet.
+		if j.chanDone != nil {
+			j.chanDone(nil)
+			j.chanDone = nil
+		}
+		s.ledger.Release(j.n.ID, s.Channel)
+		s.cancel(j, why)
+		return
 	}
 	backoff := s.Opts.Backoff
 	for try := 1; try <= s.Opts.Attempts; try++ {
@@ -900,6 +918,21 @@ func (s *Sink) fail(j *job, exhausted bool) {
 				Reason: reason, At: s.now()})
 		}
 	}
+	j.done()
+}
+
+func (s *Sink) canceled(n *schemas.Notification) string {
+	if s.Canceled == nil {
+		return ""
+	}
+	return s.Canceled(n)
+}
+
+// cancel ends a notification cancelled before a provider took it.
+func (s *Sink) cancel(j *job, reason string) {
+	ev := s.notificationEvent(j.n, processors.StatusCanceled, "", reason, 0, "")
+	s.event(j, ev)
+	s.Metrics.outcome(s.Channel, "", processors.StatusCanceled)
 	j.done()
 }
 

@@ -21,7 +21,7 @@ func trackedEmail(t *tracking.Signer, n *schemas.Notification) (html, unsubscrib
 	}
 	link := func(kind string) tracking.Link {
 		return tracking.Link{Kind: kind, NotificationID: n.ID, Tenant: n.Tenant, UserID: n.UserID,
-			Template: n.Template, Category: n.Category, Channel: n.Channel}
+			Template: n.Template, Category: n.Category, Channel: n.Channel, Campaign: n.Campaign}
 	}
 	if html != "" {
 		// ClickFunc leaves the signer's own links (an unsubscribe link in

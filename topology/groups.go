@@ -43,6 +43,13 @@ type Pipeline struct {
 	// groups write, and opens those they read (crypt.Keyring); nil writes them
 	// in clear (tests of other concerns).
 	Keys processors.Sealer
+	// Audience lists campaigns' recipients (nil: campaigns do not fan out).
+	Audience AudienceSource
+	// CampaignStep is about how often a running campaign takes a step
+	// (10*DefaultCampaignStep when zero): its rate is spread over them.
+	CampaignStep time.Duration
+	// CatchUp is how late a schedule still fires a missed run (DefaultCatchUp when zero).
+	CatchUp time.Duration
 
 	// missAt remembers, per partition, when a wait for a table last timed out:
 	// then the table has caught up and the record really is missing, so the
@@ -251,6 +258,7 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		goka.Input(Feedback, rawCodec, p.feedback),
 		goka.Join(Profiles, profileTable),
 		goka.Lookup(Templates, templateTable),
+		goka.Lookup(Cancels, cancellationView),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Output(Scheduled, notifCodec),
@@ -294,6 +302,12 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		p.reject(ctx, raw, "deliver", err, ns, now)
 		return
 	}
+	if why := p.canceled(ctx, n); why != "" {
+		ev := processors.NotificationEvent(n, processors.StatusCanceled, "", why, now)
+		ev.ID = processors.StatusEventID(n.ID, processors.StatusCanceled, "deliver", 0)
+		ctx.Emit(Events, n.ID, ev)
+		return
+	}
 	if n.SendAt > now.UnixMilli() {
 		p.hold(ctx, n, n.SendAt, "scheduled for "+time.UnixMilli(n.SendAt).UTC().Format(time.RFC3339), now)
 		return
@@ -301,6 +315,16 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
 	tmpl := p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh)
 	n.Category = processors.Category(n, tmpl) // what the request says only counts as a narrowing
+	st, _ := ctx.Value().(*schemas.UserState)
+	if st == nil {
+		st = &schemas.UserState{}
+	}
+	switch next, done := p.digest(ctx, n, tmpl, st, raw, now); {
+	case done:
+		return
+	case next != nil:
+		n = next
+	}
 	profile := p.profile(ctx, n, fresh && (processors.NeedsProfile(n, tmpl) || n.LocalTime != ""))
 	if n.LocalTime != "" {
 		// "09:00 in the recipient's day": held until then, and released
@@ -324,10 +348,6 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		held.SendAt = until.UnixMilli()
 		p.hold(ctx, &held, held.SendAt, why, now)
 		return
-	}
-	st, _ := ctx.Value().(*schemas.UserState)
-	if st == nil {
-		st = &schemas.UserState{}
 	}
 	queued := false
 	for _, o := range p.Deliverer.Deliver(n, profile, tmpl, st, now) {

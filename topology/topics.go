@@ -46,10 +46,24 @@ const (
 	Audit     goka.Stream = "notify.audit"
 	Templates goka.Table  = "notify.templates" // Template, key template id (compacted)
 
+	// Campaigns carries CampaignCommands (key processors.CampaignKey); an
+	// empty value is the sweeper's tick.
+	Campaigns goka.Stream = "notify.campaigns"
+	// Audiences holds topic and list memberships (AudienceMember, key
+	// processors.AudienceKey, compacted; a tombstone removes one).
+	Audiences goka.Table = "notify.audiences"
+	// Cancels holds cancelled notifications and campaigns (Cancellation,
+	// compacted): every stage before a provider checks it.
+	Cancels goka.Table = "notify.cancels"
+	// Schedules carries ScheduleCommands (key ScheduleKey); an empty value is a tick.
+	Schedules goka.Stream = "notify.schedules"
+
 	DedupGroup     goka.Group = "notify.dedup"
 	DeliverGroup   goka.Group = "notify.deliver"
 	StatusGroup    goka.Group = "notify.status"
 	SchedulerGroup goka.Group = "notify.scheduler"
+	CampaignGroup  goka.Group = "notify.campaign"
+	ScheduleGroup  goka.Group = "notify.schedule"
 )
 
 // Out is the queue of routed notifications of one channel and priority.
@@ -158,6 +172,9 @@ func Topics() []Topic {
 		{Name: string(Feedback)}, {Name: string(DLQReplays), Compact: true},
 		{Name: string(DataKeys), Compact: true, Extra: crypt.Spec().Configs},
 		{Name: string(APIKeys), Compact: true}, {Name: string(Audit)},
+		{Name: string(Campaigns)}, {Name: string(goka.GroupTable(CampaignGroup)), Compact: true},
+		{Name: string(Audiences), Compact: true}, {Name: string(Cancels), Compact: true},
+		{Name: string(Schedules)}, {Name: string(goka.GroupTable(ScheduleGroup)), Compact: true},
 	}
 	ts = append(ts, inboxTopics()...)
 	for _, ch := range processors.AllChannels() {
