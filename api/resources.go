@@ -79,6 +79,7 @@ type statusJSON struct {
 	Template       string            `json:"template"`
 	Priority       string            `json:"priority,omitempty"`
 	Category       string            `json:"category,omitempty"`
+	Campaign       string            `json:"campaign,omitempty"`
 	Channel        string            `json:"channel,omitempty"`
 	Provider       string            `json:"provider,omitempty"`
 	Status         string            `json:"status"`
@@ -104,7 +105,7 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := statusJSON{ID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Priority: lc.Priority,
-		Category: lc.Category, Channel: lc.Channel, Provider: lc.Provider, Status: lc.Status, Channels: lc.Channels,
+		Category: lc.Category, Campaign: lc.Campaign, Channel: lc.Channel, Provider: lc.Provider, Status: lc.Status, Channels: lc.Channels,
 		DroppedHistory: lc.DroppedHistory, History: []historyJSON{}}
 	for _, h := range lc.History {
 		out.History = append(out.History, historyJSON{Status: h.Status, At: millis(h.At), Reason: h.Reason, Channel: h.Channel, Provider: h.Provider})

@@ -65,15 +65,15 @@ func CampaignEventID(id string) string { return "campaign:" + id }
 // CampaignNotificationPrefix starts the id of every notification of a
 // campaign, so its notifications sort together in the status table.
 func CampaignNotificationPrefix(tenant, id string) string {
-	return "c/" + schemas.TenantName(schemas.NormTenant(tenant)) + "/" + id + "/"
+	return "c:" + schemas.TenantName(schemas.NormTenant(tenant)) + ":" + id + ":"
 }
 
 // CampaignNotificationID names the campaign's notification to a user. It is
-// readable (the prefix, then the user id); a user id too long for an id is
-// replaced by its hash.
+// readable (the prefix, then the user id); a user id too long for an id, or
+// with a "/" (the id is a path segment of the API), is replaced by its hash.
 func CampaignNotificationID(tenant, id, userID string) string {
 	p := CampaignNotificationPrefix(tenant, id)
-	if len(p)+len(userID) <= 200 {
+	if len(p)+len(userID) <= 200 && !strings.Contains(userID, "/") {
 		return p + userID
 	}
 	h := sha256.Sum256([]byte(userID))
