@@ -168,5 +168,3 @@ func (s *Server) scheduleOp(op string) http.HandlerFunc {
 		})
 	}
 }
-
-

@@ -87,7 +87,9 @@ func AudiencePrefix(tenant, kind, id string) string {
 }
 
 // AudienceKey is the key of userID's membership of a topic or list.
-func AudienceKey(tenant, kind, id, userID string) string { return AudiencePrefix(tenant, kind, id) + userID }
+func AudienceKey(tenant, kind, id, userID string) string {
+	return AudiencePrefix(tenant, kind, id) + userID
+}
 
 // AudienceUser is the user id of a membership key.
 func AudienceUser(key string) string {

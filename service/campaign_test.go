@@ -195,7 +195,7 @@ func TestCampaignToASegmentWaitsForApprovalThenSendsOncePerEligibleUser(t *testi
 	h.mustCall(http.StatusOK, "POST", "/v1/campaigns/summer/reject", map[string]any{"comment": "wrong season"}, as(approverKey)...)
 	h.mustCall(http.StatusAccepted, "POST", "/v1/campaigns", map[string]any{"id": "autumn", "template": "promo",
 		"approvalDeadline": time.Now().Add(time.Second).UTC().Format(time.RFC3339Nano),
-		"audience": map[string]any{"segment": `locale = "de"`}}, as(creatorKey)...)
+		"audience":         map[string]any{"segment": `locale = "de"`}}, as(creatorKey)...)
 	h.waitCampaign("autumn", func(c map[string]any) bool { return c["state"] == processors.CampaignExpired })
 	h.mustCall(http.StatusConflict, "POST", "/v1/campaigns/autumn/approve", nil, as(approverKey)...)
 	time.Sleep(time.Second)

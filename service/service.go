@@ -755,7 +755,7 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 		}
 		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Limits: limits, Producer: producer, Log: s.Log, Keys: s.keys,
 			Canceled: canceledBy(s.cancels),
-			Metrics: metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
+			Metrics:  metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
 			Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
 				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback, DrainTimeout: o.DrainTimeout,
 				Retry: o.Retry, Breaker: o.Breaker, Partitions: s.Cfg.Kafka.Partitions, SessionTimeout: s.Cfg.Kafka.SessionTimeout}}
