@@ -76,6 +76,7 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "could not write: " + err.Error()})
 		return
 	}
+	s.awaitMember(r.Context(), string(recs[len(recs)-1].Key), true)
 	writeJSON(w, http.StatusOK, map[string]any{"topic": id, "subscribed": len(recs)})
 }
 
@@ -95,6 +96,7 @@ func (s *Server) unsubscribeTopic(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	s.awaitMember(r.Context(), key, false)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -172,7 +174,9 @@ func (s *Server) uploadList(w http.ResponseWriter, r *http.Request) {
 	var prodErr error
 	errs := make(chan error, 1)
 	at := s.now().UnixMilli()
+	last := ""
 	rep, err := processors.ReadMembers(body, maxLines, func(_ int, user string) error {
+		last = user
 		v, err := schemas.AudienceMemberCodec.Encode(&schemas.AudienceMember{Tenant: tenant, Kind: processors.AudienceList,
 			AudienceID: id, UserID: user, At: at})
 		if err != nil {
@@ -205,6 +209,9 @@ func (s *Server) uploadList(w http.ResponseWriter, r *http.Request) {
 	default:
 	}
 	noteResource(r.Context(), "list", id)
+	if last != "" && prodErr == nil {
+		s.awaitMember(r.Context(), processors.AudienceKey(tenant, processors.AudienceList, id, last), true)
+	}
 	if prodErr != nil {
 		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "could not write the list: " + prodErr.Error()})
 		return
@@ -219,4 +226,29 @@ func (s *Server) uploadList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"list": id, "report": rep, "at": time.UnixMilli(at).UTC().Format(time.RFC3339)})
+}
+
+// awaitMember waits (up to WriteWait) until this instance's view of
+// notify.audiences shows key present (or gone): the last write of a call is
+// readable when it answers.
+func (s *Server) awaitMember(ctx context.Context, key string, present bool) {
+	if s.Campaigns == nil || s.Campaigns.Members == nil {
+		return
+	}
+	if s.Campaigns.SyncMembers != nil {
+		// Every partition: a listing right after reads all of the writes.
+		sctx, cancel := context.WithTimeout(ctx, max(s.WriteWait, time.Second))
+		defer cancel()
+		s.Campaigns.SyncMembers(sctx)
+		return
+	}
+	deadline := time.Now().Add(s.WriteWait)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		v, err := s.Campaigns.Members.Get(key)
+		d, ok := v.(schemas.Decoded[schemas.AudienceMember])
+		if err == nil && (ok && d.V != nil) == present {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -35,6 +35,9 @@ type Campaigns struct {
 	Table RangeTable
 	// Members is a view of notify.audiences (topic subscribers, list members).
 	Members RangeTable
+	// SyncMembers waits until Members has read everything written to
+	// notify.audiences before the call (nil: it is not waited for).
+	SyncMembers func(ctx context.Context) bool
 	// Cancels is a view of notify.cancels.
 	Cancels Table
 	// Schedules is a view of the schedule group table.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/sinks/smtptest"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -264,5 +266,111 @@ func (h *harness) campaignAnalytics(t *testing.T, id string, p map[string]int, s
 		if time.Now().After(deadline) {
 			t.Fatalf("ClickHouse: progress %q, want %q; rates %q, want %q", gotProgress, wantProgress, gotRate, wantRate)
 		}
+	}
+}
+
+// A cancel during a campaign: nothing reaches a provider after it. Every
+// provider call is held open once a few messages went through, so at the
+// moment of the cancel each message is either accepted, in a provider's
+// hands, or not yet tried; after it, no new message arrives, the held ones
+// complete, and everything else ends canceled. The campaign's audience is a
+// list uploaded as CSV, whose bad lines are reported by line number.
+func TestCancelDuringACampaignStopsWhatNoProviderHasYet(t *testing.T) {
+	var mu sync.Mutex
+	arrivals := 0
+	gate := make(chan struct{})
+	smtpSrv, err := smtptest.Start(smtptest.Options{OnData: func(smtptest.Message) error {
+		mu.Lock()
+		arrivals++
+		n := arrivals
+		mu.Unlock()
+		if n > 3 {
+			<-gate
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(smtpSrv.Close)
+	t.Cleanup(func() {
+		select {
+		case <-gate:
+		default:
+			close(gate)
+		}
+	})
+	h := newHarness(t)
+	h.smtp = smtpSrv
+	h.cfg = testConfig(t, smtpSrv, h.hook)
+	campaignKeys(&h.cfg)
+	h.cfg.Sink.Concurrency = 4
+	h.cfg.Campaigns.Step = 200 * time.Millisecond
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/news", map[string]any{"category": "newsletter", "channels": map[string]any{
+		"email": map[string]any{"subject": "News", "text": "Hello"}}})
+	var csv strings.Builder
+	csv.WriteString("userId,name\n")
+	const users = 120
+	for i := 0; i < users; i++ {
+		u := fmt.Sprintf("m%03d", i)
+		h.mustCall(http.StatusOK, "PUT", "/v1/profiles/"+u, map[string]any{"email": u + "@example.com"})
+		fmt.Fprintf(&csv, "%s,Name %d\n", u, i)
+		if i == 10 {
+			csv.WriteString("bad|id,x\n") // line 13
+		}
+	}
+	csv.WriteString(",empty\n")
+	rep := h.mustCall(http.StatusOK, "POST", "/v1/lists/readers/members", csv.String(), "Content-Type", "text/csv")["report"].(map[string]any)
+	errs := rep["errors"].([]any)
+	if rep["accepted"].(float64) != users || rep["rejected"].(float64) != 2 || len(errs) != 2 ||
+		errs[0].(map[string]any)["line"].(float64) != 13 || errs[1].(map[string]any)["line"].(float64) != users+3 {
+		t.Fatalf("upload report %v", rep)
+	}
+	if got := h.mustCall(http.StatusOK, "GET", "/v1/lists/readers/members?limit=5", nil); fmt.Sprint(got["users"]) != "[m000 m001 m002 m003 m004]" || got["next"] != "m004" {
+		t.Fatalf("list members: %v", got)
+	}
+	h.mustCall(http.StatusAccepted, "POST", "/v1/campaigns", map[string]any{"id": "weekly", "template": "news", "rate": 200,
+		"audience": map[string]any{"list": "readers"}}, as(creatorKey)...)
+	h.mustCall(http.StatusOK, "POST", "/v1/campaigns/weekly/approve", nil, as(approverKey)...)
+
+	// Wait until every sink worker is held inside a provider call: the
+	// count of arrivals stops moving.
+	stable := func() int {
+		last, since := -1, time.Now()
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			mu.Lock()
+			n := arrivals
+			mu.Unlock()
+			if n != last {
+				last, since = n, time.Now()
+			} else if n > 3 && time.Since(since) > 700*time.Millisecond {
+				return n
+			}
+		}
+		t.Fatalf("arrivals never settled: %d", last)
+		return 0
+	}
+	held := stable()
+	h.mustCall(http.StatusOK, "POST", "/v1/campaigns/weekly/cancel", map[string]any{"comment": "typo"})
+	close(gate)
+	c := h.waitCampaign("weekly", settled)
+	mu.Lock()
+	after := arrivals
+	mu.Unlock()
+	p := progressOf(c)
+	if after != held {
+		t.Fatalf("%d messages reached the provider after the cancel (held %d at the cancel)", after-held, held)
+	}
+	if len(smtpSrv.Messages()) != held || p["sent"] != held || p["suppressed"] != p["targeted"]-held || p["failed"] != 0 {
+		t.Fatalf("accepted %d, progress %v, held at the cancel %d", len(smtpSrv.Messages()), p, held)
+	}
+	if c["state"] != processors.CampaignCanceled || p["targeted"] == 0 {
+		t.Fatalf("campaign %v", c)
+	}
+	// Nothing more goes out later either: the cancel is in notify.cancels.
+	time.Sleep(time.Second)
+	if n := len(smtpSrv.Messages()); n != held {
+		t.Fatalf("%d messages after the cancel settled, want %d", n, held)
 	}
 }

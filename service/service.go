@@ -585,7 +585,11 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 			}
 			return s.notStuck()
 		}}
+	membersSync := &topology.ViewAudience{Members: members, Adm: adm}
 	srv.Campaigns = &api.Campaigns{Table: campaignTable, Members: members, Cancels: s.cancels, Schedules: scheduleTable,
+		SyncMembers: func(ctx context.Context) bool {
+			return membersSync.Current(ctx, &schemas.Campaign{AudienceKind: processors.AudienceList})
+		},
 		Progress: s.progress(status), ApprovalAbove: cfg.Campaigns.ApprovalAbove, MaxListBytes: cfg.Campaigns.MaxListBytes}
 	srv.NewMetrics(reg)
 	srv.Reports = api.Analytics{Conn: s.analyticsConn, DB: cfg.Analytics.Database, Grace: cfg.Analytics.ReceiptGrace}
