@@ -361,16 +361,27 @@ func (s *Server) deleteProfile(w http.ResponseWriter, r *http.Request) {
 // ---- templates
 
 type templateJSON struct {
-	ID        string                                       `json:"id,omitempty"`
-	Category  string                                       `json:"category,omitempty"`
-	Priority  string                                       `json:"priority,omitempty"`
-	Channels  map[string]schemas.ChannelContent            `json:"channels"`
-	Locales   map[string]map[string]schemas.ChannelContent `json:"locales,omitempty"`
-	UpdatedAt string                                       `json:"updatedAt,omitempty"`
+	ID       string                                       `json:"id,omitempty"`
+	Category string                                       `json:"category,omitempty"`
+	Priority string                                       `json:"priority,omitempty"`
+	Channels map[string]schemas.ChannelContent            `json:"channels"`
+	Locales  map[string]map[string]schemas.ChannelContent `json:"locales,omitempty"`
+	// Digest collects a user's events of this template within a window
+	// into one notification (data "digest": count, items, more).
+	Digest    *digestJSON `json:"digest,omitempty"`
+	UpdatedAt string      `json:"updatedAt,omitempty"`
+}
+
+type digestJSON struct {
+	Window string `json:"window"`
+	Max    int32  `json:"max,omitempty"`
 }
 
 func fromTemplate(t *schemas.Template) templateJSON {
 	out := templateJSON{ID: t.ID, Category: t.Category, Priority: t.Priority, Channels: t.Channels, Locales: t.Locales}
+	if t.DigestWindowMs > 0 {
+		out.Digest = &digestJSON{Window: (time.Duration(t.DigestWindowMs) * time.Millisecond).String(), Max: t.DigestMax}
+	}
 	if t.UpdatedAt > 0 {
 		out.UpdatedAt = millis(t.UpdatedAt)
 	}
@@ -394,6 +405,18 @@ func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
 	}
 	t := &schemas.Template{ID: id, Category: b.Category, Priority: b.Priority, Channels: b.Channels, Locales: b.Locales,
 		UpdatedAt: s.now().UnixMilli(), Tenant: tenantFrom(r.Context())}
+	if b.Digest != nil {
+		d, err := time.ParseDuration(b.Digest.Window)
+		if err != nil || d < time.Second || d > processors.MaxDigestWindow {
+			writeError(w, invalid("digest.window", "digest.window must be a duration from 1s to %v, like 10m", processors.MaxDigestWindow))
+			return
+		}
+		if b.Digest.Max < 0 || b.Digest.Max > processors.MaxDigestMax {
+			writeError(w, invalid("digest.max", "digest.max must be 0 (the default, %d) to %d", processors.DefaultDigestMax, processors.MaxDigestMax))
+			return
+		}
+		t.DigestWindowMs, t.DigestMax = d.Milliseconds(), b.Digest.Max
+	}
 	key := schemas.TenantKey(t.Tenant, id)
 	if err := processors.ValidateTemplateLimits(t, s.Render); err != nil {
 		field, msg, _ := strings.Cut(err.Error(), ": ")

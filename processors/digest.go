@@ -167,5 +167,9 @@ func DigestRelease(d *schemas.Digest, first *schemas.Notification) *schemas.Noti
 		ID: d.NotificationID, EventID: "digest:" + d.Key, UserID: first.UserID, Tenant: first.Tenant,
 		Template: first.Template, Priority: first.Priority, Category: first.Category, Channels: first.Channels,
 		SendAt: d.DueAt, AcceptedAt: d.FirstAt, DigestKey: first.DigestKey, DigestFlush: true, Campaign: first.Campaign,
+		// The first event's inline contacts and locale address the digest
+		// (a profile's, looked up at send time, take precedence as for any
+		// notification); the hold seals them like any scheduled record.
+		Recipient: first.Recipient, Locale: first.Locale,
 	}
 }
