@@ -280,3 +280,33 @@ func deref(p any) any {
 	}
 	return p
 }
+
+// CampaignProgress counts a campaign's notifications as query 11 of
+// docs/ANALYTICS.md does: targeted (with an accepted event), and each in the
+// bucket of its latest status (queued, sent, suppressed, failed). One row
+// with the columns campaign, targeted, queued, sent, suppressed, failed;
+// none when ClickHouse has no event of the campaign.
+func CampaignProgress(ctx context.Context, conn driver.Conn, db, tenant, campaign string) (Table, error) {
+	t := Table{Columns: []string{"campaign", "targeted", "queued", "sent", "suppressed", "failed"}}
+	return query(ctx, conn, t, `SELECT notification_campaign AS campaign,
+			countIf(targeted) AS targeted,
+			countIf(latest IN ('accepted', 'scheduled', 'queued', 'retrying')) AS queued,
+			countIf(latest IN ('sent', 'delivered', 'opened', 'clicked', 'unsubscribed')) AS sent,
+			countIf(latest IN ('suppressed', 'duplicate', 'rate_limited', 'canceled', 'digested')) AS suppressed,
+			countIf(latest IN ('failed', 'rejected', 'expired')) AS failed
+		FROM (
+			SELECT notification_id,
+				anyIf(campaign, campaign != '') AS notification_campaign,
+				max(status = 'accepted') AS targeted,
+				if(countIf(status != 'duplicate') = 0, 'duplicate',
+					argMaxIf(status, (at_ms, transform(status,
+						['accepted', 'scheduled', 'queued', 'retrying', 'failed', 'sent', 'delivered', 'opened', 'clicked',
+						 'unsubscribed', 'suppressed', 'rate_limited', 'rejected', 'expired', 'canceled', 'digested'],
+						[1, 2, 3, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 10, 10, 10], 0)), status != 'duplicate')) AS latest
+			FROM `+db+`.events
+			WHERE tenant = ? AND notification_id IN (
+				SELECT notification_id FROM `+db+`.events WHERE tenant = ? AND campaign = ?)
+			GROUP BY notification_id
+		)
+		GROUP BY campaign`, schemas.NormTenant(tenant), schemas.NormTenant(tenant), campaign)
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/notifyd/notifyd/analytics"
 	"github.com/notifyd/notifyd/analytics/analyticstest"
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
@@ -261,11 +262,28 @@ func (h *harness) campaignAnalytics(t *testing.T, id string, p map[string]int, s
 		gotProgress, _ = analyticstest.Client(h.svc.AnalyticsAddr(), progressSQL)
 		gotRate, _ = analyticstest.Client(h.svc.AnalyticsAddr(), rateSQL)
 		if string(gotProgress) == wantProgress && strings.Contains(string(gotRate), wantRate) {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("ClickHouse: progress %q, want %q; rates %q, want %q", gotProgress, wantProgress, gotRate, wantRate)
 		}
+	}
+	// analytics.CampaignProgress (what notifyd bench -campaign checks) agrees.
+	conn, err := analytics.Open(h.svc.AnalyticsAddr(), "default", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tab, err := analytics.CampaignProgress(context.Background(), conn, "notifyd", "", id)
+	if err != nil || len(tab.Rows) != 1 {
+		t.Fatalf("analytics.CampaignProgress: %v %v", tab, err)
+	}
+	var got []string
+	for _, v := range tab.Rows[0] {
+		got = append(got, fmt.Sprint(v))
+	}
+	if line := strings.Join(got, "\t") + "\n"; line != wantProgress {
+		t.Fatalf("analytics.CampaignProgress: %q, want %q", line, wantProgress)
 	}
 }
 

@@ -3,10 +3,13 @@ package service
 import (
 	"context"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/lovoo/goka"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
@@ -91,4 +94,55 @@ func (s *Service) progress(status *statusTable) func(ctx context.Context, prefix
 		}
 		return p, nil
 	}
+}
+
+// progressCache shares a campaign's progress count among its readers: one
+// scan at a time per campaign (concurrent readers wait for it), and a
+// result is reused for twice as long as its scan took. A campaign of
+// millions, whose scan takes seconds, costs at most a third of a core
+// however many dashboards poll it; a small one is always current.
+type progressCache struct {
+	count func(ctx context.Context, prefix string) (processors.Progress, error)
+	now   func() time.Time
+	group singleflight.Group
+	mu    sync.Mutex
+	last  map[string]cachedProgress
+}
+
+type cachedProgress struct {
+	p     processors.Progress
+	until time.Time
+}
+
+// maxCachedProgress bounds the campaigns whose last count is kept.
+const maxCachedProgress = 1000
+
+func newProgressCache(count func(ctx context.Context, prefix string) (processors.Progress, error), now func() time.Time) *progressCache {
+	return &progressCache{count: count, now: now, last: map[string]cachedProgress{}}
+}
+
+func (c *progressCache) get(ctx context.Context, prefix string) (processors.Progress, error) {
+	c.mu.Lock()
+	hit, ok := c.last[prefix]
+	c.mu.Unlock()
+	if ok && c.now().Before(hit.until) {
+		return hit.p, nil
+	}
+	v, err, _ := c.group.Do(prefix, func() (any, error) {
+		start := c.now()
+		// The scan outlives a reader who leaves: others may be waiting on it.
+		p, err := c.count(context.WithoutCancel(ctx), prefix)
+		if err != nil {
+			return p, err
+		}
+		end := c.now()
+		c.mu.Lock()
+		if len(c.last) >= maxCachedProgress {
+			clear(c.last)
+		}
+		c.last[prefix] = cachedProgress{p: p, until: end.Add(2 * end.Sub(start))}
+		c.mu.Unlock()
+		return p, nil
+	})
+	return v.(processors.Progress), err
 }

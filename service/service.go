@@ -590,7 +590,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		SyncMembers: func(ctx context.Context) bool {
 			return membersSync.Current(ctx, &schemas.Campaign{AudienceKind: processors.AudienceList})
 		},
-		Progress: s.progress(status), ApprovalAbove: cfg.Campaigns.ApprovalAbove, MaxListBytes: cfg.Campaigns.MaxListBytes}
+		Progress: newProgressCache(s.progress(status), time.Now).get, ApprovalAbove: cfg.Campaigns.ApprovalAbove, MaxListBytes: cfg.Campaigns.MaxListBytes}
 	srv.NewMetrics(reg)
 	srv.Reports = api.Analytics{Conn: s.analyticsConn, DB: cfg.Analytics.Database, Grace: cfg.Analytics.ReceiptGrace}
 	if !s.Roles.Analytics && cfg.Analytics.Addr != "" { // an api instance of a scaled-out deployment

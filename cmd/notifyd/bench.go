@@ -94,8 +94,16 @@ func runBench(ctx context.Context, args []string) error {
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
 	users := fs.Int("users", 0, "send to this many users in turn (0: a new user per notification, each needing its own data key: the worst case)")
 	withAnalytics := fs.Bool("analytics", false, "also stream events into a local clickhouse-server and report the sink's rate and lag")
+	campaign := fs.Int("campaign", 0, "instead of the three phases: a campaign to a segment of this many users (see docs/PERFORMANCE.md)")
+	campaignRate := fs.Int("campaign-rate", 100_000, "the campaign's rate limit, recipients/s")
+	memProfile := fs.String("memprofile", "", "with -campaign: write a heap profile to this file once the campaign settled")
+	externalBroker := fs.Bool("external-broker", false, "with -campaign: run the broker in a child process, so the heap figures are notifyd's alone")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *campaign > 0 {
+		return campaignBench{users: *campaign, rate: *campaignRate, partitions: *partitions, memState: *memState,
+			analytics: *withAnalytics, external: *externalBroker, memProfile: *memProfile}.run(ctx)
 	}
 	dir, err := os.MkdirTemp("", "notifyd-bench-")
 	if err != nil {
@@ -318,11 +326,15 @@ func apiLoad(ctx context.Context, client *http.Client, base string, rate int, du
 }
 
 func call(ctx context.Context, client *http.Client, method, url, body string, want int) error {
+	return callAs(ctx, client, "bench-key-0001", method, url, body, want)
+}
+
+func callAs(ctx context.Context, client *http.Client, key, method, url, body string, want int) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewBufferString(body))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer bench-key-0001")
+	req.Header.Set("Authorization", "Bearer "+key)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
