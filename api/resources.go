@@ -156,7 +156,6 @@ const MaxAttributes = 100
 
 var attributeName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
-var hhmm = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
 
 func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
 	p := &schemas.Profile{UserID: userID, Email: strings.TrimSpace(b.Email), Phone: strings.TrimSpace(b.Phone),
@@ -226,10 +225,10 @@ func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
 		}
 	}
 	if q := b.Preferences.QuietHours; q != nil {
-		if !hhmm.MatchString(q.Start) {
+		if !processors.ValidHHMM(q.Start) {
 			return nil, invalid("preferences.quietHours.start", "start must be HH:MM, got %q", q.Start)
 		}
-		if !hhmm.MatchString(q.End) {
+		if !processors.ValidHHMM(q.End) {
 			return nil, invalid("preferences.quietHours.end", "end must be HH:MM, got %q", q.End)
 		}
 		p.Preferences.QuietStart, p.Preferences.QuietEnd = q.Start, q.End

@@ -185,7 +185,7 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 		}
 	}
 	if b.LocalTime != "" {
-		if !hhmm.MatchString(b.LocalTime) {
+		if !processors.ValidHHMM(b.LocalTime) {
 			return nil, invalid(p("localTime"), "localTime must be HH:MM (00:00 to 23:59), got %q", processors.Clip(b.LocalTime, 32))
 		}
 		if b.OTP {

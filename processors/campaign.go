@@ -70,14 +70,16 @@ func CampaignNotificationPrefix(tenant, id string) string {
 
 // CampaignNotificationID names the campaign's notification to a user. It is
 // readable (the prefix, then the user id); a user id too long for an id, or
-// with a "/" (the id is a path segment of the API), is replaced by its hash.
+// with a "/" (the id is a path segment of the API), or starting with "=", is
+// replaced by "=" and its hash.
 func CampaignNotificationID(tenant, id, userID string) string {
 	p := CampaignNotificationPrefix(tenant, id)
-	if len(p)+len(userID) <= 200 && !strings.Contains(userID, "/") {
+	if len(p)+len(userID) <= 200 && !strings.Contains(userID, "/") && !strings.HasPrefix(userID, "=") {
 		return p + userID
 	}
+	// "=" may start no readable user id here, so a hash never names a user.
 	h := sha256.Sum256([]byte(userID))
-	return p + "#" + hex.EncodeToString(h[:16])
+	return p + "=" + hex.EncodeToString(h[:16])
 }
 
 // AudiencePrefix starts the key of every member of a topic or list on
@@ -120,7 +122,7 @@ func ValidateCampaign(c *schemas.Campaign) error {
 	switch c.AudienceKind {
 	case AudienceTopic, AudienceList:
 		if !ValidCampaignID(c.AudienceID) {
-			return fieldErr("audience.id", "must be 1-64 letters, digits, _ or -")
+			return fieldErr("audience."+c.AudienceKind, "must be 1-64 letters, digits, _ or -")
 		}
 	case AudienceSegment:
 		if _, err := ParseSegment(c.Segment); err != nil {
@@ -144,8 +146,16 @@ func ValidateCampaign(c *schemas.Campaign) error {
 		}
 	}
 	if c.LocalTime != "" {
-		if _, err := time.Parse("15:04", c.LocalTime); err != nil {
-			return fieldErr("localTime", "must be HH:MM")
+		if !ValidHHMM(c.LocalTime) {
+			return fieldErr("localTime", "must be HH:MM (00:00 to 23:59)")
+		}
+	}
+	if c.ExpiresAt != 0 && c.SendAt != 0 && c.ExpiresAt <= c.SendAt {
+		return fieldErr("expiresAt", "must be after sendAt")
+	}
+	for i, ch := range c.Channels {
+		if !KnownChannel(ch) {
+			return fieldErr(fmt.Sprintf("channels[%d]", i), fmt.Sprintf("unknown channel %q", Clip(ch, 32)))
 		}
 	}
 	return nil
@@ -263,7 +273,7 @@ func CampaignDue(c *schemas.Campaign, now time.Time) bool {
 
 // CampaignBudget is how many recipients a campaign may target at now: its
 // rate times the time since its last step, at least one step's worth on
-// the first, never more than two seconds' worth.
+// the first, never more than two steps' (or two seconds') worth.
 func CampaignBudget(c *schemas.Campaign, now time.Time, step time.Duration) int {
 	rate := int64(c.Rate)
 	if rate <= 0 {
@@ -273,7 +283,7 @@ func CampaignBudget(c *schemas.Campaign, now time.Time, step time.Duration) int 
 	if c.LastTickAt > 0 {
 		elapsed = now.Sub(time.UnixMilli(c.LastTickAt))
 	}
-	elapsed = min(max(elapsed, 0), 2*time.Second)
+	elapsed = min(max(elapsed, 0), max(2*time.Second, 2*step))
 	n := rate * elapsed.Milliseconds() / 1000
 	return int(max(n, 0))
 }

@@ -51,9 +51,15 @@ func DigestNotificationID(tenant, key, firstEventID, userID string) string {
 
 // CollectDigest adds n to its open digest in st, opening one if there is
 // none (opened: the caller schedules its release at the digest's DueAt). A
-// replayed event (same event id) is not counted twice.
+// replayed event (same event id) is not counted twice, nor collected again
+// once its digest was released (the released digest is returned, DueAt 0).
 func CollectDigest(st *schemas.UserState, n *schemas.Notification, window time.Duration, maxItems int, now time.Time) (d *schemas.Digest, opened bool, err error) {
 	key := DigestKey(n)
+	for i := range st.Digests {
+		if r := &st.Digests[i]; r.DueAt == 0 && r.Key == key && slices.Contains(r.EventIDs, n.EventID) {
+			return r, false, nil // sent with a digest already released: a replay
+		}
+	}
 	open := 0
 	for i := range st.Digests {
 		if st.Digests[i].DueAt == 0 {
@@ -138,7 +144,7 @@ func ReleaseDigest(st *schemas.UserState, id string) *schemas.Digest {
 }
 
 // DigestData is the data a digest notification renders with: the last
-// event's data, plus "digest": {"count", "items" (each event's data, oldest
+// listed event's data, plus "digest": {"count", "items" (each event's data, oldest
 // first), "more" (events counted but not listed)}.
 func DigestData(d *schemas.Digest) (string, error) {
 	base := map[string]any{}

@@ -62,3 +62,8 @@ func Clip(s string, n int) string {
 	}
 	return s[:cut] + "…"
 }
+
+var hhmm = regexp.MustCompile(`^([01][0-9]|2[0-3]):[0-5][0-9]$`)
+
+// ValidHHMM tells whether s is a time of day "HH:MM", 00:00 to 23:59.
+func ValidHHMM(s string) bool { return hhmm.MatchString(s) }

@@ -124,7 +124,10 @@ func (p *Pipeline) campaignStep(ctx goka.Context, c *schemas.Campaign, now time.
 			if !p.Audience.Current(context.Background(), &n) {
 				return // the next tick tries again
 			}
-			n.State, n.StartedAt = processors.CampaignRunning, now.UnixMilli()
+			n.State = processors.CampaignRunning
+			if n.StartedAt == 0 { // not again after a pause
+				n.StartedAt = now.UnixMilli()
+			}
 		}
 		budget = processors.CampaignBudget(&n, now, p.campaignStepEvery())
 		if budget == 0 {

@@ -60,7 +60,7 @@ func (p *Pipeline) digest(ctx goka.Context, n *schemas.Notification, tmpl *schem
 		return nil, true
 	}
 	ctx.SetValue(st)
-	if opened || d.EventIDs[0] == n.EventID {
+	if d.DueAt != 0 && (opened || d.EventIDs[0] == n.EventID) {
 		// The event that opened the window (or its replay) schedules the release.
 		p.hold(ctx, processors.DigestRelease(d, n), d.DueAt,
 			"digest window until "+time.UnixMilli(d.DueAt).UTC().Format(time.RFC3339), now)
