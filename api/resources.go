@@ -156,7 +156,6 @@ const MaxAttributes = 100
 
 var attributeName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
-
 func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
 	p := &schemas.Profile{UserID: userID, Email: strings.TrimSpace(b.Email), Phone: strings.TrimSpace(b.Phone),
 		Locale: b.Locale, Timezone: b.Timezone, Chat: b.Chat}
