@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -87,7 +88,9 @@ type campaignJSON struct {
 	Audience         audienceJSON         `json:"audience"`
 	Rate             int32                `json:"rate"`
 	SendAt           string               `json:"sendAt,omitempty"`
+	ExpiresAt        string               `json:"expiresAt,omitempty"`
 	LocalTime        string               `json:"localTime,omitempty"`
+	Data             json.RawMessage      `json:"data,omitempty"`
 	State            string               `json:"state"`
 	Reason           string               `json:"reason,omitempty"`
 	CreatedBy        string               `json:"createdBy"`
@@ -118,7 +121,10 @@ func toCampaignJSON(c *schemas.Campaign) campaignJSON {
 		Category: c.Category, Channels: c.Channels, Rate: c.Rate, SendAt: rfc(c.SendAt), LocalTime: c.LocalTime, State: c.State,
 		Reason: c.Reason, CreatedBy: c.CreatedByName, CreatedAt: rfc(c.CreatedAt), ApprovalDeadline: rfc(c.ApprovalDeadline),
 		StartedAt: rfc(c.StartedAt), FinishedAt: rfc(c.FinishedAt), Decisions: []decisionJSON{},
-		Fanout: map[string]int64{"targeted": c.Targeted, "scanned": c.Scanned}}
+		Fanout: map[string]int64{"targeted": c.Targeted, "scanned": c.Scanned}, ExpiresAt: rfc(c.ExpiresAt)}
+	if c.Data != "" && json.Valid([]byte(c.Data)) {
+		out.Data = json.RawMessage(c.Data)
+	}
 	switch c.AudienceKind {
 	case processors.AudienceTopic:
 		out.Audience.Topic = c.AudienceID
@@ -178,11 +184,17 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
 // campaign as the table shows it.
 func (s *Server) submitCampaign(w http.ResponseWriter, r *http.Request, c *schemas.Campaign) {
 	tenant := c.Tenant
+	p := PrincipalFrom(r.Context())
 	if cur := s.campaign(tenant, c.ID); cur != nil {
+		if strings.HasPrefix(c.ID, "req-") && cur.CreatedBy == p.KeyID {
+			// A request held for approval, sent again (same event id): the
+			// same answer, as a send retried with its event id gets.
+			writeJSON(w, http.StatusAccepted, toCampaignJSON(cur))
+			return
+		}
 		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Field: "id", Message: fmt.Sprintf("campaign %q exists (%s)", c.ID, cur.State)})
 		return
 	}
-	p := PrincipalFrom(r.Context())
 	c.CreatedBy, c.CreatedByName, c.CreatedAt = p.KeyID, p.Name, s.now().UnixMilli()
 	cmd := &schemas.CampaignCommand{Op: processors.OpCreate, Tenant: tenant, CampaignID: c.ID, By: p.KeyID, ByName: p.Name,
 		At: c.CreatedAt, Campaign: *c}
@@ -196,7 +208,12 @@ func (s *Server) submitCampaign(w http.ResponseWriter, r *http.Request, c *schem
 		writeError(w, apiErr)
 		return
 	}
-	if got == nil || got.CreatedAt != c.CreatedAt {
+	if got == nil {
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+			Message: fmt.Sprintf("campaign %q is written but not yet readable; GET /v1/campaigns/%s to confirm", c.ID, c.ID)})
+		return
+	}
+	if got.CreatedAt != c.CreatedAt || got.CreatedBy != c.CreatedBy {
 		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Field: "id", Message: fmt.Sprintf("campaign %q exists", c.ID)})
 		return
 	}
@@ -337,14 +354,31 @@ func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer it.Release()
-	out := []campaignJSON{}
-	for it.Next() && len(out) < 1000 {
+	// The newest 1,000, holding at most 2,000 at a time.
+	const keep = 1000
+	var all []*schemas.Campaign
+	newest := func() {
+		sort.Slice(all, func(i, j int) bool {
+			if all[i].CreatedAt != all[j].CreatedAt {
+				return all[i].CreatedAt > all[j].CreatedAt
+			}
+			return all[i].ID < all[j].ID
+		})
+		all = all[:min(len(all), keep)]
+	}
+	for it.Next() && r.Context().Err() == nil {
 		v, err := it.Value()
 		if c, ok := v.(*schemas.Campaign); ok && err == nil {
-			out = append(out, toCampaignJSON(c))
+			if all = append(all, c); len(all) >= 2*keep {
+				newest()
+			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt > out[j].CreatedAt })
+	newest()
+	out := make([]campaignJSON, 0, len(all))
+	for _, c := range all {
+		out = append(out, toCampaignJSON(c))
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"campaigns": out})
 }
 
@@ -404,7 +438,12 @@ func (s *Server) decide(op string) http.HandlerFunc {
 			writeError(w, apiErr)
 			return
 		}
-		if got == nil || len(got.Decisions) <= n || got.Decisions[len(got.Decisions)-1].By != p.KeyID {
+		if got == nil || len(got.Decisions) <= n {
+			writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Message: fmt.Sprintf("the %s is written but not yet readable; GET /v1/campaigns/%s to confirm", op, id)})
+			return
+		}
+		if got.Decisions[len(got.Decisions)-1].By != p.KeyID {
 			writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Message: "the campaign changed meanwhile; read it again"})
 			return
 		}
@@ -455,6 +494,11 @@ func (s *Server) cancelNotification(w http.ResponseWriter, r *http.Request) {
 		writeError(w, notFound("notification", id))
 		return
 	}
+	if lc.Status == processors.StatusDigested {
+		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict",
+			Message: fmt.Sprintf("notification %q was collected into a digest; cancel the digest's notification (its id is in the status history)", id)})
+		return
+	}
 	for ch, st := range lc.Channels {
 		if processors.ProgressBucket(st) == "sent" {
 			writeError(w, &Error{Status: http.StatusConflict, Code: "conflict",
@@ -478,18 +522,32 @@ func (s *Server) holdForApproval(w http.ResponseWriter, r *http.Request, req *sc
 	if s.Campaigns == nil || s.Campaigns.ApprovalAbove <= 0 || len(req.Recipients) <= s.Campaigns.ApprovalAbove {
 		return false
 	}
-	c := &schemas.Campaign{Tenant: req.Tenant, Name: "request " + req.EventID, Template: req.Template, Data: req.Data,
-		Priority: req.Priority, Category: req.Category, Channels: req.Channels, SendAt: req.SendAt, ExpiresAt: req.ExpiresAt,
+	if req.OTP || req.DigestKey != "" {
+		field := map[bool]string{true: "otp", false: "digestKey"}[req.OTP]
+		writeError(w, invalid(field, "a request to more than %d recipients waits for approval: %s is not allowed on it",
+			s.Campaigns.ApprovalAbove, field))
+		return true
+	}
+	priority := req.Priority
+	if priority == "" {
+		priority = "normal" // a held request keeps a request's default, not a campaign's (low)
+	}
+	c := &schemas.Campaign{Tenant: req.Tenant, Name: "request " + processors.Clip(req.EventID, 180), Template: req.Template, Data: req.Data,
+		Priority: priority, Category: req.Category, Channels: req.Channels, SendAt: req.SendAt, ExpiresAt: req.ExpiresAt,
 		LocalTime: req.LocalTime, AudienceKind: processors.AudienceUsers}
 	h := sha256.Sum256([]byte(req.EventID))
 	c.ID = "req-" + hex.EncodeToString(h[:12])
+	seen := map[string]bool{} // a user listed twice gets one message
 	for i, rc := range req.Recipients {
 		if rc.Email != "" || rc.Phone != "" || rc.Upsert {
 			writeError(w, invalid(fmt.Sprintf("recipients[%d]", i),
 				"a request to more than %d recipients waits for approval and sends to profiles: inline contacts are not allowed", s.Campaigns.ApprovalAbove))
 			return true
 		}
-		c.Users = append(c.Users, rc.UserID)
+		if !seen[rc.UserID] {
+			seen[rc.UserID] = true
+			c.Users = append(c.Users, rc.UserID)
+		}
 	}
 	if len(c.Users) > processors.MaxCampaignUsers {
 		writeError(w, invalid("recipients", "at most %d recipients per request held for approval; use a list and a campaign", processors.MaxCampaignUsers))

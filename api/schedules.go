@@ -1,8 +1,11 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
@@ -77,8 +80,12 @@ func (s *Server) putSchedule(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("request", "request is required: the body of POST /v1/notifications to send"))
 		return
 	}
-	if err := json.Unmarshal(b.Request, &sb); err != nil {
-		writeError(w, invalid("request", "request: %v", err))
+	d := json.NewDecoder(bytes.NewReader(b.Request))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&sb); err != nil {
+		e := jsonError(err, s.MaxBodyBytes)
+		e.Field = strings.TrimSuffix("request."+e.Field, ".")
+		writeError(w, e)
 		return
 	}
 	if sb.SendAt != "" || sb.EventID != "" || sb.OTP {
@@ -88,6 +95,21 @@ func (s *Server) putSchedule(w http.ResponseWriter, r *http.Request) {
 	req, apiErr := s.toRequest(r.Context(), &sb, "", "request", map[string]bool{})
 	if apiErr != nil {
 		writeError(w, apiErr)
+		return
+	}
+	// A schedule lives until deleted, in clear on notify.schedules: it
+	// sends to profiles (whose contacts are sealed and erasable), never to
+	// inline contacts, and a bulk send belongs to a campaign, which is approved.
+	for i, rc := range req.Recipients {
+		if rc.Email != "" || rc.Phone != "" || rc.Upsert {
+			writeError(w, invalid(fmt.Sprintf("request.recipients[%d]", i),
+				"a schedule sends to profiles: inline contacts are not allowed"))
+			return
+		}
+	}
+	if above := s.Campaigns.ApprovalAbove; above > 0 && len(req.Recipients) > above {
+		writeError(w, invalid("request.recipients", "a schedule may send to at most %d recipients (campaigns.approvalAbove); "+
+			"larger sends need a campaign and its approval", above))
 		return
 	}
 	rb, err := schemas.SendRequestCodec.Encode(req)

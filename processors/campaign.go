@@ -215,7 +215,9 @@ func CampaignTransition(c *schemas.Campaign, cmd *schemas.CampaignCommand, now t
 		if c.State != CampaignPending {
 			return nil, fmt.Errorf("campaign is %s, not %s", c.State, CampaignPending)
 		}
-		if cmd.By == "" || cmd.By == c.CreatedBy {
+		// A rotated key has a new id and its predecessor's name: the name
+		// counts as the creator too.
+		if cmd.By == "" || cmd.By == c.CreatedBy || (cmd.ByName != "" && cmd.ByName == c.CreatedByName) {
 			return nil, ErrCreatorCannotApprove
 		}
 		if at >= c.ApprovalDeadline {

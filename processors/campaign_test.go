@@ -303,6 +303,17 @@ func TestCampaignCreatorCannotDecide(t *testing.T) {
 			}
 		}
 	}
+	// The creator's key rotated: a new id, the same name.
+	c := campaignIn(processors.CampaignPending)
+	c.CreatedByName = "marketing"
+	if got, err := processors.CampaignTransition(c, &schemas.CampaignCommand{Op: processors.OpApprove, By: "key-9", ByName: "marketing"},
+		campaignNow); !errors.Is(err, processors.ErrCreatorCannotApprove) || got != nil {
+		t.Errorf("approve by the creator's rotated key: %+v, %v", got, err)
+	}
+	if got, err := processors.CampaignTransition(c, &schemas.CampaignCommand{Op: processors.OpApprove, By: "key-9", ByName: "ops"},
+		campaignNow); err != nil || got.State != processors.CampaignApproved {
+		t.Errorf("approve by another key: %+v, %v", got, err)
+	}
 	// Anyone may cancel, the creator too.
 	got, err := processors.CampaignTransition(campaignIn(processors.CampaignPending),
 		&schemas.CampaignCommand{Op: processors.OpCancel, By: "key-1"}, campaignNow)
