@@ -8,8 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -186,9 +186,10 @@ func (s *Server) submitCampaign(w http.ResponseWriter, r *http.Request, c *schem
 	tenant := c.Tenant
 	p := PrincipalFrom(r.Context())
 	if cur := s.campaign(tenant, c.ID); cur != nil {
-		if strings.HasPrefix(c.ID, "req-") && cur.CreatedBy == p.KeyID {
-			// A request held for approval, sent again (same event id): the
-			// same answer, as a send retried with its event id gets.
+		if cur.CreatedBy == p.KeyID && sameCampaign(cur, c) {
+			// The creator's retry (a request held for approval sent again
+			// with its event id, or a create whose answer was lost): the
+			// same answer.
 			writeJSON(w, http.StatusAccepted, toCampaignJSON(cur))
 			return
 		}
@@ -213,11 +214,22 @@ func (s *Server) submitCampaign(w http.ResponseWriter, r *http.Request, c *schem
 			Message: fmt.Sprintf("campaign %q is written but not yet readable; GET /v1/campaigns/%s to confirm", c.ID, c.ID)})
 		return
 	}
-	if got.CreatedAt != c.CreatedAt || got.CreatedBy != c.CreatedBy {
+	if (got.CreatedAt != c.CreatedAt || got.CreatedBy != c.CreatedBy) && !(got.CreatedBy == c.CreatedBy && sameCampaign(got, c)) {
 		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Field: "id", Message: fmt.Sprintf("campaign %q exists", c.ID)})
 		return
 	}
 	writeJSON(w, http.StatusAccepted, toCampaignJSON(got))
+}
+
+// sameCampaign tells whether created (as stored) is what c asks for again.
+func sameCampaign(created, c *schemas.Campaign) bool {
+	return created.Template == c.Template && created.Name == c.Name && created.Data == c.Data &&
+		created.Category == c.Category && slices.Equal(created.Channels, c.Channels) &&
+		created.AudienceKind == c.AudienceKind && created.AudienceID == c.AudienceID &&
+		created.Segment == c.Segment && slices.Equal(created.Users, c.Users) &&
+		(c.Rate == 0 || created.Rate == c.Rate) && (c.Priority == "" || created.Priority == c.Priority) &&
+		created.SendAt == c.SendAt && created.ExpiresAt == c.ExpiresAt && created.LocalTime == c.LocalTime &&
+		(c.ApprovalDeadline == 0 || created.ApprovalDeadline == c.ApprovalDeadline)
 }
 
 func campaignFieldError(err error) *Error {

@@ -252,7 +252,7 @@ func startCluster(t *testing.T, channels string, roles ...roleSpec) *cluster {
 	cfgPath := filepath.Join(dir, "notifyd.yaml")
 	cfg := fmt.Sprintf(`logLevel: info
 kafka: {brokers: ["127.0.0.1:%d"], partitions: 4, sessionTimeout: 6s}
-apiKeys: [{name: chaos, key: chaos-key-1}]
+apiKeys: [{name: chaos, key: chaos-key-1}, {name: approver, key: chaos-approver-1, scopes: [approve]}]
 limits: {defaultPerDay: 0}
 sink:
   drainTimeout: 2s
@@ -401,12 +401,18 @@ func waitOutput(t *testing.T, in *instance, want string, d time.Duration) {
 // chaosCall retries a call until it answers want (the API may be down).
 func chaosCall(t *testing.T, base, method, path string, body any, want int, d time.Duration) []byte {
 	t.Helper()
+	return chaosCallAs(t, "chaos-key-1", base, method, path, body, want, d)
+}
+
+// chaosCallAs is chaosCall with another API key.
+func chaosCallAs(t *testing.T, key, base, method, path string, body any, want int, d time.Duration) []byte {
+	t.Helper()
 	b, _ := json.Marshal(body)
 	deadline := time.Now().Add(d)
 	client := &http.Client{Timeout: 30 * time.Second}
 	for {
 		req, _ := http.NewRequest(method, base+path, bytes.NewReader(b))
-		req.Header.Set("Authorization", "Bearer chaos-key-1")
+		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := client.Do(req)
 		if err == nil {
 			raw, _ := io.ReadAll(resp.Body)
