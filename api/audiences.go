@@ -41,6 +41,10 @@ func validMember(field, u string) *Error {
 // POST /v1/topics/{id}/subscribers {"userIds": [...]} subscribes users to a
 // topic; DELETE /v1/topics/{id}/subscribers/{userId} unsubscribes one.
 func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
+	if s.Campaigns == nil {
+		writeError(w, campaignsUnavailable())
+		return
+	}
 	id, apiErr := audienceID(r)
 	if apiErr != nil {
 		writeError(w, apiErr)
@@ -81,6 +85,10 @@ func (s *Server) subscribe(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) unsubscribeTopic(w http.ResponseWriter, r *http.Request) {
+	if s.Campaigns == nil {
+		writeError(w, campaignsUnavailable())
+		return
+	}
 	id, apiErr := audienceID(r)
 	if apiErr != nil {
 		writeError(w, apiErr)
@@ -149,6 +157,10 @@ func (s *Server) listMembers(kind string) http.HandlerFunc {
 // streaming: each valid line is written as it is read, each bad one is
 // reported by line number, and nothing is held whole.
 func (s *Server) uploadList(w http.ResponseWriter, r *http.Request) {
+	if s.Campaigns == nil {
+		writeError(w, campaignsUnavailable())
+		return
+	}
 	id, apiErr := audienceID(r)
 	if apiErr != nil {
 		writeError(w, apiErr)

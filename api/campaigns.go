@@ -1,15 +1,18 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -298,6 +301,9 @@ func (s *Server) toCampaign(ctx context.Context, b *campaignBody) (*schemas.Camp
 		}
 		*f.dst = t.UnixMilli()
 	}
+	if c.SendAt > s.now().Add(processors.MaxScheduleAhead).UnixMilli() {
+		return nil, invalid("sendAt", "sendAt may be at most %v ahead", processors.MaxScheduleAhead)
+	}
 	if c.ApprovalDeadline != 0 && c.ApprovalDeadline > s.now().Add(30*24*time.Hour).UnixMilli() {
 		return nil, invalid("approvalDeadline", "approvalDeadline may be at most 30 days ahead")
 	}
@@ -406,9 +412,20 @@ func (s *Server) decide(op string) http.HandlerFunc {
 			return
 		}
 		var b decisionBody
-		if r.ContentLength != 0 {
-			if err := decode(r, 64<<10, &b); err != nil {
-				writeError(w, err)
+		raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+		if err != nil {
+			writeError(w, jsonError(err, 64<<10))
+			return
+		}
+		if len(bytes.TrimSpace(raw)) > 0 { // the body is optional: {"comment": "…"}
+			d := json.NewDecoder(bytes.NewReader(raw))
+			d.DisallowUnknownFields()
+			if err := d.Decode(&b); err != nil {
+				writeError(w, jsonError(err, 64<<10))
+				return
+			}
+			if d.More() {
+				writeError(w, invalid("", "the body must be one JSON object"))
 				return
 			}
 		}
@@ -433,6 +450,10 @@ func (s *Server) decide(op string) http.HandlerFunc {
 				status = http.StatusForbidden
 			}
 			writeError(w, &Error{Status: status, Code: map[int]string{403: "forbidden", 409: "conflict"}[status], Message: err.Error()})
+			return
+		}
+		if op == processors.OpReject && strings.TrimSpace(b.Comment) == "" {
+			writeError(w, invalid("comment", "a rejection says why: comment is required"))
 			return
 		}
 		if op == processors.OpCancel {

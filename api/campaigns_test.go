@@ -332,6 +332,8 @@ func TestCampaignDecisionBadInput(t *testing.T) {
 		decide("bad body on an unknown campaign", "approve", "nope", `{"comment": `, 400, bad, ""),
 		decide("creator approves", "approve", "mine", `{"comment": "ok"}`, 403, "forbidden", ""),
 		decide("creator rejects", "reject", "mine", ``, 403, "forbidden", ""),
+		decide("reject without a comment", "reject", "spring", ``, 400, bad, "comment"),
+		decide("reject with a blank comment", "reject", "spring", `{"comment": "  "}`, 400, bad, "comment"),
 		decide("approval past the deadline", "approve", "late", ``, 409, "conflict", ""),
 		decide("pause a pending campaign", "pause", "spring", ``, 409, "conflict", ""),
 		decide("resume a pending campaign", "resume", "spring", ``, 409, "conflict", ""),
@@ -553,9 +555,9 @@ func TestScheduleBadInput(t *testing.T) {
 		put("cron over 200 bytes", schedule("0 9 * * "+strings.Repeat("1,", 100)+"1", "", send), 400, bad, "cron"),
 		// ParseCron's one error covers the zone too: a bad time zone is
 		// named cron, not timeZone.
-		put("unknown time zone", schedule("0 9 * * MON", "Mars/Olympus", send), 400, bad, "cron"),
-		put("Local time zone", schedule("0 9 * * MON", "Local", send), 400, bad, "cron"),
-		put("time zone path", schedule("0 9 * * MON", "../../etc/passwd", send), 400, bad, "cron"),
+		put("unknown time zone", schedule("0 9 * * MON", "Mars/Olympus", send), 400, bad, "timeZone"),
+		put("Local time zone", schedule("0 9 * * MON", "Local", send), 400, bad, "timeZone"),
+		put("time zone path", schedule("0 9 * * MON", "../../etc/passwd", send), 400, bad, "timeZone"),
 		put("no send body", schedule("0 9 * * MON", "", nil), 400, bad, "request"),
 		put("send body not an object", schedule("0 9 * * MON", "", 5), 400, bad, "request"),
 		put("send body null", schedule("0 9 * * MON", "", json.RawMessage("null")), 400, bad, "request.template"),

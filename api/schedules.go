@@ -70,6 +70,10 @@ func (s *Server) putSchedule(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	if _, err := processors.CronLocation(b.TimeZone); err != nil {
+		writeError(w, invalid("timeZone", "%v", err))
+		return
+	}
 	cr, err := processors.ParseCron(b.Cron, b.TimeZone)
 	if err != nil {
 		writeError(w, invalid("cron", "%v", err))

@@ -114,7 +114,7 @@ func ValidateCampaign(c *schemas.Campaign) error {
 	case len(c.Name) > 200:
 		return fieldErr("name", "must be at most 200 bytes")
 	case c.Rate < 0 || c.Rate > MaxCampaignRate:
-		return fieldErr("rate", fmt.Sprintf("must be between 1 and %d notifications per second", MaxCampaignRate))
+		return fieldErr("rate", fmt.Sprintf("must be between 1 and %d notifications per second (0 or absent: %d)", MaxCampaignRate, DefaultCampaignRate))
 	}
 	if c.Priority != "" && !validPriority(c.Priority) {
 		return fieldErr("priority", "must be high, normal or low")

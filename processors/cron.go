@@ -89,7 +89,7 @@ func ParseCron(spec, tz string) (*Cron, error) {
 			return nil, fmt.Errorf("cron %q: want 5 fields (minute hour day-of-month month day-of-week), got %d", spec, n)
 		}
 	}
-	loc, err := cronLocation(tz)
+	loc, err := CronLocation(tz)
 	if err != nil {
 		return nil, fmt.Errorf("cron %q: %w", spec, err)
 	}
@@ -108,7 +108,8 @@ func ParseCron(spec, tz string) (*Cron, error) {
 	return c, nil
 }
 
-func cronLocation(tz string) (*time.Location, error) {
+// CronLocation is the IANA time zone tz ("" is UTC) a schedule runs in.
+func CronLocation(tz string) (*time.Location, error) {
 	if tz == "" {
 		return time.UTC, nil
 	}

@@ -155,7 +155,7 @@ func TestCampaignToASegmentWaitsForApprovalThenSendsOncePerEligibleUser(t *testi
 		d[0].(map[string]any)["comment"] != "copy checked" {
 		t.Fatalf("decisions %v", c["decisions"])
 	}
-	h.mustCall(http.StatusConflict, "POST", "/v1/campaigns/spring/reject", nil, as(approverKey)...) // decided already
+	h.mustCall(http.StatusConflict, "POST", "/v1/campaigns/spring/reject", map[string]any{"comment": "too late"}, as(approverKey)...) // decided already
 	c = h.waitCampaign("spring", settled)
 	p := progressOf(c)
 	want := map[string]int{"targeted": len(eligible) + len(optedOut), "queued": 0, "sent": len(eligible), "suppressed": len(optedOut), "failed": 0}
