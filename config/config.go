@@ -687,6 +687,10 @@ func (c *Config) Validate() error {
 	if err := c.Kafka.Security.Validate(); err != nil {
 		return err
 	}
+	if cp := c.Campaigns; cp.ApprovalAbove < 0 || cp.Step < 10*time.Millisecond || cp.Step > time.Minute ||
+		cp.CatchUp < 0 || cp.MaxListBytes < 1024 {
+		return fmt.Errorf("config: campaigns: approvalAbove must be >= 0, step between 10ms and 1m, catchUp >= 0 and maxListBytes at least 1024")
+	}
 	if c.Dedup.Window <= 0 || c.Dedup.SweepInterval <= 0 {
 		return fmt.Errorf("config: dedup.window and dedup.sweepInterval must be positive")
 	}

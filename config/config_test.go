@@ -88,6 +88,10 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 		"render timeout":   "render: {timeout: -1s}",
 		"stuckAfter":       "health: {stuckAfter: -1s}",
 		"session timeout":  "kafka: {sessionTimeout: 1s}",
+		"campaign step":    "campaigns: {step: 5m}",
+		"approvalAbove":    "campaigns: {approvalAbove: -1}",
+		"catchUp":          "campaigns: {catchUp: -1h}",
+		"maxListBytes":     "campaigns: {maxListBytes: 10}",
 	}
 	for name, body := range cases {
 		path := filepath.Join(t.TempDir(), "c.yaml")
