@@ -48,24 +48,11 @@ var writtenTopics = []string{string(topology.Campaigns), string(topology.Audienc
 func newCampaignEnv(t *testing.T) *campaignEnv {
 	t.Helper()
 	k := newKeysEnv(t)
-	kafka := topology.Kafka{Brokers: k.brokers, Replication: 1}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	view := func(table goka.Table, codec goka.Codec) *goka.View {
-		v, err := goka.NewView(k.brokers, table, codec, kafka.ViewOptions(t.Name()+string(table))...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		vctx, vcancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = v.Run(vctx) }()
-		t.Cleanup(func() { vcancel(); <-done })
-		for !v.Recovered() {
-			if ctx.Err() != nil {
-				t.Fatalf("view of %s did not recover", table)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		v := startView(t, k.brokers, table, codec)
+		awaitRecovered(t, ctx, v)
 		return v
 	}
 	k.srv.Campaigns = &Campaigns{

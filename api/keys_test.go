@@ -56,31 +56,14 @@ func newKeysEnv(t *testing.T, keys ...config.APIKey) *keysEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	kafka := topology.Kafka{Brokers: brokers, Replication: 1}
-	view := func(table goka.Table, codec goka.Codec) *goka.View {
-		v, err := goka.NewView(brokers, table, codec, kafka.ViewOptions(t.Name()+string(table))...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		vctx, vcancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); _ = v.Run(vctx) }()
-		t.Cleanup(func() { vcancel(); <-done })
-		return v
-	}
 	views := []*goka.View{
-		view(topology.Templates, topology.TemplateTableCodec()),
-		view(topology.Profiles, topology.ProfileTableCodec()),
-		view(goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec()),
-		view(goka.Table(KeysTopic), schemas.Lenient[schemas.APIKey]{C: schemas.APIKeyCodec}),
+		startView(t, brokers, topology.Templates, topology.TemplateTableCodec()),
+		startView(t, brokers, topology.Profiles, topology.ProfileTableCodec()),
+		startView(t, brokers, goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec()),
+		startView(t, brokers, goka.Table(KeysTopic), schemas.Lenient[schemas.APIKey]{C: schemas.APIKeyCodec}),
 	}
 	for _, v := range views {
-		for !v.Recovered() {
-			if ctx.Err() != nil {
-				t.Fatal("views did not recover")
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		awaitRecovered(t, ctx, v)
 	}
 	e := &keysEnv{t: t, brokers: brokers, now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
 	e.srv = &Server{Producer: p, Templates: views[0], Profiles: views[1], Status: views[2], ManagedKeys: views[3],
@@ -88,6 +71,32 @@ func newKeysEnv(t *testing.T, keys ...config.APIKey) *keysEnv {
 		MaxBatch: 10, WriteWait: 5 * time.Second, Now: e.clock, Inbox: &Inbox{Secret: []byte("inbox-secret-0123456789")}}
 	e.h = e.srv.Handler()
 	return e
+}
+
+// startView runs a view of table until the test ends.
+func startView(t *testing.T, brokers []string, table goka.Table, codec goka.Codec) *goka.View {
+	t.Helper()
+	kafka := topology.Kafka{Brokers: brokers, Replication: 1}
+	v, err := goka.NewView(brokers, table, codec, kafka.ViewOptions(t.Name()+string(table))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vctx, vcancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = v.Run(vctx) }()
+	t.Cleanup(func() { vcancel(); <-done })
+	return v
+}
+
+// awaitRecovered waits until v has recovered, or fails the test when ctx ends.
+func awaitRecovered(t *testing.T, ctx context.Context, v *goka.View) {
+	t.Helper()
+	for !v.Recovered() {
+		if ctx.Err() != nil {
+			t.Fatal("view did not recover")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (e *keysEnv) clock() time.Time {

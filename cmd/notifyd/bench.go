@@ -121,19 +121,11 @@ func runBench(ctx context.Context, args []string) error {
 	cfg.Channels = map[string][]config.Provider{}
 	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
 	bp := &benchProvider{}
-	svc := &service.Service{Cfg: cfg, Roles: service.AllInOne, InMemoryState: *memState,
-		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Providers: map[string][]sinks.Provider{"email": {bp}}}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(sctx) }()
-	select {
-	case <-svc.Ready():
-	case err := <-done:
+	svc, stop, err := startBenchService(ctx, cfg, *memState, bp)
+	if err != nil {
 		return err
 	}
-	defer func() { stop(); <-done }()
+	defer stop()
 	base := "http://" + svc.HTTPAddr()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512, MaxConnsPerHost: 512}}
 	tmpl := `{"category":"transactional","channels":{"email":{"subject":"Order {{.orderId}}","text":"Order {{.orderId}} shipped","html":"<p>Order <b>{{.orderId}}</b> shipped</p>"}}}`
@@ -250,6 +242,24 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("  request latency: p50 %s  p99 %s  max %s\n", ms(percentile(apiLat, .5)), ms(percentile(apiLat, .99)), ms(percentile(apiLat, 1)))
 	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 	return nil
+}
+
+// startBenchService runs an all-in-one notifyd of cfg whose email goes to
+// provider, until stop (which waits for it to end).
+func startBenchService(ctx context.Context, cfg config.Config, memState bool, provider sinks.Provider) (*service.Service, func(), error) {
+	svc := &service.Service{Cfg: cfg, Roles: service.AllInOne, InMemoryState: memState,
+		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Providers: map[string][]sinks.Provider{"email": {provider}}}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(sctx) }()
+	select {
+	case <-svc.Ready():
+	case err := <-done:
+		cancel()
+		return nil, nil, err
+	}
+	return svc, func() { cancel(); <-done }, nil
 }
 
 // ingest produces count single-recipient requests; rate 0 means as fast as

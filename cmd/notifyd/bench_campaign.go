@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -30,7 +29,6 @@ import (
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/service"
-	"github.com/notifyd/notifyd/sinks"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -218,19 +216,11 @@ func (b campaignBench) run(ctx context.Context) error {
 		cfg.Encryption.MasterKeys = "bench:" + base64.StdEncoding.EncodeToString(key)
 	}
 	cp := &countingProvider{per: make([]atomic.Int32, b.users)}
-	svc := &service.Service{Cfg: cfg, Roles: service.AllInOne, InMemoryState: b.memState,
-		Log:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Providers: map[string][]sinks.Provider{"email": {cp}}}
-	sctx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(sctx) }()
-	select {
-	case <-svc.Ready():
-	case err := <-done:
+	svc, stop, err := startBenchService(ctx, cfg, b.memState, cp)
+	if err != nil {
 		return err
 	}
-	defer func() { stop(); <-done }()
+	defer stop()
 	base := "http://" + svc.HTTPAddr()
 	client := &http.Client{}
 	broker := map[bool]string{true: "a separate broker process", false: "the embedded broker"}[b.external]
