@@ -165,8 +165,9 @@ func (p *Pipeline) campaignStep(ctx goka.Context, c *schemas.Campaign, now time.
 	if done {
 		n.State, n.FinishedAt = processors.CampaignCompleted, now.UnixMilli()
 	}
-	Fault("campaign.after-step") // crash tests: the step emitted, not committed
+	Fault("campaign.after-step") // crash tests: the step emitted, its state not written
 	ctx.SetValue(&n)
+	Fault("campaign.after-state") // crash tests: the state written, the tick not committed: a replay
 }
 
 func (p *Pipeline) campaignStepEvery() time.Duration {
