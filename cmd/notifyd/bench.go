@@ -111,15 +111,7 @@ func runBench(ctx context.Context, args []string) error {
 	}
 	defer os.RemoveAll(dir)
 
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.HTTP.Addr = "127.0.0.1:0"
-	cfg.Kafka.EmbeddedPort = 0
-	cfg.Kafka.Partitions = *partitions
-	cfg.Limits.DefaultPerDay = 0
-	cfg.Analytics.Enabled = withAnalytics
-	cfg.Channels = map[string][]config.Provider{}
-	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
+	cfg := benchConfig(dir, *partitions, withAnalytics)
 	bp := &benchProvider{}
 	svc, stop, err := startBenchService(ctx, cfg, *memState, bp)
 	if err != nil {
@@ -242,6 +234,22 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("  request latency: p50 %s  p99 %s  max %s\n", ms(percentile(apiLat, .5)), ms(percentile(apiLat, .99)), ms(percentile(apiLat, 1)))
 	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 	return nil
+}
+
+// benchConfig is the all-in-one configuration of a bench run: loopback, any
+// free port, no daily caps, the bench key, channels only from the bench's
+// provider.
+func benchConfig(dir string, partitions int, withAnalytics *bool) config.Config {
+	cfg := config.Default()
+	cfg.DataDir = dir
+	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Kafka.EmbeddedPort = 0
+	cfg.Kafka.Partitions = partitions
+	cfg.Limits.DefaultPerDay = 0
+	cfg.Analytics.Enabled = withAnalytics
+	cfg.Channels = map[string][]config.Provider{}
+	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"}}
+	return cfg
 }
 
 // startBenchService runs an all-in-one notifyd of cfg whose email goes to

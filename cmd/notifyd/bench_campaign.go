@@ -192,16 +192,8 @@ func (b campaignBench) run(ctx context.Context) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	cfg := config.Default()
-	cfg.DataDir = dir
-	cfg.HTTP.Addr = "127.0.0.1:0"
-	cfg.Kafka.EmbeddedPort = 0
-	cfg.Kafka.Partitions = b.partitions
-	cfg.Limits.DefaultPerDay = 0
-	cfg.Analytics.Enabled = &b.analytics
-	cfg.Channels = map[string][]config.Provider{}
-	cfg.APIKeys = []config.APIKey{{Name: "bench", Key: "bench-key-0001"},
-		{Name: "approver", Key: "bench-approver-0001", Scopes: []string{"approve"}}}
+	cfg := benchConfig(dir, b.partitions, &b.analytics)
+	cfg.APIKeys = append(cfg.APIKeys, config.APIKey{Name: "approver", Key: "bench-approver-0001", Scopes: []string{"approve"}})
 	if b.external {
 		addr, stop, err := startBrokerProcess(ctx, dir+"/broker", b.partitions)
 		if err != nil {
