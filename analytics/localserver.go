@@ -95,8 +95,9 @@ func startOnce(ctx context.Context, dir string, tcpPort int) (*LocalServer, erro
 	if err != nil {
 		return nil, err
 	}
+	// Its data is the owner's alone, like the rest of notifyd's data directory.
 	for _, d := range []string{"tmp", "user_files", "format_schemas", "log"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			return nil, err
 		}
 	}
@@ -125,7 +126,11 @@ func startOnce(ctx context.Context, dir string, tcpPort int) (*LocalServer, erro
 		"--tcp_port=" + strconv.Itoa(tcpPort), "--http_port=" + strconv.Itoa(httpPort), "--interserver_http_port=" + strconv.Itoa(interPort),
 		"--listen_host=127.0.0.1",
 		"--logger.log=" + filepath.Join(dir, "log", "server.log"), "--logger.errorlog=" + filepath.Join(dir, "log", "error.log"),
-		"--logger.console=0"}
+		"--logger.console=0",
+		// clickhouse-server sets its own umask (027 by default: group may read
+		// the data and logs); it runs as notifyd's user, which 077 leaves
+		// every right it needs.
+		"--umask=077"}
 	// Analytics may lag, delivery may not: on a shared machine the server runs
 	// at a lower CPU priority than notifyd (nice 10). Measured in
 	// docs/PERFORMANCE.md: lower API tail latency, a larger but bounded lag.
@@ -134,7 +139,7 @@ func startOnce(ctx context.Context, dir string, tcpPort int) (*LocalServer, erro
 	}
 	s.cmd = exec.Command(args[0], args[1:]...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // never outlive notifyd
-	out, err := os.Create(filepath.Join(dir, "log", "stdout.log"))
+	out, err := os.OpenFile(filepath.Join(dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
 	}

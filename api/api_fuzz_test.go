@@ -51,7 +51,8 @@ func newTestServer(t testing.TB) *Server {
 	profiles := view(topology.Profiles, topology.ProfileTableCodec())
 	status := view(goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec())
 	tt.SetTableValue(topology.Templates, "t", &schemas.Template{ID: "t", Channels: map[string]schemas.ChannelContent{"email": {Text: "{{.x}}"}}})
-	return &Server{Producer: p, Templates: templates, Profiles: profiles, Status: status,
+	versions := view(topology.TemplateVersions, topology.TemplateTableCodec())
+	return &Server{Producer: p, Templates: templates, TemplateVersions: versions, Profiles: profiles, Status: status,
 		Keys: NewKeys([]config.APIKey{{Name: "k", Key: "k"}}), MaxBodyBytes: 64 << 10, MaxBatch: 10, WriteWait: time.Second}
 }
 

@@ -76,7 +76,10 @@ type configKey struct {
 
 // LoadKeys checks and hashes the configured keys; the plaintext is not kept.
 // A key without scopes holds every scope (admin and tenants) in its tenant,
-// as keys did before scopes existed.
+// as keys did before scopes existed. Each configured key is its own
+// principal, config:<name>, the root of its lineage: two keys with one name
+// (ignoring case and spaces) or one secret are refused, since they would be
+// one approver to the two-person rule.
 func LoadKeys(keys []config.APIKey) (*Keys, error) {
 	k := &Keys{}
 	for i, c := range keys {
@@ -87,9 +90,32 @@ func LoadKeys(keys []config.APIKey) (*Keys, error) {
 		if err != nil {
 			return nil, fmt.Errorf("apiKeys[%d] (%q): %w", i, c.Name, err)
 		}
-		k.keys = append(k.keys, configKey{hash: sha256.Sum256([]byte(c.Key)), p: p})
+		h := sha256.Sum256([]byte(c.Key))
+		for _, o := range k.keys {
+			if config.SameKeyName(o.p.Name, c.Name) {
+				return nil, fmt.Errorf("apiKeys[%d] (%q): another configured key is named %q; names are unique, ignoring case and spaces", i, c.Name, o.p.Name)
+			}
+			if o.hash == h {
+				return nil, fmt.Errorf("apiKeys[%d] (%q): the same key as the configured key %q", i, c.Name, o.p.Name)
+			}
+		}
+		k.keys = append(k.keys, configKey{hash: h, p: p})
 	}
 	return k, nil
+}
+
+// named is the configured key of tenant (stored form) whose name reads as
+// name (config.SameKeyName), or nil.
+func (k *Keys) named(tenant, name string) *Principal {
+	if k == nil {
+		return nil
+	}
+	for _, c := range k.keys {
+		if c.p.Tenant == tenant && config.SameKeyName(c.p.Name, name) {
+			return c.p
+		}
+	}
+	return nil
 }
 
 // NewKeys is LoadKeys for keys known to be valid; it panics on an invalid one.
@@ -102,6 +128,9 @@ func NewKeys(keys []config.APIKey) *Keys {
 }
 
 func configPrincipal(c config.APIKey) (*Principal, error) {
+	if strings.TrimSpace(c.Name) == "" {
+		return nil, fmt.Errorf("a configured key needs a name")
+	}
 	if c.Tenant != "" && !schemas.ValidTenant(c.Tenant) {
 		return nil, fmt.Errorf("tenant %q: want lower-case letters, digits, '_' or '-', at most 63", c.Tenant)
 	}

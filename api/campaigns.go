@@ -81,22 +81,26 @@ type campaignBody struct {
 }
 
 type campaignJSON struct {
-	ID               string               `json:"id"`
-	Tenant           string               `json:"tenant"`
-	Name             string               `json:"name,omitempty"`
-	Template         string               `json:"template"`
-	Priority         string               `json:"priority"`
-	Category         string               `json:"category,omitempty"`
-	Channels         []string             `json:"channels,omitempty"`
-	Audience         audienceJSON         `json:"audience"`
-	Rate             int32                `json:"rate"`
-	SendAt           string               `json:"sendAt,omitempty"`
-	ExpiresAt        string               `json:"expiresAt,omitempty"`
-	LocalTime        string               `json:"localTime,omitempty"`
-	Data             json.RawMessage      `json:"data,omitempty"`
-	State            string               `json:"state"`
-	Reason           string               `json:"reason,omitempty"`
-	CreatedBy        string               `json:"createdBy"`
+	ID        string          `json:"id"`
+	Tenant    string          `json:"tenant"`
+	Name      string          `json:"name,omitempty"`
+	Template  string          `json:"template"`
+	Priority  string          `json:"priority"`
+	Category  string          `json:"category,omitempty"`
+	Channels  []string        `json:"channels,omitempty"`
+	Audience  audienceJSON    `json:"audience"`
+	Rate      int32           `json:"rate"`
+	SendAt    string          `json:"sendAt,omitempty"`
+	ExpiresAt string          `json:"expiresAt,omitempty"`
+	LocalTime string          `json:"localTime,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	State     string          `json:"state"`
+	Reason    string          `json:"reason,omitempty"`
+	CreatedBy string          `json:"createdBy"`
+	// TemplateVersion and TemplateHash are the template version the
+	// campaign sends: what an approval approves, and all fan-out renders.
+	TemplateVersion  int64                `json:"templateVersion,omitempty"`
+	TemplateHash     string               `json:"templateHash,omitempty"`
 	CreatedAt        string               `json:"createdAt"`
 	ApprovalDeadline string               `json:"approvalDeadline,omitempty"`
 	Decisions        []decisionJSON       `json:"decisions"`
@@ -119,12 +123,30 @@ func rfc(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format(time.RFC3339Nano)
 }
 
+// openCampaign is c with its data opened (none when it cannot be: erased).
+func (s *Server) openCampaign(ctx context.Context, c *schemas.Campaign) *schemas.Campaign {
+	if len(c.SealedData) == 0 {
+		return c
+	}
+	o := *c
+	if err := processors.OpenCampaignData(ctx, s.sealer(), &o); err != nil {
+		o.Data = ""
+	}
+	return &o
+}
+
+// campaignJSON is the answer about c, its data opened.
+func (s *Server) campaignJSON(ctx context.Context, c *schemas.Campaign) campaignJSON {
+	return toCampaignJSON(s.openCampaign(ctx, c))
+}
+
 func toCampaignJSON(c *schemas.Campaign) campaignJSON {
 	out := campaignJSON{ID: c.ID, Tenant: schemas.TenantName(c.Tenant), Name: c.Name, Template: c.Template, Priority: c.Priority,
 		Category: c.Category, Channels: c.Channels, Rate: c.Rate, SendAt: rfc(c.SendAt), LocalTime: c.LocalTime, State: c.State,
 		Reason: c.Reason, CreatedBy: c.CreatedByName, CreatedAt: rfc(c.CreatedAt), ApprovalDeadline: rfc(c.ApprovalDeadline),
 		StartedAt: rfc(c.StartedAt), FinishedAt: rfc(c.FinishedAt), Decisions: []decisionJSON{},
-		Fanout: map[string]int64{"targeted": c.Targeted, "scanned": c.Scanned}, ExpiresAt: rfc(c.ExpiresAt)}
+		Fanout: map[string]int64{"targeted": c.Targeted, "scanned": c.Scanned}, ExpiresAt: rfc(c.ExpiresAt),
+		TemplateVersion: c.TemplateVersion, TemplateHash: c.TemplateHash}
 	if c.Data != "" && json.Valid([]byte(c.Data)) {
 		out.Data = json.RawMessage(c.Data)
 	}
@@ -140,6 +162,10 @@ func toCampaignJSON(c *schemas.Campaign) campaignJSON {
 	}
 	if c.State == processors.CampaignPending {
 		out.Links = map[string]string{"approve": "/v1/campaigns/" + c.ID + "/approve", "reject": "/v1/campaigns/" + c.ID + "/reject"}
+		if c.TemplateVersion > 0 {
+			// What the approver approves: read it, preview it.
+			out.Links["templateVersion"] = fmt.Sprintf("/v1/templates/%s/versions/%d", c.Template, c.TemplateVersion)
+		}
 	}
 	for _, d := range c.Decisions {
 		out.Decisions = append(out.Decisions, decisionJSON{CampaignDecision: d, At: rfc(d.At)})
@@ -188,24 +214,32 @@ func (s *Server) createCampaign(w http.ResponseWriter, r *http.Request) {
 func (s *Server) submitCampaign(w http.ResponseWriter, r *http.Request, c *schemas.Campaign) {
 	tenant := c.Tenant
 	p := PrincipalFrom(r.Context())
+	ctx := r.Context()
 	if cur := s.campaign(tenant, c.ID); cur != nil {
-		if cur.CreatedBy == p.KeyID && sameCampaign(cur, c) {
+		if cur.CreatedBy == p.KeyID && sameCampaign(s.openCampaign(ctx, cur), c) {
 			// The creator's retry (a request held for approval sent again
 			// with its event id, or a create whose answer was lost): the
 			// same answer.
-			writeJSON(w, http.StatusAccepted, toCampaignJSON(cur))
+			writeJSON(w, http.StatusAccepted, s.campaignJSON(ctx, cur))
 			return
 		}
 		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Field: "id", Message: fmt.Sprintf("campaign %q exists (%s)", c.ID, cur.State)})
 		return
 	}
-	c.CreatedBy, c.CreatedByName, c.CreatedAt = p.KeyID, p.Name, s.now().UnixMilli()
-	cmd := &schemas.CampaignCommand{Op: processors.OpCreate, Tenant: tenant, CampaignID: c.ID, By: p.KeyID, ByName: p.Name,
-		At: c.CreatedAt, Campaign: *c}
+	c.CreatedBy, c.CreatedByName, c.CreatedAt, c.TemplateSetBy = p.KeyID, p.Name, s.now().UnixMilli(), p.KeyID
 	if err := processors.ValidateCampaign(c); err != nil {
 		writeError(w, campaignFieldError(err))
 		return
 	}
+	// The data (a request held for approval carries its request's) is
+	// sealed under the campaign's own key, like every data on a topic.
+	sealed := *c
+	if err := processors.SealCampaignData(ctx, s.sealer(), &sealed); err != nil {
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: err.Error()})
+		return
+	}
+	cmd := &schemas.CampaignCommand{Op: processors.OpCreate, Tenant: tenant, CampaignID: c.ID, By: p.KeyID, ByName: p.Name,
+		At: c.CreatedAt, Campaign: sealed}
 	noteResource(r.Context(), "campaign", c.ID)
 	got, apiErr := s.campaignCommand(r.Context(), cmd, func(cur *schemas.Campaign) bool { return cur != nil })
 	if apiErr != nil {
@@ -217,11 +251,11 @@ func (s *Server) submitCampaign(w http.ResponseWriter, r *http.Request, c *schem
 			Message: fmt.Sprintf("campaign %q is written but not yet readable; GET /v1/campaigns/%s to confirm", c.ID, c.ID)})
 		return
 	}
-	if (got.CreatedAt != c.CreatedAt || got.CreatedBy != c.CreatedBy) && !(got.CreatedBy == c.CreatedBy && sameCampaign(got, c)) {
+	if (got.CreatedAt != c.CreatedAt || got.CreatedBy != c.CreatedBy) && !(got.CreatedBy == c.CreatedBy && sameCampaign(s.openCampaign(ctx, got), c)) {
 		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Field: "id", Message: fmt.Sprintf("campaign %q exists", c.ID)})
 		return
 	}
-	writeJSON(w, http.StatusAccepted, toCampaignJSON(got))
+	writeJSON(w, http.StatusAccepted, s.campaignJSON(ctx, got))
 }
 
 // sameCampaign tells whether created (as stored) is what c asks for again.
@@ -258,11 +292,18 @@ func (s *Server) toCampaign(ctx context.Context, b *campaignBody) (*schemas.Camp
 	if tmpl == nil {
 		return nil, &Error{Status: http.StatusBadRequest, Code: "unknown_template", Field: "template", Message: fmt.Sprintf("unknown template %q", b.Template)}
 	}
-	if apiErr := checkCategory(ctx, &sendBody{Category: b.Category}, tmpl, "category"); apiErr != nil {
+	if err := processors.ValidateCategory(b.Category); err != nil {
+		return nil, invalid("category", "%v", err)
+	}
+	category, apiErr := checkCategory(ctx, &sendBody{Category: b.Category}, tmpl, "category")
+	if apiErr != nil {
 		return nil, apiErr
 	}
+	// The campaign sends the template version it was created with (what its
+	// approver approves), under the category it was authorized for.
 	c := &schemas.Campaign{ID: b.ID, Tenant: tenant, Name: b.Name, Template: b.Template, Priority: b.Priority,
-		Category: b.Category, Channels: b.Channels, Rate: b.Rate, LocalTime: b.LocalTime}
+		Category: category, Channels: b.Channels, Rate: b.Rate, LocalTime: b.LocalTime,
+		TemplateVersion: tmpl.Version, TemplateHash: processors.VersionHash(tmpl)}
 	if len(b.Data) > 0 && string(b.Data) != "null" {
 		c.Data = string(b.Data)
 	}
@@ -347,7 +388,7 @@ func (s *Server) getCampaign(w http.ResponseWriter, r *http.Request) {
 		writeError(w, notFound("campaign", id))
 		return
 	}
-	out := toCampaignJSON(c)
+	out := s.campaignJSON(r.Context(), c)
 	if s.Campaigns.Progress != nil && c.StartedAt > 0 {
 		p, err := s.Campaigns.Progress(r.Context(), processors.CampaignNotificationPrefix(c.Tenant, c.ID))
 		if err != nil {
@@ -395,13 +436,18 @@ func (s *Server) listCampaigns(w http.ResponseWriter, r *http.Request) {
 	newest()
 	out := make([]campaignJSON, 0, len(all))
 	for _, c := range all {
-		out = append(out, toCampaignJSON(c))
+		out = append(out, s.campaignJSON(r.Context(), c))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"campaigns": out})
 }
 
 type decisionBody struct {
 	Comment string `json:"comment"`
+	// TemplateVersion and TemplateHash name the template version the
+	// approver read (optional): an approval of another one than the
+	// campaign sends is 409.
+	TemplateVersion int64  `json:"templateVersion"`
+	TemplateHash    string `json:"templateHash"`
 }
 
 // decide answers POST /v1/campaigns/{id}/{approve,reject,cancel,pause,resume}.
@@ -441,7 +487,12 @@ func (s *Server) decide(op string) http.HandlerFunc {
 			return
 		}
 		p := PrincipalFrom(ctx)
-		cmd := &schemas.CampaignCommand{Op: op, Tenant: tenant, CampaignID: id, By: p.KeyID, ByName: p.Name, Comment: b.Comment, At: s.now().UnixMilli()}
+		cmd := &schemas.CampaignCommand{Op: op, Tenant: tenant, CampaignID: id, By: p.KeyID, ByName: p.Name, Comment: b.Comment, At: s.now().UnixMilli(),
+			TemplateVersion: b.TemplateVersion, TemplateHash: b.TemplateHash}
+		if op != processors.OpApprove && op != processors.OpReject && (b.TemplateVersion != 0 || b.TemplateHash != "") {
+			writeError(w, invalid("templateVersion", "only an approval or a rejection names a template version"))
+			return
+		}
 		// The group decides; asking it first here answers the caller with
 		// the reason instead of a silent no-op.
 		if _, err := processors.CampaignTransition(c, cmd, s.now()); err != nil {
@@ -450,6 +501,10 @@ func (s *Server) decide(op string) http.HandlerFunc {
 				status = http.StatusForbidden
 			}
 			writeError(w, &Error{Status: status, Code: map[int]string{403: "forbidden", 409: "conflict"}[status], Message: err.Error()})
+			return
+		}
+		if apiErr := s.checkDecider(op, p, c); apiErr != nil { // the creator's whole lineage (lineage.go)
+			writeError(w, apiErr)
 			return
 		}
 		if op == processors.OpReject && strings.TrimSpace(b.Comment) == "" {
@@ -480,8 +535,84 @@ func (s *Server) decide(op string) http.HandlerFunc {
 			writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Message: "the campaign changed meanwhile; read it again"})
 			return
 		}
-		writeJSON(w, http.StatusOK, toCampaignJSON(got))
+		writeJSON(w, http.StatusOK, s.campaignJSON(ctx, got))
 	}
+}
+
+type templatePinBody struct {
+	Version int64  `json:"version"`
+	Comment string `json:"comment"`
+}
+
+// POST /v1/campaigns/{id}/template {"version": n}: the campaign sends
+// version n of its template instead, once a new approval approves it (it is
+// pending approval again). Allowed while it is pending, approved and not
+// started, or paused.
+func (s *Server) pinCampaignTemplate(w http.ResponseWriter, r *http.Request) {
+	if s.Campaigns == nil {
+		writeError(w, campaignsUnavailable())
+		return
+	}
+	var b templatePinBody
+	if err := decode(r, 64<<10, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Version < 1 {
+		writeError(w, invalid("version", "version is required: a version number of the campaign's template"))
+		return
+	}
+	if len(b.Comment) > 1000 {
+		writeError(w, invalid("comment", "comment must be at most 1000 bytes"))
+		return
+	}
+	ctx := r.Context()
+	tenant, id := tenantFrom(ctx), r.PathValue("id")
+	c := s.campaign(tenant, id)
+	if c == nil {
+		writeError(w, notFound("campaign", id))
+		return
+	}
+	s.sync(ctx, s.TemplateVersions, schemas.TemplateVersionKey(tenant, c.Template, b.Version))
+	t := s.templateVersion(tenant, c.Template, b.Version)
+	if t == nil {
+		writeError(w, &Error{Status: http.StatusNotFound, Code: "not_found", Field: "version",
+			Message: fmt.Sprintf("template %q has no version %d", c.Template, b.Version)})
+		return
+	}
+	// Authorized as a creation would be: a transactional campaign whose new
+	// version is not becomes that version's category; any other keeps its
+	// own, which the version must allow, and transactional needs its scope.
+	category := c.Category
+	if tc := processors.Category(&schemas.Notification{}, t); category == processors.CategoryTransactional && tc != category {
+		category = tc
+	}
+	category, apiErr := checkCategory(ctx, &sendBody{Category: category}, t, "version")
+	if apiErr != nil {
+		writeError(w, apiErr)
+		return
+	}
+	p := PrincipalFrom(ctx)
+	cmd := &schemas.CampaignCommand{Op: processors.OpTemplate, Tenant: tenant, CampaignID: id, By: p.KeyID, ByName: p.Name,
+		Comment: b.Comment, At: s.now().UnixMilli(), TemplateVersion: t.Version, TemplateHash: processors.VersionHash(t),
+		Campaign: schemas.Campaign{Category: category}}
+	if _, err := processors.CampaignTransition(c, cmd, s.now()); err != nil {
+		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Message: err.Error()})
+		return
+	}
+	noteResource(ctx, "campaign", id)
+	n := len(c.Decisions)
+	got, apiErr := s.campaignCommand(ctx, cmd, func(cur *schemas.Campaign) bool { return cur != nil && len(cur.Decisions) > n })
+	if apiErr != nil {
+		writeError(w, apiErr)
+		return
+	}
+	if got == nil || len(got.Decisions) <= n || got.Decisions[len(got.Decisions)-1].By != p.KeyID {
+		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+			Message: fmt.Sprintf("the change is written but not yet readable; GET /v1/campaigns/%s to confirm", id)})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.campaignJSON(ctx, got))
 }
 
 // writeCancel writes a cancellation and waits until this instance's view of
@@ -567,7 +698,8 @@ func (s *Server) holdForApproval(w http.ResponseWriter, r *http.Request, req *sc
 	}
 	c := &schemas.Campaign{Tenant: req.Tenant, Name: "request " + processors.Clip(req.EventID, 180), Template: req.Template, Data: req.Data,
 		Priority: priority, Category: req.Category, Channels: req.Channels, SendAt: req.SendAt, ExpiresAt: req.ExpiresAt,
-		LocalTime: req.LocalTime, AudienceKind: processors.AudienceUsers}
+		LocalTime: req.LocalTime, AudienceKind: processors.AudienceUsers,
+		TemplateVersion: req.TemplateVersion, TemplateHash: req.TemplateHash}
 	h := sha256.Sum256([]byte(req.EventID))
 	c.ID = "req-" + hex.EncodeToString(h[:12])
 	seen := map[string]bool{} // a user listed twice gets one message

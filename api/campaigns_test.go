@@ -299,10 +299,13 @@ func TestCampaignDecisionBadInput(t *testing.T) {
 
 	var cases []badRequest
 	for _, op := range []string{"approve", "reject", "cancel", "pause", "resume"} {
-		for _, id := range []string{"nope", "a%7Cb", "a%2Fb", strings.Repeat("c", 65)} {
+		for _, id := range []string{"nope", "a%2Fb", strings.Repeat("c", 65)} {
 			cases = append(cases, badRequest{name: op + " unknown " + id, method: "POST", path: "/v1/campaigns/" + id + "/" + op,
 				status: 404, code: "not_found"})
 		}
+		// An id with the tenant separator is no id at all.
+		cases = append(cases, badRequest{name: op + " separator", method: "POST", path: "/v1/campaigns/a%7Cb/" + op,
+			status: 400, code: "invalid_argument", field: "id"})
 	}
 	cases = append(cases, badRequest{name: "get unknown", method: "GET", path: "/v1/campaigns/nope", status: 404, code: "not_found"})
 	decide := func(name, op, id, body string, status int, code, field string) badRequest {
@@ -326,6 +329,17 @@ func TestCampaignDecisionBadInput(t *testing.T) {
 		decide("resume a pending campaign", "resume", "spring", ``, 409, "conflict", ""),
 		decide("approve a rejected campaign", "approve", "rejected", ``, 409, "conflict", ""),
 		decide("cancel a rejected campaign", "cancel", "rejected", ``, 409, "conflict", ""),
+		decide("a template version on a cancel", "cancel", "spring", `{"templateVersion": 1}`, 400, bad, "templateVersion"),
+		decide("templateVersion not a number", "approve", "spring", `{"templateVersion": "1"}`, 400, bad, "templateVersion"),
+		decide("approval of another version", "approve", "spring", `{"templateVersion": 99}`, 409, "conflict", ""),
+		decide("approval of another hash", "approve", "spring", `{"templateHash": "sha256:00"}`, 409, "conflict", ""),
+		decide("re-pin without a version", "template", "spring", `{}`, 400, bad, "version"),
+		decide("re-pin to version 0", "template", "spring", `{"version": 0}`, 400, bad, "version"),
+		decide("re-pin to a missing version", "template", "spring", `{"version": 99}`, 404, "not_found", "version"),
+		decide("re-pin unknown field", "template", "spring", `{"version": 1, "hash": "x"}`, 400, bad, "hash"),
+		decide("re-pin not JSON", "template", "spring", `{"version": `, 400, bad, ""),
+		decide("re-pin an unknown campaign", "template", "nope", `{"version": 1}`, 404, "not_found", ""),
+		decide("re-pin a rejected campaign", "template", "rejected", `{"version": 1}`, 409, "conflict", ""),
 	)
 	e.refuse(t, cases)
 

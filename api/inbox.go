@@ -79,9 +79,9 @@ func (s *Server) inboxRoutes(mux *http.ServeMux) {
 	if s.Inbox == nil {
 		return
 	}
-	mux.Handle("GET /v1/inbox/{userId}/token", s.instrument("GET /v1/inbox/{userId}/token", s.authenticate(ScopeInboxToken, http.HandlerFunc(s.inboxToken))))
+	s.route(mux, "GET /v1/inbox/{userId}/token", s.authenticate(ScopeInboxToken, pathIDs("GET /v1/inbox/{userId}/token", http.HandlerFunc(s.inboxToken))))
 	user := func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.instrument(pattern, s.inboxCORS(s.inboxAuth(h))))
+		s.route(mux, pattern, s.inboxCORS(s.inboxAuth(pathIDs(pattern, h))))
 	}
 	user("GET /v1/inbox/{userId}/messages", s.inboxList)
 	user("GET /v1/inbox/{userId}/count", s.inboxCount)
@@ -90,9 +90,9 @@ func (s *Server) inboxRoutes(mux *http.ServeMux) {
 	user("POST /v1/inbox/{userId}/read-all", s.inboxAll(processors.InboxReadAll))
 	user("POST /v1/inbox/{userId}/seen-all", s.inboxAll(processors.InboxSeenAll))
 	user("GET /v1/inbox/{userId}/stream", s.inboxStream)
-	mux.Handle("OPTIONS /v1/inbox/{userId}/", s.inboxCORS(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.route(mux, "OPTIONS /v1/inbox/{userId}/", s.inboxCORS(pathIDs("OPTIONS /v1/inbox/{userId}/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
-	})))
+	}))))
 }
 
 func (s *Server) inboxToken(w http.ResponseWriter, r *http.Request) {

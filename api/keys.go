@@ -11,9 +11,11 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
+	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/schemas"
 	"github.com/notifyd/notifyd/topology"
 )
@@ -153,6 +155,55 @@ func keyStatus(k *schemas.APIKey, now time.Time) string {
 	return "active"
 }
 
+// allKeys reads every managed key of every tenant from the view, revoked and
+// expired ones included.
+func (s *Server) allKeys() ([]*schemas.APIKey, *Error) {
+	it, err := s.ManagedKeys.Iterator()
+	if err != nil {
+		return nil, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: err.Error()}
+	}
+	defer it.Release()
+	var out []*schemas.APIKey
+	for it.Next() {
+		v, err := it.Value()
+		if k := keyRecord(v); err == nil && k != nil && k.ID != "" {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// keyWrites makes the check and the write of a key's name, and of a
+// rotation's predecessor, one step on this process: two requests here
+// cannot both take a name or both rotate one key. Two API instances still
+// can, within the lag of their views.
+var keyWrites sync.Mutex
+
+// checkNameFree refuses (409) a new key's name that another key of tenant
+// holds: a configured key, or a managed key that is not revoked (a revoked
+// key's name may be used again; an expired key keeps its name until it is
+// revoked). Names compare as config.SameKeyName does.
+func (s *Server) checkNameFree(tenant, name string) *Error {
+	taken := func(id string) *Error {
+		return &Error{Status: http.StatusConflict, Code: "conflict", Field: "name", Message: fmt.Sprintf(
+			"tenant %q has a key named %q (key %s; names compare ignoring case and spaces): choose another name, or revoke that key first",
+			schemas.TenantName(tenant), name, id)}
+	}
+	if p := s.Keys.named(tenant, name); p != nil {
+		return taken(p.KeyID)
+	}
+	keys, err := s.allKeys()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if k.Tenant == tenant && k.RevokedAt == 0 && config.SameKeyName(k.Name, name) {
+			return taken(k.ID)
+		}
+	}
+	return nil
+}
+
 // ---- HTTP
 
 type keyBody struct {
@@ -187,7 +238,7 @@ type keyJSON struct {
 func (s *Server) fromKey(k *schemas.APIKey) keyJSON {
 	out := keyJSON{ID: k.ID, Name: k.Name, Tenant: schemas.TenantName(k.Tenant), Scopes: k.Scopes,
 		Status: keyStatus(k, s.now()), CreatedAt: millis(k.CreatedAt), CreatedBy: k.CreatedBy,
-		RotatedTo: k.RotatedTo, RateLimit: k.RateLimit, Burst: k.Burst}
+		RotatedTo: k.RotatedTo, Replaces: k.Replaces, RateLimit: k.RateLimit, Burst: k.Burst}
 	if out.Scopes == nil {
 		out.Scopes = []string{}
 	}
@@ -220,6 +271,8 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := PrincipalFrom(r.Context())
+	keyWrites.Lock()
+	defer keyWrites.Unlock()
 	rec, err := s.newKeyRecord(p, b)
 	if err != nil {
 		writeError(w, err)
@@ -238,14 +291,15 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // newKeyRecord checks a key request against its creator: a key is never
-// more powerful than the key that creates it (scopes, tenant, expiry, rate).
+// more powerful than the key that creates it (scopes, tenant, expiry, rate),
+// and its name, trimmed, is its tenant's only one.
 func (s *Server) newKeyRecord(p *Principal, b keyBody) (*schemas.APIKey, *Error) {
 	now := s.now()
 	rec := &schemas.APIKey{CreatedAt: now.UnixMilli(), CreatedBy: p.KeyID}
-	if err := checkKeyName(b.Name); err != nil {
+	rec.Name = strings.TrimSpace(b.Name)
+	if err := checkKeyName(rec.Name); err != nil {
 		return nil, err
 	}
-	rec.Name = b.Name
 	scopes, err := grantable(p, b.Scopes)
 	if err != nil {
 		return nil, err
@@ -262,12 +316,15 @@ func (s *Server) newKeyRecord(p *Principal, b keyBody) (*schemas.APIKey, *Error)
 		return nil, err
 	}
 	rec.RateLimit, rec.Burst = rl, int32(burst)
+	if err := s.checkNameFree(rec.Tenant, rec.Name); err != nil {
+		return nil, err
+	}
 	return rec, nil
 }
 
 func checkKeyName(name string) *Error {
 	if name == "" || len(name) > 100 {
-		return invalid("name", "name is required, at most 100 bytes")
+		return invalid("name", "name is required (spaces around it do not count), at most 100 bytes")
 	}
 	for _, c := range name {
 		if !unicode.IsPrint(c) {
@@ -509,6 +566,12 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	keyWrites.Lock()
+	defer keyWrites.Unlock()
+	if old, err = s.visibleKey(r); err != nil { // again: another rotation may have just retired it
+		writeError(w, err)
+		return
+	}
 	p := PrincipalFrom(r.Context())
 	if err := manageable(p, old); err != nil {
 		writeError(w, err)
@@ -519,9 +582,16 @@ func (s *Server) rotateKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Message: fmt.Sprintf("key %s is %s: only an active key can be rotated", old.ID, st)})
 		return
 	}
+	if old.RotatedTo != "" {
+		// In its overlap: a second successor would be a second live key.
+		writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Message: fmt.Sprintf(
+			"key %s was already rotated to key %s and works only until %s: rotate key %s instead", old.ID, old.RotatedTo, millis(old.ExpiresAt), old.RotatedTo)})
+		return
+	}
 	next := *old
 	id, key, hash := newManagedKey()
 	next.ID, next.Hash, next.CreatedAt, next.CreatedBy, next.RotatedTo = id, hash, now.UnixMilli(), p.KeyID, ""
+	next.Replaces = old.ID // in the record that creates it: one principal from the start
 	if err := s.putKey(r.Context(), &next); err != nil {
 		writeError(w, err)
 		return

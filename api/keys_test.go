@@ -61,12 +61,13 @@ func newKeysEnv(t *testing.T, keys ...config.APIKey) *keysEnv {
 		startView(t, brokers, topology.Profiles, topology.ProfileTableCodec()),
 		startView(t, brokers, goka.GroupTable(topology.StatusGroup), topology.LifecycleTableCodec()),
 		startView(t, brokers, goka.Table(KeysTopic), schemas.Lenient[schemas.APIKey]{C: schemas.APIKeyCodec}),
+		startView(t, brokers, topology.TemplateVersions, topology.TemplateTableCodec()),
 	}
 	for _, v := range views {
 		awaitRecovered(t, ctx, v)
 	}
 	e := &keysEnv{t: t, brokers: brokers, now: time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)}
-	e.srv = &Server{Producer: p, Templates: views[0], Profiles: views[1], Status: views[2], ManagedKeys: views[3],
+	e.srv = &Server{Producer: p, Templates: views[0], Profiles: views[1], Status: views[2], ManagedKeys: views[3], TemplateVersions: views[4],
 		Keys: NewKeys(append([]config.APIKey{{Name: "root", Key: rootKey}}, keys...)), MaxBodyBytes: 64 << 10,
 		MaxBatch: 10, WriteWait: 5 * time.Second, Now: e.clock, Inbox: &Inbox{Secret: []byte("inbox-secret-0123456789")}}
 	e.h = e.srv.Handler()
@@ -176,6 +177,7 @@ var routeScopes = []struct {
 	{"POST", "/v1/campaigns/c1/cancel", `{}`, ScopeSend},
 	{"POST", "/v1/campaigns/c1/pause", `{}`, ScopeSend},
 	{"POST", "/v1/campaigns/c1/resume", `{}`, ScopeSend},
+	{"POST", "/v1/campaigns/c1/template", `{"version": 1}`, ScopeSend},
 	{"POST", "/v1/topics/t1/subscribers", `{}`, ScopeProfilesWrite},
 	{"DELETE", "/v1/topics/t1/subscribers/u1", ``, ScopeProfilesWrite},
 	{"GET", "/v1/topics/t1/subscribers", ``, ScopeProfilesRead},
@@ -194,6 +196,8 @@ var routeScopes = []struct {
 	{"GET", "/v1/templates", ``, ScopeTemplatesRead},
 	{"DELETE", "/v1/templates/t1", ``, ScopeTemplatesWrite},
 	{"POST", "/v1/templates/t1/preview", `{}`, ScopeTemplatesRead},
+	{"GET", "/v1/templates/t1/versions", ``, ScopeTemplatesRead},
+	{"GET", "/v1/templates/t1/versions/1", ``, ScopeTemplatesRead},
 	{"POST", "/v1/receipts", `{}`, ScopeReceiptsWrite},
 	{"GET", "/v1/analytics/summary", ``, ScopeAnalyticsRead},
 	{"GET", "/v1/analytics/latency", ``, ScopeAnalyticsRead},
@@ -204,6 +208,21 @@ var routeScopes = []struct {
 	{"GET", "/v1/keys/0123456789abcdef", ``, ScopeAdmin},
 	{"DELETE", "/v1/keys/0123456789abcdef", ``, ScopeAdmin},
 	{"POST", "/v1/keys/0123456789abcdef/rotate", `{}`, ScopeAdmin},
+}
+
+// sameShape tells whether a concrete path fits a route pattern: every
+// segment equal, or a wildcard.
+func sameShape(concrete, pattern string) bool {
+	c, p := strings.Split(concrete, "/"), strings.Split(pattern, "/")
+	if len(c) != len(p) {
+		return false
+	}
+	for i := range c {
+		if c[i] != p[i] && !strings.HasPrefix(p[i], "{") {
+			return false
+		}
+	}
+	return true
 }
 
 // allBut is every scope except scope and those that imply it.
@@ -231,6 +250,27 @@ func TestEveryRouteNeedsItsScope(t *testing.T) {
 	}
 	t.Parallel()
 	e := newKeysEnv(t, keys...)
+	// The list below covers every route that takes an API key: a route
+	// added without its line here fails this test.
+	listed := map[string]bool{}
+	for _, rt := range routeScopes {
+		listed[rt.method+" "+rt.path] = true
+	}
+	for _, pattern := range e.srv.Routes() {
+		method, path, _ := strings.Cut(pattern, " ")
+		if strings.HasPrefix(path, "/t/") || path == "/v1/receipts/{provider}" ||
+			(strings.HasPrefix(path, "/v1/inbox/") && !strings.HasSuffix(path, "/token")) {
+			continue // authenticated by a token or a provider's signature, not a key
+		}
+		found := false
+		for l := range listed {
+			lm, lp, _ := strings.Cut(l, " ")
+			found = found || (lm == method && sameShape(lp, path))
+		}
+		if !found {
+			t.Errorf("route %s is not in routeScopes", pattern)
+		}
+	}
 	for _, rt := range routeScopes {
 		t.Run(rt.method+" "+rt.path, func(t *testing.T) {
 			rec := e.do("without-"+rt.scope, rt.method, rt.path, rt.body)

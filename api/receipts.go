@@ -69,13 +69,14 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		at := s.now()
+		var given bool
 		if rc.At != "" {
 			t, err := time.Parse(time.RFC3339, rc.At)
 			if err != nil {
 				writeError(w, invalid(f("at"), "at must be an RFC 3339 time: %v", err))
 				return
 			}
-			at = t
+			at, given = t, true
 		}
 		lc := s.lifecycle(r.Context(), rc.NotificationID)
 		if lc == nil || lc.Tenant != tenantFrom(r.Context()) {
@@ -89,6 +90,11 @@ func (s *Server) receipts(w http.ResponseWriter, r *http.Request) {
 			writeError(w, &Error{Status: http.StatusForbidden, Code: "wrong_provider", Field: f("provider"),
 				Message: fmt.Sprintf("notification %q was not handed to provider %q on channel %s: only the provider that sent it may report on it",
 					rc.NotificationID, rc.Provider, rc.Channel)})
+			return
+		}
+		if lo, hi := receiptWindow(lc, s.now()); given && (at.Before(lo) || at.After(hi)) {
+			writeError(w, invalid(f("at"), "at must be between %s (the notification's acceptance, less %s of clock skew) and %s (now, plus %s): got %s",
+				lo.UTC().Format(time.RFC3339), maxReceiptBeforeAcceptance, hi.UTC().Format(time.RFC3339), maxReceiptAhead, rc.At))
 			return
 		}
 		ev := receiptEvent(lc, rc.Channel, rc.Provider, rc.Status, rc.Reason, rc.ProviderMessageID, at)
@@ -144,7 +150,7 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var recs []*kgo.Record
-	recorded, unknown := 0, 0
+	recorded, unknown, replaced := 0, 0, 0
 	var firstUnknown string
 	for _, rc := range receipts {
 		if rc.Status == "" {
@@ -162,9 +168,18 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		recorded++
+		// The provider's time, when it gave a plausible one; a time before the
+		// notification or in the future (a wrong clock, a garbled field) is
+		// replaced by when the callback came, as a missing one is: the status
+		// the provider signed is still recorded.
+		now := s.now()
 		at := rc.At
+		if lo, hi := receiptWindow(lc, now); !at.IsZero() && (at.Before(lo) || at.After(hi)) {
+			replaced++
+			at = time.Time{}
+		}
 		if at.IsZero() {
-			at = s.now()
+			at = now
 		}
 		channel := src.Channel
 		ev := receiptEvent(lc, channel, name, rc.Status, rc.Reason, rc.ProviderMessageID, at)
@@ -181,6 +196,9 @@ func (s *Server) providerReceipts(w http.ResponseWriter, r *http.Request) {
 				recs = append(recs, &kgo.Record{Topic: string(topology.Feedback), Key: []byte(schemas.TenantKey(lc.Tenant, lc.UserID)), Value: fb})
 			}
 		}
+	}
+	if replaced > 0 {
+		s.logger().Warn("provider callback: event times out of bounds replaced by the time received", "provider", name, "events", replaced)
 	}
 	if unknown > 0 && recorded == 0 {
 		writeError(w, notFound("notification", firstUnknown))
@@ -217,12 +235,48 @@ func (s *Server) providerHandshake(w http.ResponseWriter, r *http.Request) {
 
 // receiptEvent is the status event of a receipt about a known notification:
 // tenant, template, category and priority come from its lifecycle, so
-// analytics per template and tenant count it.
+// analytics per template and tenant count it. The receipt's free text — the
+// reason and the message id a caller or a provider's callback wrote — enters
+// notifyd here, for both endpoints, through processors.Redact.
 func receiptEvent(lc *schemas.Lifecycle, channel, provider, status, reason, providerMessageID string, at time.Time) *schemas.StatusEvent {
 	return &schemas.StatusEvent{ID: processors.StatusEventID(lc.ID, status, channel, 0),
 		NotificationID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Tenant: lc.Tenant, Campaign: lc.Campaign,
 		Channel: channel, Priority: lc.Priority, Category: lc.Category, Provider: provider, Status: status,
-		Reason: processors.Clip(reason, processors.MaxReason), ProviderMessageID: providerMessageID, At: at.UnixMilli()}
+		Reason:            processors.Redact(reason, nil, processors.MaxReason),
+		ProviderMessageID: processors.Redact(providerMessageID, nil, maxReceiptMessageID), At: at.UnixMilli()}
+}
+
+// maxReceiptMessageID bounds a receipt's provider message id (Twilio's are
+// 34 bytes, SendGrid's and WhatsApp's under 100).
+const maxReceiptMessageID = 256
+
+// A receipt's time must be plausible: a provider reports on a message after
+// notifyd accepted it, and not later than now. The allowances absorb the
+// clocks of providers, relays and notifyd's own hosts.
+const (
+	// maxReceiptAhead: how far past notifyd's clock a receipt's time may be.
+	maxReceiptAhead = 5 * time.Minute
+	// maxReceiptBeforeAcceptance: how far before the notification's
+	// acceptance (its first status) a receipt's time may be.
+	maxReceiptBeforeAcceptance = 5 * time.Minute
+)
+
+// receiptWindow is the span a receipt's time about lc must fall in at now.
+// The acceptance is the first status of the history; when older history was
+// dropped it is unknown, and only the Unix epoch bounds the past (ClickHouse
+// DateTime starts there).
+func receiptWindow(lc *schemas.Lifecycle, now time.Time) (lo, hi time.Time) {
+	lo = time.Unix(0, 0)
+	if len(lc.History) > 0 && lc.DroppedHistory == 0 {
+		first := lc.History[0].At
+		for _, h := range lc.History[1:] { // sorted by the status group; not trusted to be
+			first = min(first, h.At)
+		}
+		if t := time.UnixMilli(first).Add(-maxReceiptBeforeAcceptance); t.After(lo) {
+			lo = t
+		}
+	}
+	return lo, now.Add(maxReceiptAhead)
 }
 
 // sentBy tells whether provider was handed the notification on channel: a

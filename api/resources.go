@@ -2,12 +2,10 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
-	"sort"
 	"strings"
 	"time"
 
@@ -73,19 +71,21 @@ type historyJSON struct {
 }
 
 type statusJSON struct {
-	ID             string            `json:"id"`
-	EventID        string            `json:"eventId"`
-	UserID         string            `json:"userId"`
-	Template       string            `json:"template"`
-	Priority       string            `json:"priority,omitempty"`
-	Category       string            `json:"category,omitempty"`
-	Campaign       string            `json:"campaign,omitempty"`
-	Channel        string            `json:"channel,omitempty"`
-	Provider       string            `json:"provider,omitempty"`
-	Status         string            `json:"status"`
-	Channels       map[string]string `json:"channels,omitempty"`
-	History        []historyJSON     `json:"history"`
-	DroppedHistory int32             `json:"droppedHistory,omitempty"`
+	ID       string `json:"id"`
+	EventID  string `json:"eventId"`
+	UserID   string `json:"userId"`
+	Template string `json:"template"`
+	Priority string `json:"priority,omitempty"`
+	Category string `json:"category,omitempty"`
+	Campaign string `json:"campaign,omitempty"`
+	// TemplateVersion is the template version it renders (0: not known yet).
+	TemplateVersion int64             `json:"templateVersion,omitempty"`
+	Channel         string            `json:"channel,omitempty"`
+	Provider        string            `json:"provider,omitempty"`
+	Status          string            `json:"status"`
+	Channels        map[string]string `json:"channels,omitempty"`
+	History         []historyJSON     `json:"history"`
+	DroppedHistory  int32             `json:"droppedHistory,omitempty"`
 }
 
 func millis(ms int64) string { return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z07:00") }
@@ -105,7 +105,7 @@ func (s *Server) getStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := statusJSON{ID: lc.ID, EventID: lc.EventID, UserID: lc.UserID, Template: lc.Template, Priority: lc.Priority,
-		Category: lc.Category, Campaign: lc.Campaign, Channel: lc.Channel, Provider: lc.Provider, Status: lc.Status, Channels: lc.Channels,
+		Category: lc.Category, Campaign: lc.Campaign, TemplateVersion: lc.TemplateVersion, Channel: lc.Channel, Provider: lc.Provider, Status: lc.Status, Channels: lc.Channels,
 		DroppedHistory: lc.DroppedHistory, History: []historyJSON{}}
 	for _, h := range lc.History {
 		out.History = append(out.History, historyJSON{Status: h.Status, At: millis(h.At), Reason: h.Reason, Channel: h.Channel, Provider: h.Provider})
@@ -217,6 +217,11 @@ func (b *profileJSON) toProfile(userID string) (*schemas.Profile, *Error) {
 	}
 	p.Preferences = schemas.Preferences{UnsubscribedAll: b.Preferences.UnsubscribedAll, Categories: b.Preferences.Categories}
 	for cat, chs := range b.Preferences.Categories {
+		if cat != "*" {
+			if err := processors.ValidateCategory(cat); err != nil {
+				return nil, invalid("preferences.categories."+processors.Clip(cat, 64), "%v", err)
+			}
+		}
 		for ch := range chs {
 			if ch != "all" && !processors.KnownChannel(ch) {
 				return nil, invalid("preferences.categories."+cat+"."+ch, "unknown channel %q", ch)
@@ -354,198 +359,4 @@ func (s *Server) deleteProfile(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.WriteHeader(http.StatusNoContent)
-}
-
-// ---- templates
-
-type templateJSON struct {
-	ID       string                                       `json:"id,omitempty"`
-	Category string                                       `json:"category,omitempty"`
-	Priority string                                       `json:"priority,omitempty"`
-	Channels map[string]schemas.ChannelContent            `json:"channels"`
-	Locales  map[string]map[string]schemas.ChannelContent `json:"locales,omitempty"`
-	// Digest collects a user's events of this template within a window
-	// into one notification (data "digest": count, items, more).
-	Digest    *digestJSON `json:"digest,omitempty"`
-	UpdatedAt string      `json:"updatedAt,omitempty"`
-}
-
-type digestJSON struct {
-	Window string `json:"window"`
-	Max    int32  `json:"max,omitempty"`
-}
-
-func fromTemplate(t *schemas.Template) templateJSON {
-	out := templateJSON{ID: t.ID, Category: t.Category, Priority: t.Priority, Channels: t.Channels, Locales: t.Locales}
-	if t.DigestWindowMs > 0 {
-		out.Digest = &digestJSON{Window: (time.Duration(t.DigestWindowMs) * time.Millisecond).String(), Max: t.DigestMax}
-	}
-	if t.UpdatedAt > 0 {
-		out.UpdatedAt = millis(t.UpdatedAt)
-	}
-	return out
-}
-
-func (s *Server) putTemplate(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if err := validID("id", id); err != nil {
-		writeError(w, err)
-		return
-	}
-	var b templateJSON
-	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
-		writeError(w, err)
-		return
-	}
-	if b.ID != "" && b.ID != id {
-		writeError(w, invalid("id", "id %q in the body differs from %q in the path", b.ID, id))
-		return
-	}
-	t := &schemas.Template{ID: id, Category: b.Category, Priority: b.Priority, Channels: b.Channels, Locales: b.Locales,
-		UpdatedAt: s.now().UnixMilli(), Tenant: tenantFrom(r.Context())}
-	if b.Digest != nil {
-		d, err := time.ParseDuration(b.Digest.Window)
-		if err != nil || d < time.Second || d > processors.MaxDigestWindow {
-			writeError(w, invalid("digest.window", "digest.window must be a duration from 1s to %v, like 10m", processors.MaxDigestWindow))
-			return
-		}
-		if b.Digest.Max < 0 || b.Digest.Max > processors.MaxDigestMax {
-			writeError(w, invalid("digest.max", "digest.max must be 0 (the default, %d) to %d", processors.DefaultDigestMax, processors.MaxDigestMax))
-			return
-		}
-		t.DigestWindowMs, t.DigestMax = d.Milliseconds(), b.Digest.Max
-	}
-	key := schemas.TenantKey(t.Tenant, id)
-	if err := processors.ValidateTemplateLimits(t, s.Render); err != nil {
-		field, msg, _ := strings.Cut(err.Error(), ": ")
-		writeError(w, invalid(field, "%s", msg))
-		return
-	}
-	v, err := schemas.TemplateCodec.Encode(t)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if err := s.write(r.Context(), string(topology.Templates), key, v, func() bool {
-		cur := s.lookupTemplate(key)
-		return cur != nil && cur.UpdatedAt == t.UpdatedAt
-	}); err != nil {
-		writeError(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, fromTemplate(t))
-}
-
-func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	key := schemas.TenantKey(tenantFrom(r.Context()), id)
-	s.sync(r.Context(), s.Templates, key)
-	t := s.lookupTemplate(key)
-	if t == nil {
-		writeError(w, notFound("template", id))
-		return
-	}
-	writeJSON(w, http.StatusOK, fromTemplate(t))
-}
-
-func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) {
-	it, err := s.Templates.Iterator()
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	defer it.Release()
-	out := []templateJSON{}
-	tenant := tenantFrom(r.Context())
-	for it.Next() {
-		if t, _ := schemas.SplitTenantKey(it.Key()); t != tenant {
-			continue
-		}
-		v, err := it.Value()
-		if err != nil {
-			continue
-		}
-		if d, ok := v.(schemas.Decoded[schemas.Template]); ok && d.Err == nil && d.V != nil {
-			out = append(out, fromTemplate(d.V))
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	writeJSON(w, http.StatusOK, map[string]any{"templates": out})
-}
-
-func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	key := schemas.TenantKey(tenantFrom(r.Context()), id)
-	if s.lookupTemplate(key) == nil {
-		writeError(w, notFound("template", id))
-		return
-	}
-	if err := s.write(r.Context(), string(topology.Templates), key, nil, func() bool { return s.lookupTemplate(key) == nil }); err != nil {
-		writeError(w, err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-type previewBody struct {
-	Data    json.RawMessage `json:"data"`
-	Locale  string          `json:"locale"`
-	Channel string          `json:"channel"`
-}
-
-// renderError is the answer to a preview that did not render. A render over
-// budget is 422 render_budget naming "data": the template passed its checks
-// at PUT, so it is this data (a long value, a long list) that takes it over.
-func renderError(ctx context.Context, err error) *Error {
-	var be *processors.BudgetError
-	switch {
-	case errors.As(err, &be):
-		return &Error{Status: http.StatusUnprocessableEntity, Code: "render_budget", Field: "data",
-			Message: fmt.Sprintf("%v (the %s budget of a render; a send with this data is rejected alike)", err, be.Budget)}
-	case ctx.Err() != nil:
-		// Nobody reads this; the status is for the request metrics.
-		return &Error{Status: statusClientClosedRequest, Code: "canceled", Message: "the request was cancelled before the preview rendered"}
-	}
-	return invalid("data", "%v", err)
-}
-
-// statusClientClosedRequest is nginx's status for a request its client
-// abandoned.
-const statusClientClosedRequest = 499
-
-func (s *Server) previewTemplate(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	t := s.lookupTemplate(schemas.TenantKey(tenantFrom(r.Context()), id))
-	if t == nil {
-		writeError(w, notFound("template", id))
-		return
-	}
-	var b previewBody
-	if err := decode(r, s.MaxBodyBytes, &b); err != nil {
-		writeError(w, err)
-		return
-	}
-	if b.Channel == "" {
-		writeError(w, invalid("channel", "channel is required"))
-		return
-	}
-	cc, locale, ok := processors.SelectContent(t, b.Channel, b.Locale)
-	if !ok {
-		writeError(w, invalid("channel", "template %s has no %s content", id, b.Channel))
-		return
-	}
-	// Parsed exactly as the pipeline parses a request's data, so the preview
-	// renders what a send would.
-	data, err := processors.ParseData(string(b.Data))
-	if err != nil {
-		writeError(w, invalid("data", "data must be a JSON object"))
-		return
-	}
-	// The request's context stops the render when the client goes away.
-	content, err := processors.RenderContext(r.Context(), t, b.Channel, cc, data, s.Render)
-	if err != nil {
-		writeError(w, renderError(r.Context(), err))
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"channel": b.Channel, "locale": locale, "content": content})
 }

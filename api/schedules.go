@@ -116,6 +116,10 @@ func (s *Server) putSchedule(w http.ResponseWriter, r *http.Request) {
 			"larger sends need a campaign and its approval", above))
 		return
 	}
+	// Each run sends the template as it is when the run fires (its version
+	// is pinned then), under the category this key was authorized for now,
+	// which a later change of the template never widens (req.Category).
+	req.TemplateVersion, req.TemplateHash = 0, ""
 	rb, err := schemas.SendRequestCodec.Encode(req)
 	if err != nil {
 		writeError(w, err)

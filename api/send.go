@@ -107,7 +107,11 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 		return nil, &Error{Status: http.StatusBadRequest, Code: "unknown_template", Field: p("template"),
 			Message: fmt.Sprintf("unknown template %q", b.Template)}
 	}
-	if apiErr := checkCategory(ctx, b, tmpl, p("category")); apiErr != nil {
+	if err := processors.ValidateCategory(b.Category); err != nil {
+		return nil, invalid(p("category"), "%v", err)
+	}
+	category, apiErr := checkCategory(ctx, b, tmpl, p("category"))
+	if apiErr != nil {
 		return nil, apiErr
 	}
 	if len(b.Recipients) == 0 {
@@ -116,8 +120,12 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 	if len(b.Recipients) > MaxRecipients {
 		return nil, invalid(p("recipients"), "at most %d recipients per request, got %d", MaxRecipients, len(b.Recipients))
 	}
-	req := &schemas.SendRequest{EventID: eventID, Template: b.Template, Priority: b.Priority, Category: b.Category,
-		Channels: b.Channels, AcceptedAt: s.now().UnixMilli(), Source: "api", Tenant: tenant}
+	// The request records what it was authorized for: the template version
+	// it was checked against, which delivery renders, and the category,
+	// which delivery never widens.
+	req := &schemas.SendRequest{EventID: eventID, Template: b.Template, Priority: b.Priority, Category: category,
+		Channels: b.Channels, AcceptedAt: s.now().UnixMilli(), Source: "api", Tenant: tenant,
+		TemplateVersion: tmpl.Version, TemplateHash: processors.VersionHash(tmpl)}
 	for i, r := range b.Recipients {
 		f := func(name string) string { return p(fmt.Sprintf("recipients[%d].%s", i, name)) }
 		if err := validID(f("userId"), r.UserID); err != nil {
@@ -150,9 +158,6 @@ func (s *Server) toRequest(ctx context.Context, b *sendBody, idemKey, prefix str
 	case "", "high", "normal", "low":
 	default:
 		return nil, invalid(p("priority"), "priority must be high, normal or low, got %q", b.Priority)
-	}
-	if b.Category != "" && !idPattern.MatchString(b.Category) {
-		return nil, invalid(p("category"), "category must be 1-200 characters of letters, digits and ._:@/+=-")
 	}
 	for i, ch := range b.Channels {
 		if !processors.KnownChannel(ch) {
@@ -260,19 +265,20 @@ func (s *Server) knownTemplate(ctx context.Context, key string, synced map[strin
 // may only narrow a transactional template to another category, and a send
 // that ends up transactional (which skips opt-outs and quiet hours) needs
 // the send:transactional scope.
-func checkCategory(ctx context.Context, b *sendBody, t *schemas.Template, field string) *Error {
+// It returns the category the send is authorized for.
+func checkCategory(ctx context.Context, b *sendBody, t *schemas.Template, field string) (string, *Error) {
 	category, err := processors.NarrowCategory(b.Category, t)
 	if err != nil {
 		if b.Category == processors.CategoryTransactional {
-			return &Error{Status: http.StatusForbidden, Code: "forbidden", Field: field, Message: err.Error()}
+			return "", &Error{Status: http.StatusForbidden, Code: "forbidden", Field: field, Message: err.Error()}
 		}
-		return invalid(field, "%v", err)
+		return "", invalid(field, "%v", err)
 	}
 	if category == processors.CategoryTransactional && !can(ctx, ScopeSendTransactional) {
-		return &Error{Status: http.StatusForbidden, Code: "forbidden", Field: field,
+		return "", &Error{Status: http.StatusForbidden, Code: "forbidden", Field: field,
 			Message: fmt.Sprintf("template %q is transactional (it skips opt-outs and quiet hours): this key lacks scope %q; send it under a narrower category or use a key with that scope", t.ID, ScopeSendTransactional)}
 	}
-	return nil
+	return category, nil
 }
 
 func respond(req *schemas.SendRequest) sendResponse {

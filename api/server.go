@@ -4,7 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -31,8 +33,11 @@ type IterableTable interface {
 type Server struct {
 	Producer  *kgo.Client
 	Templates IterableTable
-	Profiles  Table
-	Status    Table
+	// TemplateVersions is a view of notify.template.versions: every saved
+	// version of every template (nil: template PUTs answer 503).
+	TemplateVersions RangeTable
+	Profiles         Table
+	Status           Table
 	// Keys are the configured API keys.
 	Keys *Keys
 	// ManagedKeys is a view of KeysTopic: the keys made by POST /v1/keys;
@@ -73,6 +78,9 @@ type Server struct {
 
 	requests *prometheus.HistogramVec
 	limiters keyLimiters
+	// routes are the patterns Handler registered (Routes).
+	routes        []string
+	templateLocks templateLocks
 }
 
 // NewMetrics registers the API's series.
@@ -93,9 +101,11 @@ func (s *Server) now() time.Time {
 // Handler routes every endpoint.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	// Each route names the scope a key needs for it.
+	s.routes = nil
+	// Each route names the scope a key needs for it; the ids in its path are
+	// checked once the key is known (so the refusal is audited).
 	authed := func(scope, pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.instrument(pattern, s.authenticate(scope, h)))
+		s.route(mux, pattern, s.authenticate(scope, pathIDs(pattern, h)))
 	}
 	authed(ScopeSend, "POST /v1/notifications", s.send)
 	authed(ScopeSend, "POST /v1/notifications/batch", s.sendBatch)
@@ -110,6 +120,7 @@ func (s *Server) Handler() http.Handler {
 	authed(ScopeSend, "POST /v1/campaigns/{id}/cancel", s.decide(processors.OpCancel))
 	authed(ScopeSend, "POST /v1/campaigns/{id}/pause", s.decide(processors.OpPause))
 	authed(ScopeSend, "POST /v1/campaigns/{id}/resume", s.decide(processors.OpResume))
+	authed(ScopeSend, "POST /v1/campaigns/{id}/template", s.pinCampaignTemplate)
 	authed(ScopeProfilesWrite, "POST /v1/topics/{id}/subscribers", s.subscribe)
 	authed(ScopeProfilesWrite, "DELETE /v1/topics/{id}/subscribers/{userId}", s.unsubscribeTopic)
 	authed(ScopeProfilesRead, "GET /v1/topics/{id}/subscribers", s.listMembers(processors.AudienceTopic))
@@ -128,10 +139,12 @@ func (s *Server) Handler() http.Handler {
 	authed(ScopeTemplatesRead, "GET /v1/templates", s.listTemplates)
 	authed(ScopeTemplatesWrite, "DELETE /v1/templates/{id}", s.deleteTemplate)
 	authed(ScopeTemplatesRead, "POST /v1/templates/{id}/preview", s.previewTemplate)
+	authed(ScopeTemplatesRead, "GET /v1/templates/{id}/versions", s.listTemplateVersions)
+	authed(ScopeTemplatesRead, "GET /v1/templates/{id}/versions/{n}", s.getTemplateVersion)
 	authed(ScopeReceiptsWrite, "POST /v1/receipts", s.receipts)
 	// Authenticated by the provider's signature, not an API key.
-	mux.Handle("POST /v1/receipts/{provider}", s.instrument("POST /v1/receipts/{provider}", http.HandlerFunc(s.providerReceipts)))
-	mux.Handle("GET /v1/receipts/{provider}", s.instrument("GET /v1/receipts/{provider}", http.HandlerFunc(s.providerHandshake)))
+	s.route(mux, "POST /v1/receipts/{provider}", pathIDs("POST /v1/receipts/{provider}", http.HandlerFunc(s.providerReceipts)))
+	s.route(mux, "GET /v1/receipts/{provider}", pathIDs("GET /v1/receipts/{provider}", http.HandlerFunc(s.providerHandshake)))
 	authed(ScopeAnalyticsRead, "GET /v1/analytics/summary", s.analyticsSummary)
 	authed(ScopeAnalyticsRead, "GET /v1/analytics/latency", s.analyticsLatency)
 	authed(ScopeAnalyticsRead, "GET /v1/analytics/reconciliation", s.analyticsReconciliation)
@@ -153,6 +166,54 @@ func (s *Server) Handler() http.Handler {
 		writeError(w, &Error{Status: http.StatusNotFound, Code: "not_found", Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})
 	return mux
+}
+
+// route registers pattern, measured, and remembers it (Routes).
+func (s *Server) route(mux *http.ServeMux, pattern string, h http.Handler) {
+	s.routes = append(s.routes, pattern)
+	mux.Handle(pattern, s.instrument(pattern, h))
+}
+
+// Routes are the patterns ("GET /v1/profiles/{userId}") of every endpoint
+// that takes a request's input, as the last Handler call registered them:
+// the tests walk them all.
+func (s *Server) Routes() []string { return slices.Clone(s.routes) }
+
+// pathIDs admits a request to h only if every id its path names is one:
+// 1-200 characters of letters, digits and ._:@/+=- — so no id holds the
+// tenant separator '|' (nor "%7C", which arrives decoded), '%', a control
+// character or a space. A request naming another is 400 with the wildcard
+// as its field, before any table is read. Tokens ({token}) are not ids:
+// their own verification refuses what was not minted here.
+func pathIDs(pattern string, h http.Handler) http.Handler {
+	var names []string
+	for rest := pattern; ; {
+		i := strings.IndexByte(rest, '{')
+		if i < 0 {
+			break
+		}
+		j := strings.IndexByte(rest[i:], '}')
+		if j < 0 {
+			break
+		}
+		if name := strings.TrimSuffix(rest[i+1:i+j], "..."); name != "token" {
+			names = append(names, name)
+		}
+		rest = rest[i+j+1:]
+	}
+	if len(names) == 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, name := range names {
+			if v := r.PathValue(name); !processors.ValidID(v) {
+				writeError(w, invalid(name, "%s %q: an id is 1-200 characters of letters, digits and ._:@/+=- (no '|', '%%', space or control character)",
+					name, processors.Clip(v, 64)))
+				return
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

@@ -12,6 +12,22 @@ type Syncer interface {
 	Sync(ctx context.Context, key string) error
 }
 
+// syncAll catches t up with every partition (before a scan), bounded by
+// WriteWait; a table that cannot, or a sync that fails, is read as it is.
+func (s *Server) syncAll(ctx context.Context, t Table) {
+	sy, ok := t.(interface{ SyncAll(context.Context) error })
+	if !ok {
+		return
+	}
+	wait := s.WriteWait
+	if wait <= 0 {
+		wait = time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	_ = sy.SyncAll(ctx)
+}
+
 // sync catches t up for key, bounded by WriteWait; a table that cannot sync,
 // or a sync that fails, leaves the read as it is.
 func (s *Server) sync(ctx context.Context, t Table, key string) {

@@ -20,14 +20,16 @@ var pixel = []byte("GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\
 
 // trackingRoutes serve what recipients' mail clients and browsers reach:
 // the open pixel, click redirects and one-click unsubscribe. No API key: the
-// link's signature is the authentication, and a link that does not verify
+// link's token is encrypted and authenticated (tracking.Signer), which is
+// the authentication, and a link that does not verify (altered, truncated,
+// of another kind or secret, a legacy link past tracking.legacyUntil)
 // answers 404 and records nothing.
 func (s *Server) trackingRoutes(mux *http.ServeMux) {
 	if s.Tracker == nil {
 		return
 	}
 	route := func(pattern string, h http.HandlerFunc) {
-		mux.Handle(pattern, s.instrument(pattern, h))
+		s.route(mux, pattern, pathIDs(pattern, h))
 	}
 	route("GET /t/o/{token}", s.trackOpen)
 	route("GET /t/c/{token}", s.trackClick)
@@ -73,8 +75,8 @@ func (s *Server) trackOpen(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(pixel)
 }
 
-// GET /t/c/{token}: a tracked link; the destination is inside the signed
-// token, so the redirect can only go where the email said.
+// GET /t/c/{token}: a tracked link; the destination is inside the
+// authenticated token, so the redirect can only go where the email said.
 func (s *Server) trackClick(w http.ResponseWriter, r *http.Request) {
 	l, ok := s.trackedLink(w, r, tracking.Click)
 	if !ok {

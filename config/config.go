@@ -473,12 +473,7 @@ func (c *Config) merge(f Config) {
 	if f.Encryption.MasterKeys != "" {
 		c.Encryption.MasterKeys = f.Encryption.MasterKeys
 	}
-	if f.Tracking.BaseURL != "" {
-		c.Tracking.BaseURL = f.Tracking.BaseURL
-	}
-	if f.Tracking.Secret != "" {
-		c.Tracking.Secret = f.Tracking.Secret
-	}
+	c.Tracking.merge(f.Tracking)
 	c.Analytics.merge(f.Analytics)
 	if f.LogLevel != "" {
 		c.LogLevel = f.LogLevel
@@ -558,6 +553,7 @@ func (c *Config) applyEnv(env func(string) string) error {
 		set("NOTIFYD_MASTER_KEYS", str(&c.Encryption.MasterKeys)),
 		set("NOTIFYD_TRACKING_SECRET", str(&c.Tracking.Secret)),
 		set("NOTIFYD_TRACKING_BASE_URL", str(&c.Tracking.BaseURL)),
+		set("NOTIFYD_TRACKING_LEGACY_UNTIL", str(&c.Tracking.LegacyUntil)),
 		set("NOTIFYD_ANALYTICS_PASSWORD", str(&c.Analytics.Password)),
 		set("NOTIFYD_DEDUP_WINDOW", func(v string) error {
 			d, err := time.ParseDuration(v)
@@ -662,11 +658,28 @@ func (k *APIKey) parseAttrs(attrs string) error {
 // unset environment variable would leave).
 const MinAPIKeyLength = 8
 
+// SameKeyName tells whether two API key names read as one: compared without
+// surrounding or repeated spaces and ignoring case ("ops" and "Ops " are one
+// name). Names label keys in campaigns' decisions and the audit trail.
+func SameKeyName(a, b string) bool {
+	return strings.EqualFold(strings.Join(strings.Fields(a), " "), strings.Join(strings.Fields(b), " "))
+}
+
 // Validate reports the first problem of a configuration.
 func (c *Config) Validate() error {
 	for i, k := range c.APIKeys {
-		if k.Name == "" || len(k.Key) < MinAPIKeyLength {
+		if strings.TrimSpace(k.Name) == "" || len(k.Key) < MinAPIKeyLength {
 			return fmt.Errorf("config: apiKeys[%d] (%q): needs a name and a key of at least %d characters", i, k.Name, MinAPIKeyLength)
+		}
+		// A configured key is the principal config:<name>: two keys of one
+		// name (or one secret) would be one approver to the two-person rule.
+		for j, o := range c.APIKeys[:i] {
+			if SameKeyName(o.Name, k.Name) {
+				return fmt.Errorf("config: apiKeys[%d] (%q): the same name as apiKeys[%d] (%q); names are unique, ignoring case and spaces", i, k.Name, j, o.Name)
+			}
+			if o.Key == k.Key {
+				return fmt.Errorf("config: apiKeys[%d] (%q): the same key as apiKeys[%d] (%q)", i, k.Name, j, o.Name)
+			}
 		}
 	}
 	if c.Kafka.Partitions < 1 {

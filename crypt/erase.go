@@ -47,10 +47,7 @@ func (k *Keyring) EraseTenant(ctx context.Context, tenant string) (int, error) {
 	if err := k.awaitRecovered(ctx); err != nil {
 		return 0, fmt.Errorf("erase tenant: %w", err)
 	}
-	subjects := KindSubject + "/"
-	if tenant != "" {
-		subjects += tenant + schemas.TenantSep
-	}
+	subjects := KindSubject + "/" + schemas.TenantPrefix(tenant)
 	n, err := k.eraseUnder(ctx, subjects, func(d *DataKey) bool { return d.Kind == KindSubject && d.Tenant == tenant }, nil)
 	if err != nil {
 		return n, fmt.Errorf("erase tenant %s: %w", schemas.TenantName(tenant), err)

@@ -32,6 +32,9 @@ const (
 	OpCancel  = "cancel"
 	OpPause   = "pause"
 	OpResume  = "resume"
+	// OpTemplate pins another template version; the campaign waits for a
+	// new approval of it.
+	OpTemplate = "template"
 )
 
 // Audience kinds of a campaign.
@@ -85,21 +88,16 @@ func CampaignNotificationID(tenant, id, userID string) string {
 // AudiencePrefix starts the key of every member of a topic or list on
 // notify.audiences; AudienceKey is one member's key.
 func AudiencePrefix(tenant, kind, id string) string {
-	return schemas.TenantKey(tenant, kind+":"+id) + schemas.TenantSep
+	return schemas.TenantMemberPrefix(tenant, kind+":"+id)
 }
 
 // AudienceKey is the key of userID's membership of a topic or list.
 func AudienceKey(tenant, kind, id, userID string) string {
-	return AudiencePrefix(tenant, kind, id) + userID
+	return schemas.TenantMemberKey(tenant, kind+":"+id, userID)
 }
 
 // AudienceUser is the user id of a membership key.
-func AudienceUser(key string) string {
-	if i := strings.LastIndex(key, schemas.TenantSep); i >= 0 {
-		return key[i+1:]
-	}
-	return key
-}
+func AudienceUser(key string) string { return schemas.MemberOfKey(key) }
 
 // PrefixEnd is the first key after every key starting with prefix.
 func PrefixEnd(prefix string) string { return prefix + "\xff" }
@@ -205,23 +203,33 @@ func CampaignTransition(c *schemas.Campaign, cmd *schemas.CampaignCommand, now t
 	n := *c
 	n.Decisions = append([]schemas.CampaignDecision(nil), c.Decisions...)
 	n.UpdatedAt = at
+	// Every decision names the template version it was about: an approval
+	// approves exactly that one.
 	decide := func(state, decision string) {
 		n.State = state
 		n.Decisions = append(n.Decisions, schemas.CampaignDecision{By: cmd.By, ByName: cmd.ByName, Decision: decision,
-			Comment: Clip(cmd.Comment, 1000), At: at})
+			Comment: Clip(cmd.Comment, 1000), At: at, TemplateVersion: n.TemplateVersion, TemplateHash: n.TemplateHash})
 	}
 	switch cmd.Op {
 	case OpApprove, OpReject:
 		if c.State != CampaignPending {
 			return nil, fmt.Errorf("campaign is %s, not %s", c.State, CampaignPending)
 		}
-		// A rotated key has a new id and its predecessor's name: the name
-		// counts as the creator too.
-		if cmd.By == "" || cmd.By == c.CreatedBy || (cmd.ByName != "" && cmd.ByName == c.CreatedByName) {
+		// The API refuses the creator's whole lineage (keys minted from it or
+		// it from them, rotations); the group, with no view of the keys,
+		// refuses the creating key itself. Names are labels, not principals.
+		if cmd.By == "" || cmd.By == c.CreatedBy {
 			return nil, ErrCreatorCannotApprove
 		}
 		if at >= c.ApprovalDeadline {
 			return nil, fmt.Errorf("the approval deadline %s has passed", time.UnixMilli(c.ApprovalDeadline).UTC().Format(time.RFC3339))
+		}
+		if cmd.By == c.TemplateSetBy {
+			return nil, ErrCreatorCannotApprove
+		}
+		if (cmd.TemplateVersion != 0 && cmd.TemplateVersion != c.TemplateVersion) || (cmd.TemplateHash != "" && cmd.TemplateHash != c.TemplateHash) {
+			return nil, fmt.Errorf("%w: the campaign sends template %s version %d (%s), not version %d (%s)", ErrOtherTemplateVersion,
+				c.Template, c.TemplateVersion, c.TemplateHash, cmd.TemplateVersion, Clip(cmd.TemplateHash, 80))
 		}
 		if cmd.Op == OpApprove {
 			decide(CampaignApproved, "approved")
@@ -244,12 +252,52 @@ func CampaignTransition(c *schemas.Campaign, cmd *schemas.CampaignCommand, now t
 		if c.State != CampaignPaused {
 			return nil, fmt.Errorf("campaign is %s, not paused", c.State)
 		}
+		if !ApprovedVersion(c) {
+			return nil, fmt.Errorf("campaign's template version %d was not approved: it waits for approval", c.TemplateVersion)
+		}
 		decide(CampaignApproved, "resumed")
 		n.LastTickAt = 0
+	case OpTemplate:
+		switch c.State {
+		case CampaignPending, CampaignApproved, CampaignPaused:
+		default:
+			return nil, fmt.Errorf("campaign is %s: its template version can change only while it is pending approval, approved and not started, or paused", c.State)
+		}
+		if c.State == CampaignApproved && c.StartedAt > 0 {
+			return nil, fmt.Errorf("campaign is sending: pause it first")
+		}
+		if cmd.TemplateVersion <= 0 || cmd.TemplateHash == "" {
+			return nil, errors.New("a template version and its hash are required")
+		}
+		n.TemplateVersion, n.TemplateHash, n.TemplateSetBy = cmd.TemplateVersion, cmd.TemplateHash, cmd.By
+		if cmd.Campaign.Category != "" {
+			n.Category = cmd.Campaign.Category // the API narrowed it to the version's
+		}
+		decide(CampaignPending, "template")
+		// A new approval is needed, with as much time as a new campaign.
+		n.ApprovalDeadline = max(c.ApprovalDeadline, at+DefaultApprovalDeadline.Milliseconds())
 	default:
 		return nil, fmt.Errorf("unknown campaign command %q", Clip(cmd.Op, 32))
 	}
 	return &n, nil
+}
+
+// ErrOtherTemplateVersion refuses a decision about another template version
+// than the one the campaign sends (the approver read an older one).
+var ErrOtherTemplateVersion = errors.New("the decision is about another template version")
+
+// ApprovedVersion tells whether the campaign's last approval approved the
+// template version it now sends: fan-out renders nothing else.
+func ApprovedVersion(c *schemas.Campaign) bool {
+	for i := len(c.Decisions) - 1; i >= 0; i-- {
+		switch d := c.Decisions[i]; d.Decision {
+		case "approved":
+			return d.TemplateVersion == c.TemplateVersion && d.TemplateHash == c.TemplateHash
+		case "template":
+			return false
+		}
+	}
+	return false
 }
 
 // CampaignFinal tells whether a campaign in state s does nothing more.
@@ -298,6 +346,7 @@ func CampaignNotification(c *schemas.Campaign, userID string, now time.Time) *sc
 		ID: CampaignNotificationID(c.Tenant, c.ID, userID), EventID: c.EventID, UserID: userID, Tenant: c.Tenant,
 		Template: c.Template, Priority: c.Priority, Category: c.Category, Channels: c.Channels, Data: c.Data,
 		SendAt: c.SendAt, ExpiresAt: c.ExpiresAt, LocalTime: c.LocalTime, AcceptedAt: now.UnixMilli(), Campaign: c.ID,
+		TemplateVersion: c.TemplateVersion, TemplateHash: c.TemplateHash,
 	}
 }
 

@@ -54,6 +54,9 @@ func ValidateRequest(r *schemas.SendRequest) error {
 			return fmt.Errorf("recipients[%d].userId: must be 1-200 characters of letters, digits and ._:@/+=-", i)
 		}
 	}
+	if err := ValidateCategory(r.Category); err != nil {
+		return fmt.Errorf("category: %w", err)
+	}
 	if r.Priority != "" && !validPriority(r.Priority) {
 		return fmt.Errorf("priority: must be high, normal or low, got %q", r.Priority)
 	}
@@ -112,6 +115,7 @@ func Fanout(r *schemas.SendRequest) []*schemas.Notification {
 			Template: r.Template, Priority: r.Priority, Category: r.Category, Channels: r.Channels,
 			Recipient: rc, Data: r.Data, SendAt: r.SendAt, ExpiresAt: r.ExpiresAt, AcceptedAt: r.AcceptedAt, LocalTime: r.LocalTime,
 			OTP: r.OTP, DigestKey: r.DigestKey, ScheduleID: r.ScheduleID,
+			TemplateVersion: r.TemplateVersion, TemplateHash: r.TemplateHash,
 		})
 		if r.OTP {
 			last := out[len(out)-1]
@@ -148,13 +152,16 @@ const MaxReason = 2048
 
 // NotificationEvent builds a status event about a notification.
 //
-// A one-time code's data values are scrubbed from the reason.
+// The reason goes through Redact (contacts, addresses, phone numbers, a
+// one-time code's data; bounded to MaxReason).
 func NotificationEvent(n *schemas.Notification, status, channel, reason string, at time.Time) *schemas.StatusEvent {
-	reason = Clip(Scrub(reason, append(Secrets(n.OTP, n.Data), Contacts(n)...)), MaxReason)
+	if reason != "" {
+		reason = Redact(reason, Sensitive(n), MaxReason)
+	}
 	return &schemas.StatusEvent{
 		ID: StatusEventID(n.ID, status, channel, 0), NotificationID: n.ID, EventID: n.EventID, UserID: n.UserID,
 		Template: n.Template, Channel: channel, Priority: n.Priority, Category: n.Category, Tenant: n.Tenant, Campaign: n.Campaign,
-		Status: status, Reason: reason, At: at.UnixMilli(), AcceptedAt: n.AcceptedAt,
+		Status: status, Reason: reason, At: at.UnixMilli(), AcceptedAt: n.AcceptedAt, TemplateVersion: n.TemplateVersion,
 	}
 }
 

@@ -177,5 +177,7 @@ func DigestRelease(d *schemas.Digest, first *schemas.Notification) *schemas.Noti
 		// (a profile's, looked up at send time, take precedence as for any
 		// notification); the hold seals them like any scheduled record.
 		Recipient: first.Recipient, Locale: first.Locale,
+		// The digest renders the version its first event was accepted with.
+		TemplateVersion: first.TemplateVersion, TemplateHash: first.TemplateHash,
 	}
 }

@@ -23,7 +23,45 @@ const (
 	sealNotification = "notification"
 	sealProfile      = "profile"
 	sealInbox        = "inbox"
+	sealCampaign     = "campaign"
 )
+
+// CampaignSubject is whose key seals a campaign's data: the campaign's own,
+// in its tenant. Storage keys escape '#', so no user id names it.
+func CampaignSubject(tenant, id string) string { return schemas.TenantKey(tenant, "#campaign:"+id) }
+
+// SealCampaignData moves c's data into its envelope (c.SealedData).
+func SealCampaignData(ctx context.Context, s Sealer, c *schemas.Campaign) error {
+	if s == nil || c.Data == "" {
+		return nil
+	}
+	env, err := s.Seal(ctx, CampaignSubject(c.Tenant, c.ID), sealCampaign, []byte(c.Data))
+	if err != nil {
+		return fmt.Errorf("seal campaign %s: %w", c.ID, err)
+	}
+	c.SealedData, c.Data = env, ""
+	return nil
+}
+
+// OpenCampaignData fills c's data from its envelope; a campaign without one
+// (created before sealing) is left as it is.
+func OpenCampaignData(ctx context.Context, s Sealer, c *schemas.Campaign) error {
+	if len(c.SealedData) == 0 {
+		return nil
+	}
+	if s == nil {
+		return errors.New("open campaign data: no keyring")
+	}
+	b, subject, err := s.Open(ctx, sealCampaign, c.SealedData)
+	if err != nil {
+		return fmt.Errorf("open campaign %s: %w", c.ID, err)
+	}
+	if subject != CampaignSubject(c.Tenant, c.ID) {
+		return fmt.Errorf("open campaign %s: %w", c.ID, ErrSubjectMismatch)
+	}
+	c.Data = string(b)
+	return nil
+}
 
 // Subject is whose key seals a notification's personal data.
 func Subject(n *schemas.Notification) string { return schemas.TenantKey(n.Tenant, n.UserID) }

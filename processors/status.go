@@ -72,6 +72,9 @@ func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecy
 	fill(&lc.Category, ev.Category)
 	fill(&lc.Tenant, ev.Tenant)
 	fill(&lc.Campaign, ev.Campaign)
+	if lc.TemplateVersion == 0 {
+		lc.TemplateVersion = ev.TemplateVersion
+	}
 
 	lc.History = append(lc.History, schemas.HistoryEntry{
 		Status: ev.Status, At: ev.At, Reason: ev.Reason, Channel: ev.Channel, Provider: ev.Provider, EventID: ev.ID,

@@ -7,6 +7,10 @@ type CampaignDecision struct {
 	Decision string `avro:"decision" json:"decision"`
 	Comment  string `avro:"comment" json:"comment,omitempty"`
 	At       int64  `avro:"at" json:"-"`
+	// TemplateVersion and TemplateHash are the template version the decision
+	// was about (since campaign.v2): an approval approves exactly it.
+	TemplateVersion int64  `avro:"templateVersion" json:"templateVersion,omitempty"`
+	TemplateHash    string `avro:"templateHash" json:"templateHash,omitempty"`
 }
 
 // Campaign is a bulk send to an audience (campaign.v1).
@@ -46,6 +50,16 @@ type Campaign struct {
 	// the cursor before it: a replay of that tick redoes the step.
 	StepOrigin string `avro:"stepOrigin"`
 	StepFrom   string `avro:"stepFrom"`
+	// TemplateVersion and TemplateHash pin the template version the campaign
+	// sends (since campaign.v2): approval approves it, fan-out renders it.
+	// TemplateSetBy is the key that chose it (the creator, or who re-pinned).
+	TemplateVersion int64  `avro:"templateVersion"`
+	TemplateHash    string `avro:"templateHash"`
+	TemplateSetBy   string `avro:"templateSetBy"`
+	// SealedData is Data sealed under the campaign's own data key (since
+	// campaign.v2; Data is then empty): requests held for approval carry
+	// their data here.
+	SealedData []byte `avro:"sealedData"`
 }
 
 // CampaignCommand changes a campaign (on notify.campaigns).
@@ -58,6 +72,10 @@ type CampaignCommand struct {
 	Comment    string   `avro:"comment"`
 	At         int64    `avro:"at"`
 	Campaign   Campaign `avro:"campaign"`
+	// TemplateVersion and TemplateHash: on approve, the version the approver
+	// saw (0 and "": the campaign's); on OpTemplate, the version to pin.
+	TemplateVersion int64  `avro:"templateVersion"`
+	TemplateHash    string `avro:"templateHash"`
 }
 
 // AudienceMember is a user's membership of a topic or list.

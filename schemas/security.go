@@ -15,6 +15,10 @@ type APIKey struct {
 	RotatedTo string   `avro:"rotatedTo"`
 	RateLimit float64  `avro:"rateLimit"`
 	Burst     int32    `avro:"burst"`
+	// Replaces (v2) is the key a rotation's successor replaced, written with
+	// the successor itself, so the two are one principal even before (or
+	// without) the predecessor's record carrying RotatedTo.
+	Replaces string `avro:"replaces"`
 }
 
 // AuditEvent records one authenticated write through the API (notify.audit,

@@ -36,6 +36,10 @@ type SendRequest struct {
 	DigestKey string `avro:"digestKey"`
 	// ScheduleID names the recurring schedule that fired it (since v5).
 	ScheduleID string `avro:"scheduleId"`
+	// TemplateVersion and TemplateHash pin the template version the request
+	// was accepted with (since send_request.v6; 0 and "": none pinned).
+	TemplateVersion int64  `avro:"templateVersion"`
+	TemplateHash    string `avro:"templateHash"`
 }
 
 // Content is a rendered message for one channel.
@@ -106,6 +110,11 @@ type Notification struct {
 	DigestFlush bool `avro:"digestFlush"`
 	// ScheduleID names the recurring schedule that fired it (since v6).
 	ScheduleID string `avro:"scheduleId"`
+	// TemplateVersion and TemplateHash pin the template version it was
+	// accepted with (since notification.v7): delivery renders exactly that
+	// version, or nothing.
+	TemplateVersion int64  `avro:"templateVersion"`
+	TemplateHash    string `avro:"templateHash"`
 }
 
 // Target is one device or subscription a notification goes to.
@@ -189,6 +198,15 @@ type Template struct {
 	DigestWindowMs int64 `avro:"digestWindowMs"`
 	// DigestMax bounds the items a digest lists (0: DefaultDigestMax).
 	DigestMax int32 `avro:"digestMax"`
+	// Version is the version this content was saved as (since template.v5;
+	// 0: saved before versions), Hash its content hash
+	// (processors.TemplateHash), SavedBy and SavedByName the key that saved
+	// it (UpdatedAt is when), RestoredFrom the version it restores.
+	Version      int64  `avro:"version"`
+	Hash         string `avro:"hash"`
+	SavedBy      string `avro:"savedBy"`
+	SavedByName  string `avro:"savedByName"`
+	RestoredFrom int64  `avro:"restoredFrom"`
 }
 
 // StatusEvent is one state change of one notification.
@@ -212,6 +230,8 @@ type StatusEvent struct {
 	Tenant string `avro:"tenant"`
 	// Campaign is the notification's campaign (since status_event.v3).
 	Campaign string `avro:"campaign"`
+	// TemplateVersion is the template version it renders (since v4; 0: not known yet).
+	TemplateVersion int64 `avro:"templateVersion"`
 }
 
 // DedupEntry records when an eventId was first seen.
@@ -280,6 +300,8 @@ type Lifecycle struct {
 	Tenant string `avro:"tenant"`
 	// Campaign is the notification's campaign (since lifecycle.v4).
 	Campaign string `avro:"campaign"`
+	// TemplateVersion is the template version it renders (since lifecycle.v5).
+	TemplateVersion int64 `avro:"templateVersion"`
 }
 
 // DeadLetter is a record that could not be processed, with its reason.

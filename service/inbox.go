@@ -117,7 +117,11 @@ func tracker(cfg config.Config) (*tracking.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := tracking.NewSigner(cfg.Tracking.BaseURL, secret)
+	legacyUntil, err := cfg.Tracking.LegacyDeadline(cfg.DataDir, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("tracking: %w", err)
+	}
+	t, err := tracking.NewSigner(cfg.Tracking.BaseURL, secret, tracking.AcceptLegacyUntil(legacyUntil))
 	if err != nil {
 		return nil, fmt.Errorf("tracking: %w", err)
 	}

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -67,6 +69,8 @@ type Service struct {
 	mu       sync.Mutex
 	brokers  []string
 	httpAddr string
+	// apiRoutes are the API's route patterns (APIRoutes).
+	apiRoutes []string
 	ready    chan struct{}
 	readyErr error
 	views    []*goka.View
@@ -126,6 +130,14 @@ func (s *Service) HTTPAddr() string {
 	return s.httpAddr
 }
 
+// APIRoutes are the route patterns of this process's API (none before it
+// listens, or when it runs no API).
+func (s *Service) APIRoutes() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.apiRoutes)
+}
+
 // Processor is the goka processor of group in this process (nil if it runs none).
 func (s *Service) Processor(group goka.Group) *goka.Processor {
 	s.mu.Lock()
@@ -146,6 +158,12 @@ func SetKafkaClientLogger(l *slog.Logger) {
 
 // StartBroker runs the embedded kfake broker with its data under dataDir.
 func StartBroker(dataDir string, port int) (*kfake.Cluster, error) {
+	// The log holds notify.ingest in clear: the owner's alone (kfake itself
+	// creates 0755 directories and 0644 files; the notifyd binary's umask
+	// narrows those).
+	if err := os.MkdirAll(filepath.Join(dataDir, "kafka"), 0o700); err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
 	c, err := kfake.NewCluster(
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
@@ -219,6 +237,9 @@ func (s *Service) Run(ctx context.Context) error {
 		SessionTimeout: cfg.Kafka.SessionTimeout}
 	if !s.InMemoryState {
 		kafka.StorageDir = filepath.Join(cfg.DataDir, "goka")
+		if err := os.MkdirAll(kafka.StorageDir, 0o700); err != nil {
+			return fmt.Errorf("goka storage: %w", err)
+		}
 	}
 
 	runCtx, cancel := context.WithCancel(ctx)
@@ -511,6 +532,10 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
+	templateVersions, err := s.startView(ctx, g, kafka, "api-template-versions", topology.TemplateVersions, topology.TemplateTableCodec())
+	if err != nil {
+		return nil, err
+	}
 	profiles, err := s.startView(ctx, g, kafka, "api-profiles", topology.Profiles, topology.ProfileTableCodec())
 	if err != nil {
 		return nil, err
@@ -535,7 +560,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	views := []*goka.View{templates, profiles, managedKeys, campaignTable, scheduleTable, members}
+	views := []*goka.View{templates, templateVersions, profiles, managedKeys, campaignTable, scheduleTable, members}
 	adm := kadm.NewClient(producer)
 	// In one process with the status group, read its table directly rather
 	// than keep a second copy of every lifecycle in a view; a view is started
@@ -564,6 +589,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	}
 	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
 		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
+		TemplateVersions: &syncedView{View: templateVersions, adm: adm, topic: string(topology.TemplateVersions), partitions: cfg.Kafka.Partitions},
 		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
 		Keys:      configKeys, ManagedKeys: managedKeys, Log: s.Log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
 		Render:    processors.LimitsFromConfig(cfg.Render),
@@ -605,10 +631,12 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, fmt.Errorf("api listen %s: %w", cfg.HTTP.Addr, err)
 	}
+	handler := srv.Handler()
 	s.mu.Lock()
 	s.httpAddr = ln.Addr().String()
+	s.apiRoutes = srv.Routes()
 	s.mu.Unlock()
-	serveHTTP(ctx, g, "api", &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
+	serveHTTP(ctx, g, "api", &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute}, ln)
 	s.Log.Info("API listening", "addr", s.httpAddr)
 	var waits []func(context.Context) error

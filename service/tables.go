@@ -47,6 +47,29 @@ func (v *syncedView) Sync(ctx context.Context, key string) error {
 	}
 }
 
+// SyncAll waits (until ctx ends) for the view to reach the current end of
+// every partition: what a scan of a key range needs.
+func (v *syncedView) SyncAll(ctx context.Context) error {
+	ends, err := v.adm.ListEndOffsets(ctx, v.topic)
+	if err != nil {
+		return err
+	}
+	for p := int32(0); p < int32(v.partitions); p++ {
+		end, ok := ends.Lookup(v.topic, p)
+		if !ok || end.Err != nil {
+			return fmt.Errorf("end offset of %s/%d: %v", v.topic, p, end.Err)
+		}
+		for applied(v.View.Stats(ctx), p) < end.Offset-1 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
 // applied is the offset of the last record a view partition has applied.
 func applied(st *goka.ViewStats, p int32) int64 {
 	ts := st.Partitions[p]

@@ -21,8 +21,11 @@ const (
 // channel's failover chain, name "channel:<channel>"). It opens after
 // cfg.Failures failures in a row, refuses calls for cfg.OpenFor, then lets
 // cfg.Probes calls through; they close it or open it again. Failures that say
-// nothing about the provider's health do not count: a permanent error is the
-// request's fault (the provider answered), and a cancelled call is ours.
+// nothing about the provider's health do not count as failures: a permanent
+// error is the request's fault (the provider answered). A cancelled call is
+// ours and a refused target (SSRF guard) was never attempted: they count
+// neither way, so a burst of them neither opens the breaker nor closes it
+// during an outage.
 func newBreaker(channel, name string, cfg config.Breaker, m *Metrics, log *slog.Logger) *gobreaker.CircuitBreaker[string] {
 	failures := uint32(cfg.Failures)
 	m.breakerState(channel, name, breakerClosed)
@@ -35,7 +38,7 @@ func newBreaker(channel, name string, cfg config.Breaker, m *Metrics, log *slog.
 			return err == nil || IsPermanent(err)
 		},
 		IsExcluded: func(err error) bool {
-			return errors.Is(err, context.Canceled)
+			return errors.Is(err, context.Canceled) || IsRefusedTarget(err)
 		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			log.Warn("circuit breaker", "provider", name, "from", from.String(), "to", to.String())

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"sort"
@@ -184,11 +185,35 @@ func (e *PermanentError) Unwrap() error { return e.Err }
 // Permanent marks err as not worth retrying on the same provider.
 func Permanent(err error) error { return &PermanentError{Err: err} }
 
-// IsPermanent tells whether err is marked permanent (an invalid recipient is).
+// IsPermanent tells whether err is marked permanent (an invalid recipient and
+// a refused target are).
 func IsPermanent(err error) bool {
 	var p *PermanentError
 	var ir *InvalidRecipientError
-	return errors.As(err, &p) || errors.As(err, &ir)
+	return errors.As(err, &p) || errors.As(err, &ir) || IsRefusedTarget(err)
+}
+
+// RefusedTargetError is a target notifyd will not reach: the address a
+// provider was about to dial is loopback, private, link-local, CGNAT… and the
+// provider does not allow internal targets (the SSRF guard). It is the
+// notification's failure, not the provider's: the notification fails at once,
+// no other provider is tried, nothing is retried, and no circuit breaker
+// counts it (one hostile endpoint must not delay everyone's deliveries).
+type RefusedTargetError struct {
+	Err  error      // the provider's refusal (ErrPrivateTarget, …)
+	Addr netip.Addr // the address refused
+	Kind string     // what it is: loopback, private, link-local, …
+}
+
+func (e *RefusedTargetError) Error() string {
+	return fmt.Sprintf("%v %s (%s address)", e.Err, e.Addr, e.Kind)
+}
+func (e *RefusedTargetError) Unwrap() error { return e.Err }
+
+// IsRefusedTarget tells whether err is a target refused by the SSRF guard.
+func IsRefusedTarget(err error) bool {
+	var r *RefusedTargetError
+	return errors.As(err, &r)
 }
 
 // RetryLaterError is a transient failure with the provider's Retry-After.

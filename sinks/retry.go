@@ -99,6 +99,10 @@ func PlanRetryAfter(n *schemas.Notification, now time.Time, r config.Retry, afte
 	return plan
 }
 
+// maxLastError bounds the provider error a retry record carries (it is
+// repeated in the retrying event's reason).
+const maxLastError = 1024
+
 // retry puts the notification on the retry topic of its next tier, or ends
 // it when its deadline leaves no retry.
 func (s *Sink) retry(j *job) {
@@ -111,7 +115,7 @@ func (s *Sink) retry(j *job) {
 	if n.FirstFailedAt == 0 {
 		n.FirstFailedAt = now.UnixMilli()
 	}
-	n.LastError = processors.Clip(processors.Scrub(errString(j.lastErr), append(processors.Secrets(n.OTP, n.Data), processors.Contacts(&n)...)), 1024)
+	n.LastError = processors.Redact(errString(j.lastErr), processors.Sensitive(&n), maxLastError)
 	plan := PlanRetryAfter(&n, now, s.Opts.Retry, j.after)
 	if plan.Delay == 0 {
 		j.calls = 0
@@ -356,7 +360,8 @@ func (r *Retrier) requeue(ctx context.Context, recs []*kgo.Record, log *slog.Log
 		}
 		if err != nil {
 			key, value := topology.EncodeDeadLetter(&schemas.DeadLetter{Topic: rec.Topic, Partition: rec.Partition,
-				Offset: rec.Offset, Key: rec.Key, Value: rec.Value, Reason: err.Error(), Stage: "retry", At: r.now().UnixMilli()})
+				Offset: rec.Offset, Key: rec.Key, Value: rec.Value, Reason: processors.Redact(err.Error(), nil, processors.MaxReason),
+				Stage: "retry", At: r.now().UnixMilli()})
 			out = append(out, &kgo.Record{Topic: string(topology.DLQ), Key: []byte(key), Value: value})
 			log.Warn("unreadable retry record dead-lettered", "topic", rec.Topic, "offset", rec.Offset, "err", err)
 			continue

@@ -181,6 +181,7 @@ func (s *Sink) init() error {
 		Name: chanName, MaxRequests: uint32(s.Opts.Breaker.Probes), Timeout: s.Opts.Breaker.OpenFor,
 		ReadyToTrip:  func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= uint32(s.Opts.Breaker.Failures) },
 		IsSuccessful: func(err error) bool { return err == nil || IsPermanent(err) },
+		IsExcluded:   IsRefusedTarget, // see refuse
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			s.Log.Warn("circuit breaker", "provider", chanName, "from", from.String(), "to", to.String())
 			state := map[gobreaker.State]int{gobreaker.StateClosed: breakerClosed, gobreaker.StateHalfOpen: breakerHalfOpen,
@@ -653,7 +654,7 @@ func (s *Sink) start(r *kgo.Record, pri int) {
 		s.deadLetter(j, "", err)
 		s.event(j, &schemas.StatusEvent{ID: processors.StatusEventID(id, processors.StatusRejected, s.Channel, 0),
 			NotificationID: id, Channel: s.Channel, Status: processors.StatusRejected,
-			Reason: processors.Clip("sink: "+err.Error(), processors.MaxReason), At: s.now().UnixMilli()})
+			Reason: processors.Redact("sink: "+err.Error(), nil, processors.MaxReason), At: s.now().UnixMilli()})
 		s.Metrics.outcome(s.Channel, "", processors.StatusRejected)
 		j.done()
 		return
@@ -797,10 +798,16 @@ func (s *Sink) serve(l *lane, j *job) {
 			j.transient = true
 			break
 		}
+		if IsRefusedTarget(err) {
+			s.refuse(j)
+			return
+		}
 		// Debug: an outage would write one line per notification per try; the
 		// breaker's transitions and the retry metrics say it at warn level.
-		s.Log.Debug("send failed", "id", j.n.ID, "provider", name, "try", try,
-			"err", processors.Scrub(errString(err), processors.Secrets(j.n.OTP, j.n.Data)))
+		if s.Log.Enabled(j.ctx, slog.LevelDebug) {
+			s.Log.Debug("send failed", "id", j.n.ID, "provider", name, "try", try,
+				"err", processors.Redact(errString(err), processors.Sensitive(j.n), processors.MaxReason))
+		}
 		if IsPermanent(err) {
 			break
 		}
@@ -865,6 +872,20 @@ func (s *Sink) exhausted(j *job) {
 	s.fail(j, false)
 }
 
+// refuse ends a notification whose target a provider refused to dial (the
+// SSRF guard): the notification's own permanent failure, not a provider
+// outage. No other provider is tried (the provider is not down, and the
+// refusal is about where the notification points), nothing is retried, and
+// neither breaker counts it.
+func (s *Sink) refuse(j *job) {
+	if j.chanDone != nil {
+		j.chanDone(j.lastErr) // excluded by the channel's breaker
+		j.chanDone = nil
+	}
+	j.transient = false
+	s.exhausted(j)
+}
+
 func (s *Sink) succeed(j *job, provider, msgID string) {
 	if j.chanDone != nil {
 		j.chanDone(nil)
@@ -901,10 +922,13 @@ func (s *Sink) fail(j *job, exhausted bool) {
 			reason += "; " + note
 		}
 	}
+	if IsRefusedTarget(j.lastErr) {
+		reason = "target refused, not sent: " + errString(j.lastErr)
+	}
 	if exhausted {
 		reason = "retries exhausted after " + fmt.Sprint(n.Retries) + " retries, last: " + errString(j.lastErr)
 	}
-	reason = processors.Scrub(reason, append(processors.Secrets(n.OTP, n.Data), processors.Contacts(n)...))
+	reason = processors.Redact(reason, processors.Sensitive(n), processors.MaxReason)
 	s.Log.Warn("notification failed", "id", n.ID, "provider", j.lastProv, "reason", reason)
 	s.deadLetter(j, n.ID, errors.New(reason))
 	s.event(j, s.notificationEvent(n, processors.StatusFailed, j.lastProv, reason, n.Attempts+j.calls, ""))
@@ -973,10 +997,16 @@ func (s *Sink) event(j *job, ev *schemas.StatusEvent) {
 	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.Events), Key: []byte(ev.NotificationID), Value: b})
 }
 
+// deadLetter writes the job's record to notify.dlq; its reason (a provider's
+// error, often) goes through Redact like every reason.
 func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
 	r := j.rec
+	var known []string
+	if j.n != nil {
+		known = processors.Sensitive(j.n)
+	}
 	key, value := topology.EncodeDeadLetter(&schemas.DeadLetter{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset,
-		Key: r.Key, Value: r.Value, Reason: cause.Error(), Stage: "sink." + s.Channel, At: s.now().UnixMilli(),
+		Key: r.Key, Value: r.Value, Reason: processors.Redact(cause.Error(), known, processors.MaxReason), Stage: "sink." + s.Channel, At: s.now().UnixMilli(),
 		NotificationID: notificationID})
 	s.produce(j, s.Producer, &kgo.Record{Topic: string(topology.DLQ), Key: []byte(key), Value: value})
 	s.Metrics.deadLetter(s.Channel)
@@ -987,7 +1017,7 @@ func (s *Sink) deadLetter(j *job, notificationID string, cause error) {
 func (s *Sink) feedback(j *job, status string) {
 	fb := &schemas.DeliveryFeedback{NotificationID: j.n.ID, Channel: s.Channel,
 		Status: status, At: s.now().UnixMilli(), Invalid: j.invalid, Unsubscribe: j.unsubscribe, Moved: j.moved,
-		Reason: processors.Clip(processors.Scrub(errString(j.lastErr), append(processors.Secrets(j.n.OTP, j.n.Data), processors.Contacts(j.n)...)), processors.MaxReason)}
+		Reason: processors.Redact(errString(j.lastErr), processors.Sensitive(j.n), processors.MaxReason)}
 	// The targets it names are the user's contacts: sealed for the user.
 	err := processors.SealFeedback(j.ctx, s.Keys, processors.Subject(j.n), fb)
 	var b []byte

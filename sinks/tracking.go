@@ -8,12 +8,13 @@ import (
 	"github.com/notifyd/notifyd/tracking"
 )
 
-// trackedEmail is an email's HTML with its links going through signed click
+// trackedEmail is an email's HTML with its links going through click
 // redirects and an open pixel, and the one-click unsubscribe URL for its
-// List-Unsubscribe headers. Transactional email and one-time codes are not
-// tracked (their links — a password reset — must not pass through a
-// redirect, and there is nothing to unsubscribe from): html is returned as
-// it is and unsubscribe is "".
+// List-Unsubscribe headers; their tokens are encrypted, so the email does
+// not show the user id or the destinations in its URLs. Transactional email
+// and one-time codes are not tracked (their links — a password reset — must
+// not pass through a redirect, and there is nothing to unsubscribe from):
+// html is returned as it is and unsubscribe is "".
 func trackedEmail(t *tracking.Signer, n *schemas.Notification) (html, unsubscribe string, err error) {
 	html = n.Content.HTML
 	if t == nil || n.OTP || n.Category == processors.CategoryTransactional {

@@ -44,6 +44,10 @@ type webhookProvider struct {
 	endpoints map[string]config.Endpoint
 	client    *http.Client
 	now       func() time.Time
+	// guard names why an address may not be dialled ("" = it may); nil
+	// allows every address (allowPrivateTargets). Tests narrow it to let one
+	// loopback receiver through.
+	guard func(netip.AddrPort) string
 }
 
 // ErrPrivateTarget is a webhook pointing at a loopback or private address.
@@ -58,43 +62,78 @@ func newWebhookProvider(c config.Provider, _ Deps) (Provider, error) {
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
-	dialer := guardedDialer(timeout, c.Webhook.AllowPrivateTargets, ErrPrivateTarget)
+	p := &webhookProvider{name: c.Name, endpoints: c.Webhook.Endpoints, now: time.Now}
+	if !c.Webhook.AllowPrivateTargets {
+		p.guard = internalTarget
+	}
+	dialer := guardDialer(timeout, p.refuses, ErrPrivateTarget)
 	transport := &http.Transport{DialContext: dialer.DialContext, MaxIdleConnsPerHost: 64,
 		IdleConnTimeout: 90 * time.Second, TLSHandshakeTimeout: timeout, Proxy: nil}
-	return &webhookProvider{name: c.Name, endpoints: c.Webhook.Endpoints, now: time.Now,
-		client: &http.Client{Transport: transport, Timeout: timeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}, nil
+	p.client = &http.Client{Transport: transport, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return p, nil
+}
+
+func (p *webhookProvider) refuses(ap netip.AddrPort) string {
+	if p.guard == nil {
+		return ""
+	}
+	return p.guard(ap)
 }
 
 // guardedDialer dials with timeout; unless allowPrivate, it refuses loopback,
-// private, link-local and CGNAT addresses with refusal. The check is on the
-// address actually dialled, so DNS cannot point a public name at an internal
-// service. For targets that come from outside (customer webhooks, browsers'
+// private, link-local and CGNAT addresses with a *RefusedTargetError wrapping
+// refusal. For targets that come from outside (customer webhooks, browsers'
 // push endpoints).
 func guardedDialer(timeout time.Duration, allowPrivate bool, refusal error) *net.Dialer {
-	dialer := &net.Dialer{Timeout: timeout}
 	if allowPrivate {
-		return dialer
+		return &net.Dialer{Timeout: timeout}
 	}
-	dialer.Control = func(_, address string, _ syscall.RawConn) error {
+	return guardDialer(timeout, internalTarget, refusal)
+}
+
+// guardDialer dials with timeout and refuses every address refuses names a
+// reason for, with a *RefusedTargetError wrapping refusal. The check is on the
+// address actually dialled (after DNS, before connect), so DNS cannot point a
+// public name at an internal service, and the refusal is classified where it
+// happens: the sink fails the notification without counting it against the
+// provider.
+func guardDialer(timeout time.Duration, refuses func(netip.AddrPort) string, refusal error) *net.Dialer {
+	return &net.Dialer{Timeout: timeout, Control: func(_, address string, _ syscall.RawConn) error {
 		ap, err := netip.ParseAddrPort(address)
 		if err != nil {
 			return err
 		}
-		if privateAddr(ap.Addr()) {
-			return fmt.Errorf("%w: %s", refusal, ap.Addr())
+		if kind := refuses(ap); kind != "" {
+			return &RefusedTargetError{Err: refusal, Addr: ap.Addr().Unmap(), Kind: kind}
 		}
 		return nil
-	}
-	return dialer
+	}}
 }
 
-func privateAddr(a netip.Addr) bool {
-	a = a.Unmap()
-	cgnat := netip.MustParsePrefix("100.64.0.0/10")
-	return a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() ||
-		a.IsUnspecified() || a.IsMulticast() || a.IsInterfaceLocalMulticast() || cgnat.Contains(a)
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// internalTarget names the kind of an internal address, "" for a public one.
+func internalTarget(ap netip.AddrPort) string {
+	a := ap.Addr().Unmap()
+	switch {
+	case a.IsLoopback():
+		return "loopback"
+	case a.IsPrivate():
+		return "private"
+	case a.IsLinkLocalUnicast(), a.IsLinkLocalMulticast():
+		return "link-local"
+	case a.IsUnspecified():
+		return "unspecified"
+	case a.IsMulticast(), a.IsInterfaceLocalMulticast():
+		return "multicast"
+	case cgnat.Contains(a):
+		return "CGNAT"
+	}
+	return ""
 }
+
+func privateAddr(a netip.Addr) bool { return internalTarget(netip.AddrPortFrom(a, 0)) != "" }
 
 func (p *webhookProvider) Name() string { return p.name }
 
@@ -146,8 +185,11 @@ func (p *webhookProvider) Send(ctx context.Context, n *schemas.Notification) (st
 	req.Header.Set(HeaderSignature, Sign([]byte(ep.Secret), ts, body))
 	resp, err := p.client.Do(req)
 	if err != nil {
-		if errors.Is(err, ErrPrivateTarget) {
-			return "", Permanent(err)
+		var refused *RefusedTargetError
+		if errors.As(err, &refused) {
+			// The notification's failure, not the provider's (and without
+			// the URL, which may carry a token).
+			return "", fmt.Errorf("webhook %s: %w; allowPrivateTargets is off", n.Address, refused)
 		}
 		return "", fmt.Errorf("webhook %s: %w", n.Address, err)
 	}

@@ -3,7 +3,6 @@ package topology
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/lovoo/goka"
@@ -95,12 +94,9 @@ func (a *ViewAudience) Scan(c *schemas.Campaign, after, through string, max, sca
 		if err != nil {
 			return "", false, 0, err
 		}
-		prefix := ""
-		if t := schemas.NormTenant(c.Tenant); t != "" {
-			prefix = t + schemas.TenantSep
-		}
+		prefix := schemas.TenantPrefix(c.Tenant)
 		return scanView(a.Profiles, prefix, after, through, max, scanMax, func(key string, v any) (string, bool) {
-			if prefix == "" && strings.Contains(key, schemas.TenantSep) {
+			if !schemas.InTenant(key, c.Tenant) {
 				return "", false // another tenant's profile
 			}
 			d, ok := v.(schemas.Decoded[schemas.Profile])

@@ -11,6 +11,7 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
@@ -113,6 +114,14 @@ func (p *Pipeline) campaignStep(ctx goka.Context, c *schemas.Campaign, now time.
 	if p.Audience == nil {
 		return
 	}
+	if !replay && !processors.ApprovedVersion(&n) {
+		// Fan-out renders only the version an approval approved; a campaign
+		// without one (never, unless a record was forged) waits for one.
+		n.State, n.UpdatedAt = processors.CampaignPending, now.UnixMilli()
+		n.Reason = fmt.Sprintf("template version %d was not approved", n.TemplateVersion)
+		ctx.SetValue(&n)
+		return
+	}
 	after, through, budget := n.Cursor, "", 0
 	if replay {
 		// The same tick after a crash: local state may hold this step while
@@ -134,10 +143,30 @@ func (p *Pipeline) campaignStep(ctx goka.Context, c *schemas.Campaign, now time.
 			return
 		}
 	}
+	// The campaign's data, opened once for the step; each notification
+	// seals it again for its user.
+	send := n
+	if err := processors.OpenCampaignData(context.Background(), p.Keys, &send); err != nil {
+		if errors.Is(err, crypt.ErrErased) {
+			n.State, n.FinishedAt, n.UpdatedAt = processors.CampaignCanceled, now.UnixMilli(), now.UnixMilli()
+			n.Reason = "the campaign's data key was erased"
+			ctx.SetValue(&n)
+			return
+		}
+		p.deadLetterOnly(ctx, nil, "campaign", err) // the next tick tries again
+		return
+	}
 	emitted := 0
 	last, done, scanned, err := p.Audience.Scan(&n, after, through, budget, max(4*budget, 20_000), func(user string) {
-		nt := processors.CampaignNotification(&n, user, now)
-		b, err := schemas.NotificationCodec.Encode(nt)
+		nt := processors.CampaignNotification(&send, user, now)
+		// Sealed like every record on notify.accepted: the campaign's data
+		// is the user's message content from here on.
+		sealed, err := processors.SealNotification(context.Background(), p.Keys, nt)
+		if err != nil {
+			p.rejectNotification(ctx, nt, nil, "campaign", "", err, now)
+			return
+		}
+		b, err := schemas.NotificationCodec.Encode(sealed)
 		if err != nil {
 			return
 		}
@@ -332,6 +361,7 @@ func (p *Pipeline) emitRun(ctx goka.Context, s *schemas.Schedule, fireAt time.Ti
 	}
 	req.EventID, req.Tenant, req.ScheduleID, req.Source = RunEventID(s.ID, fireAt), s.Tenant, s.ID, "schedule"
 	req.AcceptedAt = 0
+	req.TemplateVersion, req.TemplateHash = 0, "" // a run pins the version current when it fires
 	b, err := schemas.SendRequestCodec.Encode(req)
 	if err != nil {
 		return err

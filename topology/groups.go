@@ -258,6 +258,7 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		goka.Input(Feedback, rawCodec, p.feedback),
 		goka.Join(Profiles, profileTable),
 		goka.Lookup(Templates, templateTable),
+		goka.Lookup(TemplateVersions, templateTable),
 		goka.Lookup(Cancels, cancellationView),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
@@ -308,13 +309,27 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		ctx.Emit(Events, n.ID, ev)
 		return
 	}
+	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
 	if n.SendAt > now.UnixMilli() {
+		if !processors.Pinned(n) {
+			// A producer that does not pin: the version current at
+			// acceptance is the one sent later.
+			processors.PinTemplate(n, p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh))
+		}
 		p.hold(ctx, n, n.SendAt, "scheduled for "+time.UnixMilli(n.SendAt).UTC().Format(time.RFC3339), now)
 		return
 	}
-	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
-	tmpl := p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh)
-	n.Category = processors.Category(n, tmpl) // what the request says only counts as a narrowing
+	current := p.template(ctx, schemas.TenantKey(n.Tenant, n.Template), fresh)
+	// The version n was accepted with is what it renders; its category
+	// never widens after acceptance (and a request's only narrows it).
+	tmpl, err := processors.PinnedTemplate(n, current, func(v int64) *schemas.Template {
+		return p.templateVersion(ctx, schemas.TemplateVersionKey(n.Tenant, n.Template, v), fresh)
+	})
+	if err != nil {
+		p.rejectNotification(ctx, n, raw, "deliver", "", err, now)
+		return
+	}
+	n.Category = processors.DeliveryCategory(n, tmpl, current)
 	st, _ := ctx.Value().(*schemas.UserState)
 	if st == nil {
 		st = &schemas.UserState{}
@@ -498,6 +513,24 @@ func (p *Pipeline) template(ctx goka.Context, id string, fresh bool) *schemas.Te
 		}
 		if time.Now().After(deadline) {
 			p.missed(ctx.Partition())
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// templateVersion looks up a stored template version; like template, a
+// fresh notification waits a little for a version written just before it.
+func (p *Pipeline) templateVersion(ctx goka.Context, key string, fresh bool) *schemas.Template {
+	deadline := time.Now().Add(p.TableWait)
+	for {
+		if d, ok := ctx.Lookup(TemplateVersions, key).(schemas.Decoded[schemas.Template]); ok {
+			if d.Err == nil {
+				return d.V
+			}
+			return nil
+		}
+		if !fresh || time.Now().After(deadline) {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -3,6 +3,7 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -36,6 +37,11 @@ const maxPending = 20000
 func BatchedLevelDB(dir string, flushEvery time.Duration) storage.Builder {
 	return func(topic string, partition int32) (storage.Storage, error) {
 		path := filepath.Join(dir, fmt.Sprintf("%s.%d", topic, partition))
+		// The state is personal data: the owner's alone (LevelDB would make
+		// the directory 0755; its files follow the process's umask).
+		if err := os.MkdirAll(path, 0o700); err != nil {
+			return nil, fmt.Errorf("leveldb %s: %w", path, err)
+		}
 		// Most reads are of keys that do not exist yet (a new eventId, a new
 		// notification); the bloom filter answers those without touching every level.
 		db, err := leveldb.OpenFile(path, &opt.Options{Filter: filter.NewBloomFilter(10)})

@@ -45,6 +45,10 @@ const (
 	// Audit receives an AuditEvent for every write through the API (key tenant).
 	Audit     goka.Stream = "notify.audit"
 	Templates goka.Table  = "notify.templates" // Template, key template id (compacted)
+	// TemplateVersions keeps every saved version of every template (Template,
+	// key schemas.TemplateVersionKey, compacted; never deleted): notifications
+	// and campaigns render the version they were accepted or approved with.
+	TemplateVersions goka.Table = "notify.template.versions"
 
 	// Campaigns carries CampaignCommands (key processors.CampaignKey); an
 	// empty value is the sweeper's tick.
@@ -164,6 +168,7 @@ func Topics() []Topic {
 		{Name: string(Ingest)}, {Name: string(DedupExpire)}, {Name: string(Accepted)},
 		{Name: string(Events)}, {Name: string(DLQ)}, {Name: string(Ledger), Compact: true, Retention: 7 * 24 * time.Hour},
 		{Name: string(Profiles), Compact: true}, {Name: string(Templates), Compact: true},
+		{Name: string(TemplateVersions), Compact: true},
 		{Name: string(goka.GroupTable(DedupGroup)), Compact: true},
 		{Name: string(goka.GroupTable(DeliverGroup)), Compact: true},
 		{Name: string(goka.GroupTable(StatusGroup)), Compact: true},

@@ -1,15 +1,17 @@
-// Package tracking makes and checks the signed links notifyd puts in emails
-// (the open pixel, click redirects and one-click unsubscribe) and rewrites an
+// Package tracking makes and checks the links notifyd puts in emails (the
+// open pixel, click redirects and one-click unsubscribe) and rewrites an
 // email's HTML so its links go through them.
 //
 // A link carries everything the status event it turns into needs (template,
 // campaign, channel...), so a click is attributed without looking anything
-// up, and an HMAC over all of it means a link cannot be forged or pointed at
+// up, on any API instance, with no store to share. Its token is encrypted
+// and authenticated (token.go): a recipient, a forwarded email or a proxy
+// log learns nothing from it (not the user id, which may be an email
+// address, nor the destination), and it cannot be forged or pointed at
 // another destination: there is no open redirect.
 package tracking
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/url"
@@ -33,7 +35,8 @@ const (
 	maxURLLen   = 2048 // a click destination, the practical limit of browsers
 )
 
-// Link is what a tracking URL says; every field is covered by the signature.
+// Link is what a tracking URL says; every field is inside its encrypted,
+// authenticated token.
 type Link struct {
 	Kind           string // Open, Click or Unsubscribe
 	NotificationID string
@@ -51,9 +54,7 @@ type Link struct {
 // never "default"), bounded printable fields, and a URL exactly when Kind is
 // Click, absolute http or https. Parse refuses what Validate refuses.
 func (l Link) Validate() error {
-	switch l.Kind {
-	case Open, Click, Unsubscribe:
-	default:
+	if !validKind(l.Kind) {
 		return fmt.Errorf("unknown link kind %q", l.Kind)
 	}
 	if l.NotificationID == "" {
@@ -72,6 +73,10 @@ func (l Link) Validate() error {
 		}
 	}
 	return l.validateURL()
+}
+
+func validKind(kind string) bool {
+	return kind == Open || kind == Click || kind == Unsubscribe
 }
 
 func (l Link) validateURL() error {
@@ -131,60 +136,10 @@ func kindName(kind string) string {
 	return fmt.Sprintf("%q", kind)
 }
 
-// payloadVersion is the first byte of every encoded payload, so the format
-// can change without old links being misread.
-const payloadVersion = 1
-
-// fieldNames lists the encoded fields in order; the URL is last.
+// fieldNames lists a Link's fields in the order tokens encode them; the URL
+// is last.
 var fieldNames = [...]string{"notificationId", "tenant", "userId", "template", "category", "channel", "campaign", "url"}
 
 func (l Link) fields() [len(fieldNames)]string {
 	return [...]string{l.NotificationID, l.Tenant, l.UserID, l.Template, l.Category, l.Channel, l.Campaign, l.URL}
-}
-
-// encode is the payload: the version byte, then each field as a uvarint
-// length and its bytes. The kind is not in it: it is in the URL path and in
-// the signed message.
-func (l Link) encode() []byte {
-	fields := l.fields()
-	n := 1
-	for _, f := range fields {
-		n += binary.MaxVarintLen64 + len(f)
-	}
-	b := make([]byte, 1, n)
-	b[0] = payloadVersion
-	for _, f := range fields {
-		b = binary.AppendUvarint(b, uint64(len(f)))
-		b = append(b, f...)
-	}
-	return b
-}
-
-// decodeLink undoes encode. It accepts only the canonical encoding (what
-// encode makes of the result), so one link has exactly one payload.
-func decodeLink(kind string, b []byte) (Link, error) {
-	if len(b) == 0 || b[0] != payloadVersion {
-		return Link{}, errors.New("unknown payload version")
-	}
-	rest := b[1:]
-	var fields [len(fieldNames)]string
-	for i, name := range fieldNames {
-		n, size := binary.Uvarint(rest)
-		if size <= 0 || n > uint64(len(rest)-size) {
-			return Link{}, fmt.Errorf("payload field %s is truncated", name)
-		}
-		rest = rest[size:]
-		fields[i], rest = string(rest[:n]), rest[n:]
-	}
-	if len(rest) != 0 {
-		return Link{}, errors.New("payload has trailing bytes")
-	}
-	l := Link{
-		Kind: kind, NotificationID: fields[0], Tenant: fields[1], UserID: fields[2], Template: fields[3],
-		Category: fields[4], Channel: fields[5], Campaign: fields[6], URL: fields[7],
-	}
-	if string(l.encode()) != string(b) {
-		return Link{}, errors.New("payload is not canonically encoded")
-	}
-	return l, nil
 }

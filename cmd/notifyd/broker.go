@@ -42,6 +42,9 @@ func runBroker(ctx context.Context, args []string, stdout io.Writer) error {
 		cfg.Kafka.Partitions = *partitions
 	}
 	log := newLogger(cfg.LogLevel)
+	if err := privateDataDir(cfg.DataDir, log); err != nil {
+		return err
+	}
 
 	cluster, err := service.StartBroker(cfg.DataDir, cfg.Kafka.EmbeddedPort)
 	if err != nil {

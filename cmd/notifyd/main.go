@@ -45,6 +45,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmd, args := os.Args[1], os.Args[2:]
+	privateUmask()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
@@ -152,6 +153,9 @@ func runRole(ctx context.Context, role string, args []string) error {
 	log := newLogger(cfg.LogLevel)
 	slog.SetDefault(log)
 	service.SetKafkaClientLogger(log)
+	if err := privateDataDir(cfg.DataDir, log); err != nil {
+		return err
+	}
 	var roles service.Roles
 	switch role {
 	case "run":
