@@ -115,6 +115,17 @@ func TestApprovalRefusedToTheCreatorsLineage(t *testing.T) {
 		t.Fatalf("campaign after refused decisions: %s", rec.Body)
 	}
 
+	// A creator this instance has not read yet (its view lags): refused
+	// until it is known, not let through.
+	e.seedCampaign(schemas.Campaign{ID: "unknown", Template: "welcome", AudienceKind: processors.AudienceTopic, AudienceID: "news",
+		State: processors.CampaignPending, CreatedBy: "0123456789abcdef", CreatedAt: now.UnixMilli(),
+		Rate: processors.DefaultCampaignRate, ApprovalDeadline: now.Add(time.Hour).UnixMilli()})
+	before := e.ends()
+	expect(t, e.serve(rootKey, "POST", "/v1/campaigns/unknown/approve", "", ``), http.StatusServiceUnavailable, "unavailable")
+	if after := e.ends(); !maps.Equal(before, after) {
+		t.Errorf("an unchecked approval wrote: %v, then %v", before, after)
+	}
+
 	// A sibling: minted by the creator's ancestor (its rotation, even), not
 	// from the creator nor the creator from it. No campaign group runs here,
 	// so its approval is written and the answer says it is not yet readable.

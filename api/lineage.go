@@ -94,31 +94,44 @@ func (s *Server) checkDecider(op string, p *Principal, c *schemas.Campaign) *Err
 	if op != processors.OpApprove && op != processors.OpReject {
 		return nil
 	}
-	creator := c.CreatedBy
-	if creator == "" || creator == p.KeyID {
-		return forbidden("%v", processors.ErrCreatorCannotApprove)
+	// The creator chose the audience; whoever pinned the template version
+	// (the creator, or a key that re-pinned it) chose the content. Neither
+	// lineage decides.
+	deciders := []struct{ id, role string }{{c.CreatedBy, "created"}}
+	if c.TemplateSetBy != "" && c.TemplateSetBy != c.CreatedBy {
+		deciders = append(deciders, struct{ id, role string }{c.TemplateSetBy, "chose the template version of"})
+	}
+	for _, d := range deciders {
+		if d.id == "" || d.id == p.KeyID {
+			return forbidden("%v", processors.ErrCreatorCannotApprove)
+		}
 	}
 	if s.ManagedKeys == nil {
 		// No managed key can act here; two configured keys are two roots.
-		if configKeyID(creator) && configKeyID(p.KeyID) {
-			return nil
+		for _, d := range deciders {
+			if !configKeyID(d.id) || !configKeyID(p.KeyID) {
+				return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+					Message: "this instance does not read the managed keys: it cannot check the approver against the campaign's creator"}
+			}
 		}
-		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
-			Message: "this instance does not read the managed keys: it cannot check the approver against the campaign's creator"}
+		return nil
 	}
 	keys, err := s.allKeys()
 	if err != nil {
 		return err
 	}
-	if !configKeyID(creator) && !slices.ContainsFunc(keys, func(k *schemas.APIKey) bool { return k.ID == creator }) {
-		// Fail closed: without the creator's record its lineage is unknown.
-		return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
-			Message: fmt.Sprintf("key %s, which created campaign %q, is not yet known to this instance; retry", creator, c.ID)}
-	}
-	if newKeyGraph(keys).lineage(creator)[p.KeyID] {
-		return forbidden("this key (%s) and key %s, which created campaign %q, are one lineage: one was minted from the other, "+
-			"directly or through other keys, or is a rotation of it; a campaign is approved or rejected by a key of another lineage",
-			p.KeyID, creator, c.ID)
+	graph := newKeyGraph(keys)
+	for _, d := range deciders {
+		if !configKeyID(d.id) && !slices.ContainsFunc(keys, func(k *schemas.APIKey) bool { return k.ID == d.id }) {
+			// Fail closed: without the key's record its lineage is unknown.
+			return &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Message: fmt.Sprintf("key %s, which %s campaign %q, is not yet known to this instance; retry", d.id, d.role, c.ID)}
+		}
+		if graph.lineage(d.id)[p.KeyID] {
+			return forbidden("this key (%s) and key %s, which %s campaign %q, are one lineage: one was minted from the other, "+
+				"directly or through other keys, or is a rotation of it; a campaign is approved or rejected by a key of another lineage",
+				p.KeyID, d.id, d.role, c.ID)
+		}
 	}
 	return nil
 }

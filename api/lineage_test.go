@@ -3,10 +3,12 @@ package api
 import (
 	"fmt"
 	"maps"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
 
@@ -149,4 +151,25 @@ func TestKeyLineageLongChain(t *testing.T) {
 			last["config:root"], last["k0"], first[fmt.Sprintf("k%d", n-1)], last["aside"], first["aside"])
 	}
 	t.Logf("%d keys: graph and two lineages in %v", len(keys), time.Since(start))
+}
+
+// An instance without the managed keys' view decides between two
+// configured keys (two roots) and refuses to guess about a managed one.
+func TestCheckDeciderWithoutManagedKeys(t *testing.T) {
+	s := &Server{}
+	approver := &Principal{KeyID: "config:lead", Name: "lead"}
+	byConfig := &schemas.Campaign{ID: "c", CreatedBy: "config:marketing"}
+	byManaged := &schemas.Campaign{ID: "c", CreatedBy: "0123456789abcdef"}
+	if err := s.checkDecider(processors.OpApprove, approver, byConfig); err != nil {
+		t.Fatalf("two configured keys: %v", err)
+	}
+	if err := s.checkDecider(processors.OpReject, approver, byManaged); err == nil || err.Status != http.StatusServiceUnavailable {
+		t.Fatalf("a managed creator without the view: %v", err)
+	}
+	if err := s.checkDecider(processors.OpApprove, &Principal{KeyID: "config:marketing"}, byConfig); err == nil || err.Status != http.StatusForbidden {
+		t.Fatalf("the creator: %v", err)
+	}
+	if err := s.checkDecider(processors.OpCancel, &Principal{KeyID: "config:marketing"}, byManaged); err != nil {
+		t.Fatalf("a cancel is not an approval: %v", err)
+	}
 }

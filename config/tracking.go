@@ -81,7 +81,7 @@ func (t Tracking) LegacyDeadline(dataDir string, now time.Time) (time.Time, erro
 		return time.Time{}, fmt.Errorf("%s: %w", legacyUntilFile, err)
 	}
 	d := now.Add(LegacyWindow).UTC().Truncate(time.Second)
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return time.Time{}, fmt.Errorf("%s: %w", legacyUntilFile, err)
 	}
 	if err := os.WriteFile(path, []byte(d.Format(time.RFC3339)+"\n"), 0o644); err != nil {

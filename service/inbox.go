@@ -98,7 +98,7 @@ func localSecret(configured, dataDir, file string) ([]byte, error) {
 		return nil, err
 	}
 	secret := hex.EncodeToString(buf)
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("%s: %w", file, err)
 	}
 	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {

@@ -67,7 +67,7 @@ func localMasterKey(dataDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return "", fmt.Errorf("master key: %w", err)
 	}
 	if err := os.WriteFile(path, []byte(spec+"\n"), 0o600); err != nil {

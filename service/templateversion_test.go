@@ -331,3 +331,34 @@ func TestCategoriesAreExact(t *testing.T) {
 		t.Fatalf("the Kafka record's rejection: %v", st)
 	}
 }
+
+// The key that pins a campaign to another template version chose its
+// content: like the creator, neither it nor its lineage may approve it.
+func TestTheKeyThatPinsAVersionCannotApproveIt(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Campaigns.Step = 200 * time.Millisecond
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/promo", promoTemplate("marketing", "one"))
+	h.mustCall(http.StatusOK, "PUT", "/v1/profiles/p1", map[string]any{"email": "p1@example.com"})
+	creator := h.mintKey(testKey, "creator", "send", "notifications:read")
+	editor := h.mintKey(testKey, "editor", "admin")
+	editorsApprover := h.mintKey(editor.key, "editors-approver", "approve")
+	lead := h.mintKey(testKey, "lead", "approve")
+	h.mustCall(http.StatusAccepted, "POST", "/v1/campaigns", map[string]any{"id": "pinned", "template": "promo",
+		"data": map[string]any{"item": "x"}, "audience": map[string]any{"users": []string{"p1"}}}, as(creator.key)...)
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/promo", promoTemplate("marketing", "two"))
+	c := h.mustCall(http.StatusOK, "POST", "/v1/campaigns/pinned/template", map[string]any{"version": 2}, as(editor.key)...)
+	if c["templateVersion"].(float64) != 2 {
+		t.Fatalf("re-pinned: %v", c)
+	}
+	for who, key := range map[string]string{"the editor": editor.key, "a key the editor minted": editorsApprover.key} {
+		if code, out := h.call("POST", "/v1/campaigns/pinned/approve", nil, as(key)...); code != http.StatusForbidden {
+			t.Fatalf("%s approved the version it chose: %d %v", who, code, out)
+		}
+	}
+	h.mustCall(http.StatusOK, "POST", "/v1/campaigns/pinned/approve", map[string]any{"templateVersion": 2}, as(lead.key)...)
+	msgs := h.smtp.WaitFor(1, 30*time.Second)
+	if len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "Subject: two") {
+		t.Fatalf("mail: %+v", msgs)
+	}
+}

@@ -406,6 +406,8 @@ func readBody(resp *http.Response) []byte {
 // ---- receipts
 
 // Receipt is what a provider's callback says about one message it was handed.
+// Reason and ProviderMessageID are the provider's free text, as it wrote them:
+// the API records them through processors.Redact, like every reason.
 type Receipt struct {
 	NotificationID    string
 	ProviderMessageID string

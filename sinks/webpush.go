@@ -301,6 +301,13 @@ func (p *webpushProvider) sendOne(ctx context.Context, id string, t schemas.Targ
 	req.Header.Set("User-Agent", "notifyd-webpush/1")
 	resp, err := p.client.Do(req)
 	if err != nil {
+		// A refused endpoint is this subscription's permanent failure,
+		// typed so that no breaker counts it as the provider's (an outage)
+		// and no other provider is tried.
+		var refused *RefusedTargetError
+		if errors.As(err, &refused) {
+			return "", fmt.Errorf("webpush: %w", refused)
+		}
 		if errors.Is(err, errWebpushPrivateEndpoint) {
 			return "", Permanent(fmt.Errorf("webpush: %w", errWebpushPrivateEndpoint))
 		}

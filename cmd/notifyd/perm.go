@@ -24,9 +24,10 @@ const groupOther fs.FileMode = 0o077
 // privateDataDir takes group and other permissions away from the data
 // directory and every entry under it: a data directory written by an older
 // notifyd (0755/0644) is tightened once at start. A missing one is left to be
-// created (0700) by whatever writes it first. Symbolic links are not followed. It logs how many entries it
-// fixed, and warns about entries it could not fix (owned by another user, such
-// as a volume's mount point): notifyd still starts, as it did before.
+// created (0700) by whatever writes it first. Symbolic links inside are not
+// followed. It logs how many entries it fixed, and warns about entries it
+// could not fix (owned by another user, such as a volume's mount point):
+// notifyd still starts, as it did before.
 func privateDataDir(dir string, log *slog.Logger) error {
 	// A data directory that is a link to one is walked where it points.
 	root, err := filepath.EvalSymlinks(dir)
