@@ -33,6 +33,10 @@ fuzz:
 	$(GO) test ./processors -run '^$$' -fuzz FuzzRender -fuzztime $(FUZZTIME)
 	$(GO) test ./config -run '^$$' -fuzz FuzzLoad -fuzztime $(FUZZTIME)
 	$(GO) test ./processors -run '^$$' -fuzz FuzzInboxCommand -fuzztime $(FUZZTIME)
+	$(GO) test ./processors -run '^$$' -fuzz FuzzRedact -fuzztime $(FUZZTIME)
+	$(GO) test ./schemas -run '^$$' -fuzz FuzzTenantKey -fuzztime $(FUZZTIME)
+	$(GO) test ./tracking -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./tracking -run '^$$' -fuzz FuzzParseAuthenticated -fuzztime $(FUZZTIME)
 	for f in $$(grep -ho '^func Fuzz[A-Za-z]*' sinks/*_test.go | sed 's/func //'); do \
 	  $(GO) test ./sinks -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 

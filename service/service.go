@@ -12,8 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -71,10 +71,10 @@ type Service struct {
 	httpAddr string
 	// apiRoutes are the API's route patterns (APIRoutes).
 	apiRoutes []string
-	ready    chan struct{}
-	readyErr error
-	views    []*goka.View
-	procs    []*goka.Processor
+	ready     chan struct{}
+	readyErr  error
+	views     []*goka.View
+	procs     []*goka.Processor
 	// statusProc is the status group's processor when this process runs it.
 	statusProc *goka.Processor
 	// inboxProc is the inbox group's processor when this process runs it.
@@ -588,10 +588,10 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 		return nil, err
 	}
 	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
-		Templates: &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
+		Templates:        &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		TemplateVersions: &syncedView{View: templateVersions, adm: adm, topic: string(topology.TemplateVersions), partitions: cfg.Kafka.Partitions},
-		Profiles:  &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
-		Keys:      configKeys, ManagedKeys: managedKeys, Log: s.Log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
+		Profiles:         &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
+		Keys:             configKeys, ManagedKeys: managedKeys, Log: s.Log, MaxBodyBytes: cfg.HTTP.MaxBodyBytes, MaxBatch: cfg.HTTP.MaxBatch,
 		Render:    processors.LimitsFromConfig(cfg.Render),
 		WriteWait: 3 * time.Second, Gatherer: reg, Now: s.Now,
 		Ready: func(ctx context.Context) error {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
 
@@ -243,7 +244,7 @@ func (p *slackProvider) sendAPI(ctx context.Context, n *schemas.Notification, ch
 	body := readBody(resp)
 	id, err := slackClassifyAPI(resp.StatusCode, resp.Header, body, n, p.deps.now())
 	if err != nil && IsPermanent(err) {
-		p.log.Debug("slack chat.postMessage refused", "provider", p.name, "channel", channel, "err", err)
+		p.log.Debug("slack chat.postMessage refused", "provider", p.name, "channel", processors.Mask(channel), "err", err)
 	}
 	return id, err
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf16"
 
+	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
 
@@ -248,7 +249,7 @@ func (p *telegramProvider) Send(ctx context.Context, n *schemas.Notification) (s
 	}
 	to := strconv.FormatInt(mig.to, 10)
 	p.log.Info("telegram group upgraded to a supergroup: sending to the new chat id, which replaces the old in the profile",
-		"provider", p.name, "notification", n.ID, "from", chat, "to", to)
+		"provider", p.name, "notification", n.ID, "from", processors.Mask(chat), "to", processors.Mask(to))
 	id, err = p.send(ctx, n, to)
 	if errors.As(err, &mig) {
 		return "", Permanent(fmt.Errorf("telegram: chat %s migrated to %s, which migrated again", chat, to))

@@ -732,7 +732,9 @@ const deadLetterKeep = 64 << 10
 // marked Truncated (it cannot be replayed, but it can be read).
 func EncodeDeadLetter(dl *schemas.DeadLetter) (key string, value []byte) {
 	key = processors.Clip(string(dl.Key), 1024)
-	dl.Reason = processors.Clip(dl.Reason, 4096)
+	// A reason quotes what was wrong, and that may be a caller's input (an
+	// invalid email address, a phone number): redacted like every reason.
+	dl.Reason = processors.Redact(dl.Reason, nil, 4096)
 	// A one-time code's data and content never reach the dead-letter topic.
 	dl.Value = processors.RedactRecord(dl.Value)
 	b, err := schemas.DeadLetterCodec.Encode(dl)
