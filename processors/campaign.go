@@ -346,7 +346,7 @@ func CampaignNotification(c *schemas.Campaign, userID string, now time.Time) *sc
 		ID: CampaignNotificationID(c.Tenant, c.ID, userID), EventID: c.EventID, UserID: userID, Tenant: c.Tenant,
 		Template: c.Template, Priority: c.Priority, Category: c.Category, Channels: c.Channels, Data: c.Data,
 		SendAt: c.SendAt, ExpiresAt: c.ExpiresAt, LocalTime: c.LocalTime, AcceptedAt: now.UnixMilli(), Campaign: c.ID,
-		TemplateVersion: c.TemplateVersion, TemplateHash: c.TemplateHash,
+		TemplateVersion: c.TemplateVersion, TemplateHash: c.TemplateHash, SealedData: c.SealedData,
 	}
 }
 

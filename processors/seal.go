@@ -106,7 +106,7 @@ func Stripped(n *schemas.Notification) *schemas.Notification {
 func strip(n *schemas.Notification) *schemas.Notification {
 	out := *n
 	out.Recipient = schemas.Recipient{UserID: n.Recipient.UserID, Locale: n.Recipient.Locale, Upsert: n.Recipient.Upsert}
-	out.Data, out.Address, out.Content, out.Targets = "", "", schemas.Content{}, nil
+	out.Data, out.Address, out.Content, out.Targets, out.SealedData = "", "", schemas.Content{}, nil, nil
 	return &out
 }
 
@@ -143,6 +143,15 @@ func openJSON(ctx context.Context, s Sealer, subject, field string, env []byte, 
 // notification without one (written before encryption, or by a producer that
 // does not seal) is left as it is.
 func OpenNotification(ctx context.Context, s Sealer, n *schemas.Notification) error {
+	if len(n.SealedData) > 0 {
+		// A campaign's notification: its data is the campaign's, sealed
+		// under the campaign's key (it holds nothing else of the user's).
+		c := schemas.Campaign{ID: n.Campaign, Tenant: n.Tenant, SealedData: n.SealedData}
+		if err := OpenCampaignData(ctx, s, &c); err != nil {
+			return fmt.Errorf("open notification %s: %w", n.ID, err)
+		}
+		n.Data, n.SealedData = c.Data, nil
+	}
 	if len(n.Sealed) == 0 {
 		return nil
 	}

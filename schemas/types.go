@@ -115,6 +115,10 @@ type Notification struct {
 	// version, or nothing.
 	TemplateVersion int64  `avro:"templateVersion"`
 	TemplateHash    string `avro:"templateHash"`
+	// SealedData is a campaign's data sealed under the campaign's own key
+	// (since notification.v7): the campaign group passes the campaign's
+	// envelope on as it is, and the deliver group opens it (Data is empty).
+	SealedData []byte `avro:"sealedData"`
 }
 
 // Target is one device or subscription a notification goes to.

@@ -11,7 +11,6 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/processors"
 	"github.com/notifyd/notifyd/schemas"
 )
@@ -143,30 +142,24 @@ func (p *Pipeline) campaignStep(ctx goka.Context, c *schemas.Campaign, now time.
 			return
 		}
 	}
-	// The campaign's data, opened once for the step; each notification
-	// seals it again for its user.
-	send := n
-	if err := processors.OpenCampaignData(context.Background(), p.Keys, &send); err != nil {
-		if errors.Is(err, crypt.ErrErased) {
-			n.State, n.FinishedAt, n.UpdatedAt = processors.CampaignCanceled, now.UnixMilli(), now.UnixMilli()
-			n.Reason = "the campaign's data key was erased"
-			ctx.SetValue(&n)
-			return
-		}
-		p.deadLetterOnly(ctx, nil, "campaign", err) // the next tick tries again
-		return
-	}
 	emitted := 0
 	last, done, scanned, err := p.Audience.Scan(&n, after, through, budget, max(4*budget, 20_000), func(user string) {
-		nt := processors.CampaignNotification(&send, user, now)
-		// Sealed like every record on notify.accepted: the campaign's data
-		// is the user's message content from here on.
-		sealed, err := processors.SealNotification(context.Background(), p.Keys, nt)
-		if err != nil {
-			p.rejectNotification(ctx, nt, nil, "campaign", "", err, now)
-			return
+		nt := processors.CampaignNotification(&n, user, now)
+		// Sealed like every record on notify.accepted. The data is the
+		// campaign's, sealed under the campaign's key: its envelope goes on
+		// as it is, no cryptography per recipient here (the deliver group
+		// opens it and seals what it renders for the user). A campaign
+		// created before its data was sealed is sealed for each user.
+		out := nt
+		if len(nt.SealedData) == 0 && nt.Data != "" {
+			sealed, err := processors.SealNotification(context.Background(), p.Keys, nt)
+			if err != nil {
+				p.rejectNotification(ctx, nt, nil, "campaign", "", err, now)
+				return
+			}
+			out = sealed
 		}
-		b, err := schemas.NotificationCodec.Encode(sealed)
+		b, err := schemas.NotificationCodec.Encode(out)
 		if err != nil {
 			return
 		}

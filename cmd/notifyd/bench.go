@@ -89,7 +89,7 @@ func runBench(ctx context.Context, args []string) error {
 	rate := fs.Int("rate", 2000, "API requests/s of the API phase")
 	dur := fs.Duration("duration", 10*time.Second, "length of the paced and API phases")
 	partitions := fs.Int("partitions", 4, "partitions per topic")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase (with -campaign: approval → last delivery) to this file")
 	apiProfile := fs.String("cpuprofile-api", "", "write a CPU profile of the API phase to this file")
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
 	users := fs.Int("users", 0, "send to this many users in turn (0: a new user per notification, each needing its own data key: the worst case)")
@@ -103,7 +103,7 @@ func runBench(ctx context.Context, args []string) error {
 	}
 	if *campaign > 0 {
 		return campaignBench{users: *campaign, rate: *campaignRate, partitions: *partitions, memState: *memState,
-			analytics: *withAnalytics, external: *externalBroker, memProfile: *memProfile}.run(ctx)
+			analytics: *withAnalytics, external: *externalBroker, memProfile: *memProfile, cpuProfile: *cpuProfile}.run(ctx)
 	}
 	dir, err := os.MkdirTemp("", "notifyd-bench-")
 	if err != nil {

@@ -47,6 +47,7 @@ type campaignBench struct {
 	analytics  bool
 	external   bool   // the broker in a child process: the heap is notifyd's alone
 	memProfile string // a heap profile written once the campaign settled
+	cpuProfile string // a CPU profile from the approval to the last delivery
 }
 
 // campaignUser is the bench's user i; campaignUserIndex its inverse.
@@ -262,6 +263,18 @@ func (b campaignBench) run(ctx context.Context) error {
 	runtime.GC()
 	heap := sampleHeap(250 * time.Millisecond)
 	baseHeap, baseRSS := heap.sample()
+	if b.cpuProfile != "" {
+		f, err := os.Create(b.cpuProfile)
+		if err != nil {
+			heap.finish()
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			heap.finish()
+			return err
+		}
+	}
 	approved := time.Now()
 	if err := callAs(ctx, client, "bench-approver-0001", "POST", base+"/v1/campaigns/bench/approve", `{"comment":"bench"}`, http.StatusOK); err != nil {
 		heap.finish()
@@ -284,6 +297,9 @@ func (b campaignBench) run(ctx context.Context) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	elapsed := time.Unix(0, cp.last.Load()).Sub(approved)
+	if b.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	// The campaign settles: every notification targeted and none on its way.
 	var c campaignProgress
 	var lastRead time.Duration
