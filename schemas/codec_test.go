@@ -312,4 +312,40 @@ func TestOlderSchemaVersionsStillDecode(t *testing.T) {
 	if err != nil || len(st.Recent) != 1 || len(st.Digests) != 0 {
 		t.Fatalf("user_state v3 decoded %+v, %v", st, err)
 	}
+	// Issue 16 (template versions, pinning, sealed campaign data): the
+	// versions before read as saved before versions, pinned to nothing.
+	tm, err = TemplateCodec.Decode(encode("template.v4.avsc", map[string]any{"id": "t", "category": "marketing", "digestMax": int32(3)}))
+	if err != nil || tm.Category != "marketing" || tm.DigestMax != 3 || tm.Version != 0 || tm.Hash != "" || tm.SavedBy != "" || tm.RestoredFrom != 0 {
+		t.Fatalf("template v4 decoded %+v, %v", tm, err)
+	}
+	n, err = NotificationCodec.Decode(encode("notification.v6.avsc", map[string]any{"id": "n", "eventId": "e", "userId": "u",
+		"template": "t", "recipient": map[string]any{}, "content": map[string]any{}, "campaign": "c"}))
+	if err != nil || n.Campaign != "c" || n.TemplateVersion != 0 || n.TemplateHash != "" || len(n.SealedData) != 0 {
+		t.Fatalf("notification v6 decoded %+v, %v", n, err)
+	}
+	rq, err = SendRequestCodec.Decode(encode("send_request.v5.avsc", map[string]any{"eventId": "e", "template": "t",
+		"recipients": []any{map[string]any{"userId": "u"}}, "digestKey": "d"}))
+	if err != nil || rq.DigestKey != "d" || rq.TemplateVersion != 0 || rq.TemplateHash != "" {
+		t.Fatalf("send_request v5 decoded %+v, %v", rq, err)
+	}
+	se, err = StatusEventCodec.Decode(encode("status_event.v3.avsc", map[string]any{"id": "i", "notificationId": "n",
+		"status": "sent", "at": int64(1), "campaign": "c"}))
+	if err != nil || se.Campaign != "c" || se.TemplateVersion != 0 {
+		t.Fatalf("status_event v3 decoded %+v, %v", se, err)
+	}
+	lc, err = LifecycleCodec.Decode(encode("lifecycle.v4.avsc", map[string]any{"id": "n", "status": "sent", "campaign": "c"}))
+	if err != nil || lc.Campaign != "c" || lc.TemplateVersion != 0 {
+		t.Fatalf("lifecycle v4 decoded %+v, %v", lc, err)
+	}
+	campaignV1 := map[string]any{"id": "c", "template": "t", "data": `{"a":1}`, "state": "approved",
+		"decisions": []any{map[string]any{"by": "k", "decision": "approved", "at": int64(2)}}}
+	cp, err := CampaignCodec.Decode(encode("campaign.v1.avsc", campaignV1))
+	if err != nil || cp.Data != `{"a":1}` || cp.TemplateVersion != 0 || cp.TemplateHash != "" || len(cp.SealedData) != 0 ||
+		len(cp.Decisions) != 1 || cp.Decisions[0].TemplateVersion != 0 {
+		t.Fatalf("campaign v1 decoded %+v, %v", cp, err)
+	}
+	cc, err := CampaignCommandCodec.Decode(encode("campaign_command.v1.avsc", map[string]any{"op": "create", "campaign": campaignV1}))
+	if err != nil || cc.Campaign.Data != `{"a":1}` || cc.TemplateVersion != 0 || cc.Campaign.TemplateSetBy != "" {
+		t.Fatalf("campaign_command v1 decoded %+v, %v", cc, err)
+	}
 }
