@@ -520,23 +520,30 @@ func (s *Server) decide(op string) http.HandlerFunc {
 				return
 			}
 		}
-		n := len(c.Decisions)
-		got, apiErr := s.campaignCommand(ctx, cmd, func(cur *schemas.Campaign) bool { return cur != nil && len(cur.Decisions) > n })
+		got, apiErr := s.decisionCommand(ctx, cmd, c)
 		if apiErr != nil {
 			writeError(w, apiErr)
 			return
 		}
-		if got == nil || len(got.Decisions) <= n {
-			writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
-				Message: fmt.Sprintf("the %s is written but not yet readable; GET /v1/campaigns/%s to confirm", op, id)})
-			return
-		}
-		if got.Decisions[len(got.Decisions)-1].By != p.KeyID {
-			writeError(w, &Error{Status: http.StatusConflict, Code: "conflict", Message: "the campaign changed meanwhile; read it again"})
-			return
-		}
 		writeJSON(w, http.StatusOK, s.campaignJSON(ctx, got))
 	}
+}
+
+// decisionCommand writes a command that adds a decision to c and returns
+// the campaign once this instance reads that decision.
+func (s *Server) decisionCommand(ctx context.Context, cmd *schemas.CampaignCommand, c *schemas.Campaign) (*schemas.Campaign, *Error) {
+	n := len(c.Decisions)
+	got, apiErr := s.campaignCommand(ctx, cmd, func(cur *schemas.Campaign) bool { return cur != nil && len(cur.Decisions) > n })
+	switch {
+	case apiErr != nil:
+		return nil, apiErr
+	case got == nil || len(got.Decisions) <= n:
+		return nil, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+			Message: fmt.Sprintf("the %s is written but not yet readable; GET /v1/campaigns/%s to confirm", cmd.Op, cmd.CampaignID)}
+	case got.Decisions[len(got.Decisions)-1].By != cmd.By:
+		return nil, &Error{Status: http.StatusConflict, Code: "conflict", Message: "the campaign changed meanwhile; read it again"}
+	}
+	return got, nil
 }
 
 type templatePinBody struct {
@@ -601,15 +608,9 @@ func (s *Server) pinCampaignTemplate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	noteResource(ctx, "campaign", id)
-	n := len(c.Decisions)
-	got, apiErr := s.campaignCommand(ctx, cmd, func(cur *schemas.Campaign) bool { return cur != nil && len(cur.Decisions) > n })
+	got, apiErr := s.decisionCommand(ctx, cmd, c)
 	if apiErr != nil {
 		writeError(w, apiErr)
-		return
-	}
-	if got == nil || len(got.Decisions) <= n || got.Decisions[len(got.Decisions)-1].By != p.KeyID {
-		writeError(w, &Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
-			Message: fmt.Sprintf("the change is written but not yet readable; GET /v1/campaigns/%s to confirm", id)})
 		return
 	}
 	writeJSON(w, http.StatusOK, s.campaignJSON(ctx, got))
