@@ -214,9 +214,13 @@ func TestChaosSeparateProcesses(t *testing.T) {
 	// A kill -9 of a sink between the SMTP server accepting a message and the
 	// ledger entry reaching the broker is the one window that sends twice
 	// (docs/TOPICS.md): SMTP has no idempotency key. Its width is one produce
-	// round trip per send in flight, so it costs at most a few duplicates per
-	// sink kill; anything more is a bug (a ledger not read, a commit too early).
-	if sk := int(k.sinkKills.Load()) + faultKills["sink.after-finish"]; dups > 5*sk {
+	// round trip per send in flight, so it costs a few duplicates per sink
+	// kill — more on a loaded machine, where that round trip is longer
+	// (measured on two cores under make test: up to 17 per kill, on this
+	// build and on 0470794 alike). A ledger not read, or a commit too early,
+	// repeats a partition's whole uncommitted chunk (sink.chunk, 256) per
+	// kill: the bound is well below that.
+	if sk := int(k.sinkKills.Load()) + faultKills["sink.after-finish"]; dups > 25*sk {
 		t.Fatalf("%d duplicates for %d sink kills", dups, sk)
 	}
 }
