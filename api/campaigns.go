@@ -475,15 +475,11 @@ func (s *Server) decide(op string) http.HandlerFunc {
 				return
 			}
 		}
-		if len(b.Comment) > 1000 {
-			writeError(w, invalid("comment", "comment must be at most 1000 bytes"))
-			return
-		}
 		ctx := r.Context()
 		tenant, id := tenantFrom(ctx), r.PathValue("id")
-		c := s.campaign(tenant, id)
-		if c == nil {
-			writeError(w, notFound("campaign", id))
+		c, apiErr := s.commandTarget(ctx, id, b.Comment)
+		if apiErr != nil {
+			writeError(w, apiErr)
 			return
 		}
 		p := PrincipalFrom(ctx)
@@ -529,6 +525,19 @@ func (s *Server) decide(op string) http.HandlerFunc {
 	}
 }
 
+// commandTarget checks a command's comment and finds the campaign it is
+// about, in the caller's tenant.
+func (s *Server) commandTarget(ctx context.Context, id, comment string) (*schemas.Campaign, *Error) {
+	if len(comment) > 1000 {
+		return nil, invalid("comment", "comment must be at most 1000 bytes")
+	}
+	c := s.campaign(tenantFrom(ctx), id)
+	if c == nil {
+		return nil, notFound("campaign", id)
+	}
+	return c, nil
+}
+
 // decisionCommand writes a command that adds a decision to c and returns
 // the campaign once this instance reads that decision.
 func (s *Server) decisionCommand(ctx context.Context, cmd *schemas.CampaignCommand, c *schemas.Campaign) (*schemas.Campaign, *Error) {
@@ -569,15 +578,11 @@ func (s *Server) pinCampaignTemplate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("version", "version is required: a version number of the campaign's template"))
 		return
 	}
-	if len(b.Comment) > 1000 {
-		writeError(w, invalid("comment", "comment must be at most 1000 bytes"))
-		return
-	}
 	ctx := r.Context()
 	tenant, id := tenantFrom(ctx), r.PathValue("id")
-	c := s.campaign(tenant, id)
-	if c == nil {
-		writeError(w, notFound("campaign", id))
+	c, apiErr := s.commandTarget(ctx, id, b.Comment)
+	if apiErr != nil {
+		writeError(w, apiErr)
 		return
 	}
 	s.sync(ctx, s.TemplateVersions, schemas.TemplateVersionKey(tenant, c.Template, b.Version))
@@ -594,7 +599,7 @@ func (s *Server) pinCampaignTemplate(w http.ResponseWriter, r *http.Request) {
 	if tc := processors.Category(&schemas.Notification{}, t); category == processors.CategoryTransactional && tc != category {
 		category = tc
 	}
-	category, apiErr := checkCategory(ctx, &sendBody{Category: category}, t, "version")
+	category, apiErr = checkCategory(ctx, &sendBody{Category: category}, t, "version")
 	if apiErr != nil {
 		writeError(w, apiErr)
 		return

@@ -254,6 +254,20 @@ func TestTemplateVersionsKeepHistoryAndRestore(t *testing.T) {
 			t.Fatalf("GET %s: %d %v, want 400 naming %s", path, code, out, field)
 		}
 	}
+	// A preview of a version: the stored one; a bad or missing one is named.
+	if p := h.mustCall(http.StatusOK, "POST", "/v1/templates/t/preview", map[string]any{"channel": "email", "version": 2,
+		"data": map[string]any{"item": "x"}}); p["version"].(float64) != 2 || p["content"].(map[string]any)["subject"] != "two" {
+		t.Fatalf("preview of version 2: %v", p)
+	}
+	for _, c := range []struct {
+		body   string
+		status int
+	}{{`{"channel": "email", "version": -1}`, 400}, {`{"channel": "email", "version": "2"}`, 400},
+		{`{"channel": "email", "version": 1.5}`, 400}, {`{"channel": "email", "version": 99}`, 404}} {
+		if code, out := h.call("POST", "/v1/templates/t/preview", c.body); code != c.status || errorField(out) != "version" {
+			t.Fatalf("preview %s: %d %v, want %d naming version", c.body, code, out, c.status)
+		}
+	}
 	h.mustCall(http.StatusNotFound, "GET", "/v1/templates/t/versions/99", nil)
 	h.mustCall(http.StatusNotFound, "GET", "/v1/templates/none/versions", nil)
 
