@@ -66,9 +66,10 @@ func OpenCampaignData(ctx context.Context, s Sealer, c *schemas.Campaign) error 
 // Subject is whose key seals a notification's personal data.
 func Subject(n *schemas.Notification) string { return schemas.TenantKey(n.Tenant, n.UserID) }
 
-// notificationPII is what a notification says about its user and the content
-// rendered for them: contacts, the request's data, targets and content.
-type notificationPII struct {
+// legacyNotificationPII is the JSON plaintext of notification envelopes
+// sealed before notification_pii.v1 (schemas.NotificationPII): still opened,
+// never written.
+type legacyNotificationPII struct {
 	Recipient schemas.Recipient `json:"r"`
 	Data      string            `json:"d,omitempty"`
 	Address   string            `json:"a,omitempty"`
@@ -83,8 +84,12 @@ func SealNotification(ctx context.Context, s Sealer, n *schemas.Notification) (*
 	if s == nil {
 		return n, nil
 	}
-	env, err := sealJSON(ctx, s, Subject(n), sealNotification,
-		notificationPII{Recipient: n.Recipient, Data: n.Data, Address: n.Address, Content: n.Content, Targets: n.Targets})
+	b, err := schemas.NotificationPIICodec.Encode(&schemas.NotificationPII{
+		Recipient: n.Recipient, Data: n.Data, Address: n.Address, Content: n.Content, Targets: n.Targets})
+	if err != nil {
+		return nil, fmt.Errorf("seal notification %s: %w", n.ID, err)
+	}
+	env, err := s.Seal(ctx, Subject(n), sealNotification, b)
 	if err != nil {
 		return nil, fmt.Errorf("seal notification %s: %w", n.ID, err)
 	}
@@ -126,17 +131,26 @@ func sealJSON(ctx context.Context, s Sealer, subject, field string, v any) ([]by
 // openJSON opens an envelope of field, which must have been sealed for
 // subject, into out.
 func openJSON(ctx context.Context, s Sealer, subject, field string, env []byte, out any) error {
-	if s == nil {
-		return errors.New("no keyring")
-	}
-	b, got, err := s.Open(ctx, field, env)
+	b, err := open(ctx, s, subject, field, env)
 	if err != nil {
 		return err
 	}
-	if got != subject {
-		return ErrSubjectMismatch
-	}
 	return json.Unmarshal(b, out)
+}
+
+// open opens an envelope of field, which must have been sealed for subject.
+func open(ctx context.Context, s Sealer, subject, field string, env []byte) ([]byte, error) {
+	if s == nil {
+		return nil, errors.New("no keyring")
+	}
+	b, got, err := s.Open(ctx, field, env)
+	if err != nil {
+		return nil, err
+	}
+	if got != subject {
+		return nil, ErrSubjectMismatch
+	}
+	return b, nil
 }
 
 // OpenNotification fills n's personal fields from its envelope. A
@@ -155,12 +169,30 @@ func OpenNotification(ctx context.Context, s Sealer, n *schemas.Notification) er
 	if len(n.Sealed) == 0 {
 		return nil
 	}
-	var pii notificationPII
-	if err := openJSON(ctx, s, Subject(n), sealNotification, n.Sealed, &pii); err != nil {
+	b, err := open(ctx, s, Subject(n), sealNotification, n.Sealed)
+	if err != nil {
+		return fmt.Errorf("open notification %s: %w", n.ID, err)
+	}
+	pii, err := decodeNotificationPII(b)
+	if err != nil {
 		return fmt.Errorf("open notification %s: %w", n.ID, err)
 	}
 	n.Recipient, n.Data, n.Address, n.Content, n.Targets = pii.Recipient, pii.Data, pii.Address, pii.Content, pii.Targets
 	return nil
+}
+
+// decodeNotificationPII reads an envelope's plaintext: Avro
+// (notification_pii.v1 and later), or the JSON of envelopes sealed before it.
+func decodeNotificationPII(b []byte) (*schemas.NotificationPII, error) {
+	if len(b) > 0 && b[0] == '{' {
+		var old legacyNotificationPII
+		if err := json.Unmarshal(b, &old); err != nil {
+			return nil, err
+		}
+		return &schemas.NotificationPII{Recipient: old.Recipient, Data: old.Data, Address: old.Address,
+			Content: old.Content, Targets: old.Targets}, nil
+	}
+	return schemas.NotificationPIICodec.Decode(b)
 }
 
 type profilePII struct {

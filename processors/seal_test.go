@@ -21,7 +21,7 @@ import (
 )
 
 // keyring is a real crypt.Keyring over a kfake broker and a goka view.
-func keyring(t *testing.T) *crypt.Keyring {
+func keyring(t testing.TB) *crypt.Keyring {
 	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(0))
 	if err != nil {
@@ -147,5 +147,64 @@ func TestSealedRecordsOpenOnlyForTheirUser(t *testing.T) {
 	again, _ := schemas.NotificationCodec.Decode(b)
 	if err := processors.OpenNotification(ctx, kr, again); !errors.Is(err, crypt.ErrErased) {
 		t.Fatalf("after erasure: %v", err)
+	}
+}
+
+// A notification's envelope holds Avro (notification_pii.v1), and an envelope
+// sealed before it, holding JSON, still opens to the same fields: records
+// written by the previous build are read by this one.
+func TestNotificationEnvelopeIsAvroAndOldJSONEnvelopesStillOpen(t *testing.T) {
+	kr := keyring(t)
+	ctx := context.Background()
+	n := &schemas.Notification{ID: "n1", UserID: "ann", Tenant: "acme", Channel: "push", Address: "ann@example.com",
+		Data: `{"code":"123456"}`, Recipient: schemas.Recipient{UserID: "ann", Email: "ann@example.com", Phone: "+14155550100", Locale: "zh-CN"},
+		Content: schemas.Content{Subject: "你好 Ann", HTML: "<p>hi</p>", Badge: 3, Data: map[string]string{"k": "v"}, TemplateParams: map[string]string{"a": "b"}},
+		Targets: []schemas.Target{{Platform: "fcm", Token: "tok-1"}, {Platform: "web", Endpoint: "https://push.example/1", P256dh: "p", Auth: "a"}}}
+	sealed, err := processors.SealNotification(ctx, kr, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, subject, err := kr.Open(ctx, "notification", sealed.Sealed)
+	if err != nil || subject != processors.Subject(n) {
+		t.Fatalf("open: %v (subject %q)", err, subject)
+	}
+	if name, err := schemas.RecordName(plain); err != nil || name != "notifyd.NotificationPII" {
+		t.Fatalf("envelope plaintext is %q (%v), want an Avro notifyd.NotificationPII", name, err)
+	}
+	opened := processors.Stripped(sealed)
+	if err := processors.OpenNotification(ctx, kr, opened); err != nil {
+		t.Fatal(err)
+	}
+	opened.Sealed = nil
+	if !reflect.DeepEqual(opened, n) {
+		t.Fatalf("opened %+v\nwant %+v", opened, n)
+	}
+
+	// What the previous build sealed: the same fields as JSON.
+	legacy := `{"r":{"userId":"ann","email":"ann@example.com","phone":"+14155550100","locale":"zh-CN"},"d":"{\"code\":\"123456\"}",` +
+		`"a":"ann@example.com","c":{"subject":"你好 Ann","html":"<p>hi</p>","badge":3,"data":{"k":"v"},"templateParams":{"a":"b"}},` +
+		`"t":[{"platform":"fcm","token":"tok-1"},{"platform":"web","endpoint":"https://push.example/1","p256dh":"p","auth":"a"}]}`
+	env, err := kr.Seal(ctx, processors.Subject(n), "notification", []byte(legacy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := processors.Stripped(sealed)
+	old.Sealed = env
+	if err := processors.OpenNotification(ctx, kr, old); err != nil {
+		t.Fatal(err)
+	}
+	old.Sealed = nil
+	if !reflect.DeepEqual(old, n) {
+		t.Fatalf("legacy envelope opened to %+v\nwant %+v", old, n)
+	}
+
+	// Neither Avro nor JSON: a clear error, not a zero notification.
+	bad, err := kr.Seal(ctx, processors.Subject(n), "notification", []byte("\xc3\x01garbage"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Sealed = bad
+	if err := processors.OpenNotification(ctx, kr, old); err == nil || !strings.Contains(err.Error(), "open notification n1") {
+		t.Fatalf("garbage plaintext: %v", err)
 	}
 }
