@@ -385,7 +385,7 @@ func (s *Server) produceRequests(ctx context.Context, reqs []*schemas.SendReques
 			return err
 		}
 		wg.Add(1)
-		s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.Ingest), Key: []byte(schemas.TenantKey(req.Tenant, req.EventID)), Value: v},
+		s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.IngestLane(req.Priority)), Key: []byte(schemas.TenantKey(req.Tenant, req.EventID)), Value: v},
 			func(_ *kgo.Record, err error) {
 				if err != nil {
 					mu.Lock()

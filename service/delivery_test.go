@@ -132,6 +132,51 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	}
 }
 
+// Priority holds before routing too: with a backlog of low-priority requests
+// not yet deduplicated or routed, a high-priority request sent after them
+// through the API overtakes most of them in the dedup and deliver groups, not
+// only in the sink.
+func TestHighPriorityOvertakesABacklogBeforeRouting(t *testing.T) {
+	const backlog = 4000
+	h := newHarness(t)
+	h.cfg.Limits.DefaultPerDay = 0
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
+	cl := h.producer()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for i := 0; i < backlog; i++ {
+		req := &schemas.SendRequest{EventID: fmt.Sprintf("low-%d", i), Template: "hook", Priority: "low",
+			Data: fmt.Sprintf(`{"orderId":"%d"}`, i), Recipients: []schemas.Recipient{{UserID: fmt.Sprintf("user-%d", i)}}}
+		v, _ := schemas.SendRequestCodec.Encode(req)
+		// Where the API puts a low-priority request.
+		cl.Produce(ctx, &kgo.Record{Topic: string(topology.IngestLane("low")), Key: []byte(req.EventID), Value: v}, nil)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ids := h.send(map[string]any{"template": "hook", "priority": "high", "data": map[string]any{"orderId": "vip"},
+		"recipients": []any{map[string]any{"userId": "vip"}}})
+	for len(h.hook.Deliveries()) < backlog+1 && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+	d := h.hook.Deliveries()
+	pos := slices.IndexFunc(d, func(x webhooktest.Delivery) bool { return x.ID == ids["vip"] })
+	t.Logf("high-priority notification delivered at position %d of %d", pos, len(d))
+	// In one lane it would come after the whole backlog, less what was routed
+	// while the API call was made.
+	if pos < 0 || pos >= backlog/2 {
+		t.Fatalf("high priority delivered at position %d, want before %d", pos, backlog/2)
+	}
+	if len(d) != backlog+1 {
+		t.Fatalf("%d deliveries, want %d", len(d), backlog+1)
+	}
+	st := h.waitStatus(ids["vip"], "sent")
+	if got := historyStatuses(st); !slices.Equal(got, []string{"accepted", "queued", "sent"}) {
+		t.Fatalf("history %v", got)
+	}
+}
+
 // waitRouted waits until topic holds n records.
 func waitRouted(t *testing.T, ctx context.Context, h *harness, topic goka.Stream, n int64) {
 	t.Helper()

@@ -136,7 +136,7 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 	secrets := []string{aliceEmail, alicePhone, bobEmail, "pii.carol@example.org", rendered, orderID, fcmToken}
 	// Every topic but notify.ingest, which holds requests as their producer
 	// wrote them (docs/SECURITY.md), and notify.deliver.feedback is included.
-	recs := topicRecords(t, h, `^notify\.(profiles|accepted|out\..*|dlq|retry\..*|scheduled|inbox\..*|events|deliver\.feedback|.*-table)$`)
+	recs := topicRecords(t, h, `^notify\.(profiles|accepted(\.high|\.low)?|out\..*|dlq|retry\..*|scheduled|inbox\..*|events|deliver\.feedback|.*-table)$`)
 	seen := map[string]int{}
 	for _, r := range recs {
 		seen[r.Topic]++
@@ -157,7 +157,7 @@ func TestPersonalDataIsSealedEverywhereAndErasable(t *testing.T) {
 	keys := h.svc.Keyring()
 	opens := func(user string) (opened, failed int, errs []error) {
 		for _, r := range recs {
-			if r.Topic != "notify.accepted" && !strings.HasPrefix(r.Topic, "notify.out.") && r.Topic != "notify.scheduled" {
+			if !strings.HasPrefix(r.Topic, "notify.accepted") && !strings.HasPrefix(r.Topic, "notify.out.") && r.Topic != "notify.scheduled" {
 				continue
 			}
 			n, err := schemas.NotificationCodec.Decode(r.Value)

@@ -52,7 +52,7 @@ const DefaultCampaignStep = 100 * time.Millisecond
 func (p *Pipeline) CampaignGraph() *goka.GroupGraph {
 	return goka.DefineGroup(CampaignGroup,
 		goka.Input(Campaigns, rawCodec, p.campaign),
-		goka.Output(Accepted, notifCodec),
+		goka.Output(Accepted, notifCodec), goka.Output(AcceptedHigh, notifCodec), goka.Output(AcceptedLow, notifCodec),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Persist(campaignCodec),
@@ -163,7 +163,7 @@ func (p *Pipeline) campaignStep(ctx goka.Context, c *schemas.Campaign, now time.
 		if err != nil {
 			return
 		}
-		ctx.Emit(Accepted, schemas.TenantKey(n.Tenant, user), b)
+		ctx.Emit(AcceptedLane(nt.Priority), schemas.TenantKey(n.Tenant, user), b)
 		ev := processors.NotificationEvent(nt, processors.StatusAccepted, "", "", now)
 		ev.Category = ""
 		ctx.Emit(Events, nt.ID, ev)
@@ -235,7 +235,7 @@ func CancelReason(c *schemas.Cancellation) string {
 func (p *Pipeline) ScheduleGraph() *goka.GroupGraph {
 	return goka.DefineGroup(ScheduleGroup,
 		goka.Input(Schedules, rawCodec, p.recurring),
-		goka.Output(Ingest, rawCodec),
+		goka.Output(Ingest, rawCodec), goka.Output(IngestHigh, rawCodec), goka.Output(IngestLow, rawCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Persist(scheduleCodec),
 	)
@@ -359,7 +359,7 @@ func (p *Pipeline) emitRun(ctx goka.Context, s *schemas.Schedule, fireAt time.Ti
 	if err != nil {
 		return err
 	}
-	ctx.Emit(Ingest, schemas.TenantKey(s.Tenant, req.EventID), b)
+	ctx.Emit(IngestLane(req.Priority), schemas.TenantKey(s.Tenant, req.EventID), b)
 	return nil
 }
 

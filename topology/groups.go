@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -131,15 +132,19 @@ func tooLarge(what string, n int) error {
 // notify.accepted (key userId). Its table remembers eventIds for DedupWindow;
 // notify.dedup.expire deletes entries past it (see Sweeper).
 func (p *Pipeline) DedupGraph() *goka.GroupGraph {
-	return goka.DefineGroup(DedupGroup,
-		goka.Input(Ingest, rawCodec, p.dedup),
+	var edges []goka.Edge
+	for _, lane := range IngestLanes {
+		edges = append(edges, goka.Input(lane, rawCodec, p.dedup), goka.Output(lane, rawCodec))
+	}
+	for _, lane := range AcceptedLanes {
+		edges = append(edges, goka.Output(lane, notifCodec))
+	}
+	return goka.DefineGroup(DedupGroup, append(edges,
 		goka.Input(DedupExpire, rawCodec, p.expire),
-		goka.Output(Ingest, rawCodec),
-		goka.Output(Accepted, notifCodec),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Persist(dedupCodec),
-	)
+	)...)
 }
 
 // dedup turns a request into its notifications, once per eventId. The table
@@ -162,7 +167,7 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 	// moved, unchanged, to the partition that holds its dedup state and receives
 	// its expiry command, remembering where it came from.
 	if p.Partitions > 1 && PartitionFor(ctx.Key(), p.Partitions) != ctx.Partition() {
-		ctx.Emit(Ingest, ctx.Key(), raw, goka.WithCtxEmitHeaders(goka.Headers{originHeader: []byte(origin)}))
+		ctx.Emit(ctx.Topic(), ctx.Key(), raw, goka.WithCtxEmitHeaders(goka.Headers{originHeader: []byte(origin)}))
 		return
 	}
 	req, err := schemas.SendRequestCodec.Decode(raw)
@@ -224,7 +229,7 @@ func (p *Pipeline) accept(ctx goka.Context, ns []*schemas.Notification, origin s
 			p.rejectNotification(ctx, n, b, "dedup", "", err, now)
 			continue
 		}
-		ctx.Emit(Accepted, schemas.TenantKey(n.Tenant, n.UserID), b)
+		ctx.Emit(AcceptedLane(n.Priority), schemas.TenantKey(n.Tenant, n.UserID), b)
 		ev := processors.NotificationEvent(n, processors.StatusAccepted, "", "", now)
 		// The category is the template's (a request may only narrow it),
 		// known once the deliver group has the template: not the request's.
@@ -239,7 +244,14 @@ func originOf(ctx goka.Context) string {
 	if h := ctx.Headers()[originHeader]; len(h) > 0 && len(h) <= 64 {
 		return string(h)
 	}
-	return strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
+	o := strconv.Itoa(int(ctx.Partition())) + "/" + strconv.FormatInt(ctx.Offset(), 10)
+	// Offsets of different lanes coincide: a lane other than notify.ingest
+	// names itself (the normal lane's origins are unchanged, so dedup
+	// entries written before lanes still recognise their record's replay).
+	if t := ctx.Topic(); t != Ingest {
+		o = strings.TrimPrefix(string(t), string(Ingest)+".") + ":" + o
+	}
+	return o
 }
 
 func (p *Pipeline) expire(ctx goka.Context, _ any) {
@@ -254,7 +266,6 @@ func (p *Pipeline) expire(ctx goka.Context, _ any) {
 // notify.deliver.feedback tells it what no provider accepted.
 func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 	edges := []goka.Edge{
-		goka.Input(Accepted, rawCodec, p.deliver),
 		goka.Input(Feedback, rawCodec, p.feedback),
 		goka.Join(Profiles, profileTable),
 		goka.Lookup(Templates, templateTable),
@@ -267,6 +278,9 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		// profile (see feedback): the group writes the joined table's topic.
 		goka.Output(goka.Stream(Profiles), profileTable),
 		goka.Persist(userStateCodec),
+	}
+	for _, lane := range AcceptedLanes {
+		edges = append(edges, goka.Input(lane, rawCodec, p.deliver))
 	}
 	for _, ch := range processors.AllChannels() {
 		for _, pr := range processors.Priorities {
@@ -569,7 +583,7 @@ func (p *Pipeline) SchedulerGraph() *goka.GroupGraph {
 	return goka.DefineGroup(SchedulerGroup,
 		goka.Input(Scheduled, rawCodec, p.schedule),
 		goka.Input(SchedulerDue, rawCodec, p.release),
-		goka.Output(Accepted, notifCodec),
+		goka.Output(Accepted, notifCodec), goka.Output(AcceptedHigh, notifCodec), goka.Output(AcceptedLow, notifCodec),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Persist(scheduledTable),
@@ -636,7 +650,7 @@ func (p *Pipeline) releaseEntry(ctx goka.Context, e *schemas.ScheduledEntry, now
 		p.reject(ctx, e.Notification, "scheduler", err, nil, now)
 		return
 	}
-	ctx.Emit(Accepted, schemas.TenantKey(n.Tenant, n.UserID), e.Notification)
+	ctx.Emit(AcceptedLane(n.Priority), schemas.TenantKey(n.Tenant, n.UserID), e.Notification)
 }
 
 // StatusGraph: notify.events (key notificationId) → the lifecycle table read by

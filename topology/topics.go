@@ -36,6 +36,11 @@ const (
 	// DLQReplays remembers which dead letters `notifyd dlq replay` re-injected
 	// (key <partition>/<offset> of the dead letter, compacted), so each is replayed once.
 	DLQReplays goka.Stream = "notify.dlq.replays"
+	// Recoveries holds, per provider of a channel (and per channel chain,
+	// provider "channel:<channel>"), when a sink's circuit breaker last closed
+	// again (JSON, key <channel>/<provider>, compacted). Every retrier reads it
+	// whole and releases at once what that provider's failures parked.
+	Recoveries goka.Stream = "notify.recoveries"
 
 	Profiles goka.Table = "notify.profiles" // Profile, key userId (compacted)
 	// DataKeys holds the wrapped keys of personal data (crypt.DataKey, compacted).
@@ -69,6 +74,50 @@ const (
 	CampaignGroup  goka.Group = "notify.campaign"
 	ScheduleGroup  goka.Group = "notify.schedule"
 )
+
+// Priority lanes before routing. A notification's priority chose its sink
+// queue (Out) only after the deliver group, so an OTP waited behind any
+// backlog of marketing in notify.ingest and notify.accepted. Each of those
+// has a lane per priority now: goka feeds a partition's records of all its
+// input topics through one channel, taking from each topic in turn, so a
+// high-priority record waits for a few records of another lane, never for
+// its backlog. notify.ingest and notify.accepted stay the normal lane (and
+// what a producer that does not know lanes writes to).
+const (
+	IngestHigh   goka.Stream = "notify.ingest.high"
+	IngestLow    goka.Stream = "notify.ingest.low"
+	AcceptedHigh goka.Stream = "notify.accepted.high"
+	AcceptedLow  goka.Stream = "notify.accepted.low"
+)
+
+// IngestLanes and AcceptedLanes list the lanes, high first.
+var (
+	IngestLanes   = []goka.Stream{IngestHigh, Ingest, IngestLow}
+	AcceptedLanes = []goka.Stream{AcceptedHigh, Accepted, AcceptedLow}
+)
+
+// IngestLane is the ingest topic of a request of priority ("" and any
+// unknown value: the normal lane, whose stage rejects a bad priority).
+func IngestLane(priority string) goka.Stream {
+	switch priority {
+	case "high":
+		return IngestHigh
+	case "low":
+		return IngestLow
+	}
+	return Ingest
+}
+
+// AcceptedLane is the accepted topic of a notification of priority.
+func AcceptedLane(priority string) goka.Stream {
+	switch priority {
+	case "high":
+		return AcceptedHigh
+	case "low":
+		return AcceptedLow
+	}
+	return Accepted
+}
 
 // Out is the queue of routed notifications of one channel and priority.
 func Out(channel, priority string) goka.Stream {
@@ -165,7 +214,8 @@ func (t Topic) configs() map[string]*string {
 // co-partitioned inputs, joined tables and group tables must (DESIGN rule 2).
 func Topics() []Topic {
 	ts := []Topic{
-		{Name: string(Ingest)}, {Name: string(DedupExpire)}, {Name: string(Accepted)},
+		{Name: string(Ingest)}, {Name: string(IngestHigh)}, {Name: string(IngestLow)}, {Name: string(DedupExpire)},
+		{Name: string(Accepted)}, {Name: string(AcceptedHigh)}, {Name: string(AcceptedLow)},
 		{Name: string(Events)}, {Name: string(DLQ)}, {Name: string(Ledger), Compact: true, Retention: 7 * 24 * time.Hour},
 		{Name: string(Profiles), Compact: true}, {Name: string(Templates), Compact: true},
 		{Name: string(TemplateVersions), Compact: true},
@@ -174,7 +224,7 @@ func Topics() []Topic {
 		{Name: string(goka.GroupTable(StatusGroup)), Compact: true},
 		{Name: string(Scheduled)}, {Name: string(SchedulerDue)},
 		{Name: string(goka.GroupTable(SchedulerGroup)), Compact: true},
-		{Name: string(Feedback)}, {Name: string(DLQReplays), Compact: true},
+		{Name: string(Feedback)}, {Name: string(DLQReplays), Compact: true}, {Name: string(Recoveries), Compact: true},
 		{Name: string(DataKeys), Compact: true, Extra: crypt.Spec().Configs},
 		{Name: string(APIKeys), Compact: true}, {Name: string(Audit)},
 		{Name: string(Campaigns)}, {Name: string(goka.GroupTable(CampaignGroup)), Compact: true},

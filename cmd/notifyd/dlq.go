@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/lovoo/goka"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -237,9 +239,11 @@ func (d *deadLetter) refusal() string {
 // replayed old value would overwrite newer state.
 func replayableTopic(topic string) bool {
 	switch topic {
-	case string(topology.Ingest), string(topology.DedupExpire), string(topology.Accepted),
-		string(topology.Scheduled), string(topology.SchedulerDue), string(topology.Events),
-		string(topology.Feedback):
+	case string(topology.DedupExpire), string(topology.Scheduled), string(topology.SchedulerDue),
+		string(topology.Events), string(topology.Feedback):
+		return true
+	}
+	if slices.Contains(topology.IngestLanes, goka.Stream(topic)) || isAcceptedLane(topic) {
 		return true
 	}
 	if strings.HasPrefix(topic, topology.RetryPrefix) {
@@ -264,7 +268,7 @@ func carriedNotificationID(dl *schemas.DeadLetter) string {
 	}
 	t := dl.Topic
 	switch {
-	case t == string(topology.Accepted) || t == string(topology.Scheduled) ||
+	case isAcceptedLane(t) || t == string(topology.Scheduled) ||
 		strings.HasPrefix(t, "notify.out.") || strings.HasPrefix(t, topology.RetryPrefix):
 		if n, err := schemas.NotificationCodec.Decode(dl.Value); err == nil {
 			return n.ID
@@ -608,4 +612,8 @@ func replayOnce(ctx context.Context, producer *kgo.Client, batch []*deadLetter, 
 			len(notes), topology.DLQReplays, err)
 	}
 	return replayed, failed, nil
+}
+
+func isAcceptedLane(topic string) bool {
+	return slices.Contains(topology.AcceptedLanes, goka.Stream(topic))
 }
