@@ -26,7 +26,7 @@ vet:
 	$(GO) vet ./...
 
 build:
-	$(GO) build -o bin/notifyd ./cmd/notifyd
+	$(GO) build -buildvcs=auto -o bin/notifyd ./cmd/notifyd
 
 # Short runs of every fuzz target (FUZZTIME=30s each by default).
 FUZZTIME ?= 30s

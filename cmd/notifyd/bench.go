@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"sync"
@@ -82,6 +84,122 @@ func percentile(d []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
 
+// benchReport is every figure of a bench run, for `-json FILE`: the field
+// names are documented in docs/PERFORMANCE.md and stay stable, so runs of
+// different builds compare with jq or a script.
+type benchReport struct {
+	Build   benchBuild        `json:"build"`
+	Started time.Time         `json:"started"`
+	Flags   map[string]string `json:"flags"`
+	Ceiling *ceiling          `json:"ceiling,omitempty"`
+	Phases  benchPhases       `json:"phases"`
+}
+
+type benchBuild struct {
+	Commit     string `json:"commit,omitempty"` // vcs.revision, when the binary was built from a checkout
+	CommitTime string `json:"commit_time,omitempty"`
+	Modified   bool   `json:"modified,omitempty"` // vcs.modified: built with uncommitted changes
+	GoVersion  string `json:"go_version"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	NumCPU     int    `json:"num_cpu"`
+}
+
+type benchPhases struct {
+	Bulk     *phaseFigures    `json:"bulk,omitempty"`
+	Paced    *phaseFigures    `json:"paced,omitempty"`
+	API      *phaseFigures    `json:"api,omitempty"`
+	Campaign *campaignFigures `json:"campaign,omitempty"`
+}
+
+// phaseFigures: Count notifications delivered in Duration (the phase's first
+// produce or request → the last provider call), Rate = Count / Duration.
+type phaseFigures struct {
+	Count      int      `json:"count"`
+	DurationMS float64  `json:"duration_ms"`
+	Rate       float64  `json:"rate"`
+	RatioToHop *float64 `json:"ratio_to_hop,omitempty"`
+	// Latency is accept (ingest or API) → provider call.
+	Latency *latencyFigures `json:"latency_ms,omitempty"`
+	// RequestLatency is the API's, from the time each request was due.
+	RequestLatency *latencyFigures   `json:"request_latency_ms,omitempty"`
+	Errors         int               `json:"errors"`
+	TargetRate     int               `json:"target_rate,omitempty"` // paced and api
+	ProducedMS     float64           `json:"produced_ms,omitempty"` // bulk: producing all n
+	Analytics      *analyticsFigures `json:"analytics,omitempty"`
+}
+
+type latencyFigures struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+type analyticsFigures struct {
+	Events              int64    `json:"events"`
+	DurationMS          float64  `json:"duration_ms"`
+	Rate                float64  `json:"rate"`
+	RatioToHop          *float64 `json:"ratio_to_hop,omitempty"`
+	AfterLastDeliveryMS float64  `json:"after_last_delivery_ms"`
+	LagSamples          int      `json:"lag_samples"`
+	LagP50              int64    `json:"lag_p50"`
+	LagP99              int64    `json:"lag_p99"`
+	LagMax              int64    `json:"lag_max"`
+	LagAtLastDelivery   int64    `json:"lag_at_last_delivery"`
+}
+
+func newBenchReport(fs *flag.FlagSet) *benchReport {
+	r := &benchReport{Started: time.Now().UTC().Truncate(time.Second), Flags: map[string]string{},
+		Build: benchBuild{GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU()}}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		r.Build.GoVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				r.Build.Commit = s.Value
+			case "vcs.time":
+				r.Build.CommitTime = s.Value
+			case "vcs.modified":
+				r.Build.Modified = s.Value == "true"
+			}
+		}
+	}
+	fs.VisitAll(func(f *flag.Flag) { r.Flags[f.Name] = f.Value.String() })
+	return r
+}
+
+func newPhase(count int, d time.Duration, ceil *ceiling, lat []time.Duration) *phaseFigures {
+	p := &phaseFigures{Count: count, DurationMS: msec(d), Rate: float64(count) / d.Seconds(), Latency: latencies(lat)}
+	p.RatioToHop = ceil.ratio(p.Rate)
+	return p
+}
+
+func latencies(d []time.Duration) *latencyFigures {
+	if len(d) == 0 {
+		return nil
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	at := func(p float64) float64 { return msec(s[int(float64(len(s)-1)*p)]) }
+	return &latencyFigures{P50: at(.5), P90: at(.9), P99: at(.99), Max: at(1)}
+}
+
+// write writes the report to path as JSON ("" writes nothing).
+func (r *benchReport) write(path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("bench -json: %w", err)
+	}
+	fmt.Printf("\nfigures written to %s\n", path)
+	return nil
+}
+
 func runBench(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	n := fs.Int("n", 20000, "notifications in the bulk phase")
@@ -98,12 +216,31 @@ func runBench(ctx context.Context, args []string) error {
 	campaignRate := fs.Int("campaign-rate", 100_000, "the campaign's rate limit, recipients/s")
 	memProfile := fs.String("memprofile", "", "with -campaign: write a heap profile to this file once the campaign settled")
 	externalBroker := fs.Bool("external-broker", false, "with -campaign: run the broker in a child process, so the heap figures are notifyd's alone")
+	withCeiling := fs.Bool("ceiling", true, "first measure the raw broker and a bare goka stateful hop, and report every rate as a share of the hop")
+	ceilingN := fs.Int("ceiling-n", 200_000, "records of the ceiling's raw broker pass-through")
+	ceilingHopN := fs.Int("ceiling-hop-n", 100_000, "messages of the ceiling's bare goka hop")
+	jsonOut := fs.String("json", "", "write every figure as one JSON object to this file (docs/PERFORMANCE.md)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	report := newBenchReport(fs)
+	var ceil *ceiling
+	if *withCeiling {
+		var err error
+		if ceil, err = measureCeiling(ctx, benchConfig("", *partitions, new(bool)).Kafka, *memState, *ceilingN, *ceilingHopN); err != nil {
+			return err
+		}
+		report.Ceiling = ceil
+		ceil.print(os.Stdout)
+	}
 	if *campaign > 0 {
-		return campaignBench{users: *campaign, rate: *campaignRate, partitions: *partitions, memState: *memState,
-			analytics: *withAnalytics, external: *externalBroker, memProfile: *memProfile, cpuProfile: *cpuProfile}.run(ctx)
+		err := campaignBench{users: *campaign, rate: *campaignRate, partitions: *partitions, memState: *memState,
+			analytics: *withAnalytics, external: *externalBroker, memProfile: *memProfile, cpuProfile: *cpuProfile,
+			ceiling: ceil, report: report}.run(ctx)
+		if err != nil {
+			return err
+		}
+		return report.write(*jsonOut)
 	}
 	dir, err := os.MkdirTemp("", "notifyd-bench-")
 	if err != nil {
@@ -180,11 +317,14 @@ func runBench(ctx context.Context, args []string) error {
 		pprof.StopCPUProfile()
 	}
 	lat := bp.reset()
+	bulk := newPhase(*n, elapsed, ceil, lat)
+	bulk.ProducedMS = msec(produced)
+	report.Phases.Bulk = bulk
 	fmt.Printf("bulk: %d notifications produced to notify.ingest in %v, all delivered in %v\n", *n, produced.Round(time.Millisecond), elapsed.Round(time.Millisecond))
-	fmt.Printf("  throughput end to end: %.0f notifications/s\n", float64(*n)/elapsed.Seconds())
+	fmt.Printf("  throughput end to end: %.0f notifications/s%s\n", bulk.Rate, ceil.inParens(bulk.Rate))
 	fmt.Printf("  ingest → provider (includes queueing behind the backlog): p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 	if *withAnalytics {
-		if err := reportAnalytics(ctx, producer, "bulk", lags, start, &eventsBefore); err != nil {
+		if bulk.Analytics, err = reportAnalytics(ctx, producer, "bulk", lags, start, &eventsBefore, ceil); err != nil {
 			return err
 		}
 	}
@@ -200,10 +340,14 @@ func runBench(ctx context.Context, args []string) error {
 		return err
 	}
 	lat = bp.reset()
+	pacedPhase := newPhase(total, time.Unix(0, bp.last.Load()).Sub(start), ceil, lat)
+	pacedPhase.TargetRate = *paced
+	report.Phases.Paced = pacedPhase
 	fmt.Printf("paced: %d notifications at %d/s\n", total, *paced)
+	fmt.Printf("  achieved, first produce → last delivery: %.0f notifications/s%s\n", pacedPhase.Rate, ceil.inParens(pacedPhase.Rate))
 	fmt.Printf("  ingest → provider: p50 %s  p99 %s\n\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 	if *withAnalytics {
-		if err := reportAnalytics(ctx, producer, "paced", lags, start, &eventsBefore); err != nil {
+		if pacedPhase.Analytics, err = reportAnalytics(ctx, producer, "paced", lags, start, &eventsBefore, ceil); err != nil {
 			return err
 		}
 	}
@@ -219,6 +363,7 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	start = time.Now()
 	apiLat, errs, err := apiLoad(ctx, client, base, *rate, *dur)
 	if *apiProfile != "" {
 		pprof.StopCPUProfile()
@@ -230,10 +375,14 @@ func runBench(ctx context.Context, args []string) error {
 		return err
 	}
 	lat = bp.reset()
+	api := newPhase(len(apiLat), time.Unix(0, bp.last.Load()).Sub(start), ceil, lat)
+	api.TargetRate, api.Errors, api.RequestLatency = *rate, errs, latencies(apiLat)
+	report.Phases.API = api
 	fmt.Printf("api: %d POST /v1/notifications at %d/s (%d errors)\n", len(apiLat), *rate, errs)
+	fmt.Printf("  achieved, first request → last delivery: %.0f notifications/s%s\n", api.Rate, ceil.inParens(api.Rate))
 	fmt.Printf("  request latency: p50 %s  p99 %s  max %s\n", ms(percentile(apiLat, .5)), ms(percentile(apiLat, .99)), ms(percentile(apiLat, 1)))
 	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
-	return nil
+	return report.write(*jsonOut)
 }
 
 // benchConfig is the all-in-one configuration of a bench run: loopback, any
@@ -457,26 +606,34 @@ func (s *lagSampler) finish() []int64 {
 // reportAnalytics prints how the analytics sink kept up with a phase that
 // began at start: the group's lag while the pipeline delivered, its lag when
 // the last notification was delivered, and when ClickHouse had every event.
-func reportAnalytics(ctx context.Context, cl *kgo.Client, phase string, lags *lagSampler, start time.Time, eventsBefore *int64) error {
+func reportAnalytics(ctx context.Context, cl *kgo.Client, phase string, lags *lagSampler, start time.Time, eventsBefore *int64, ceil *ceiling) (*analyticsFigures, error) {
 	delivered := time.Now()
 	endLag, err := analyticsLag(ctx, cl)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	samples := lags.finish()
 	caughtUp, err := waitAnalyticsCaughtUp(ctx, cl, 5*time.Minute)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	total := eventsEnd(ctx, cl)
 	events := total - *eventsBefore
 	*eventsBefore = total
 	took := caughtUp.Sub(start)
-	fmt.Printf("  analytics: %d status events in ClickHouse %v after the phase began (%.0f events/s), %v after the last delivery\n",
-		events, took.Round(time.Millisecond), float64(events)/took.Seconds(), caughtUp.Sub(delivered).Round(time.Millisecond))
+	a := &analyticsFigures{Events: events, DurationMS: msec(took), Rate: float64(events) / took.Seconds(),
+		AfterLastDeliveryMS: msec(caughtUp.Sub(delivered)), LagSamples: len(samples), LagP50: percentileInt(samples, .5),
+		LagP99: percentileInt(samples, .99), LagMax: percentileInt(samples, 1), LagAtLastDelivery: endLag}
+	a.RatioToHop = ceil.ratio(a.Rate)
+	share := ""
+	if s := ceil.share(a.Rate); s != "" {
+		share = ", " + s
+	}
+	fmt.Printf("  analytics: %d status events in ClickHouse %v after the phase began (%.0f events/s%s), %v after the last delivery\n",
+		events, took.Round(time.Millisecond), a.Rate, share, caughtUp.Sub(delivered).Round(time.Millisecond))
 	fmt.Printf("  analytics group lag while the pipeline ran (every 250 ms, %d samples): p50 %d, p99 %d, max %d events; %d at the last delivery\n\n",
-		len(samples), percentileInt(samples, .5), percentileInt(samples, .99), percentileInt(samples, 1), endLag)
-	return nil
+		len(samples), a.LagP50, a.LagP99, a.LagMax, endLag)
+	return a, nil
 }
 
 // eventsEnd is the number of records notify.events holds.

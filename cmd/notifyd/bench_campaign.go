@@ -45,9 +45,25 @@ type campaignBench struct {
 	partitions int
 	memState   bool
 	analytics  bool
-	external   bool   // the broker in a child process: the heap is notifyd's alone
-	memProfile string // a heap profile written once the campaign settled
-	cpuProfile string // a CPU profile from the approval to the last delivery
+	external   bool         // the broker in a child process: the heap is notifyd's alone
+	memProfile string       // a heap profile written once the campaign settled
+	cpuProfile string       // a CPU profile from the approval to the last delivery
+	ceiling    *ceiling     // nil: not measured
+	report     *benchReport // receives the campaign's figures
+}
+
+// campaignFigures are the campaign's figures in the bench's -json report:
+// Count notifications delivered from the approval to the last provider call.
+type campaignFigures struct {
+	phaseFigures
+	Users           int     `json:"users"`
+	RateLimit       int     `json:"rate_limit"`
+	ProfilesMS      float64 `json:"profiles_ms"`
+	HeapBeforeBytes uint64  `json:"heap_before_bytes"`
+	HeapPeakBytes   uint64  `json:"heap_peak_bytes"`
+	RSSBeforeBytes  uint64  `json:"rss_before_bytes"`
+	RSSPeakBytes    uint64  `json:"rss_peak_bytes"`
+	ProgressReadMS  float64 `json:"progress_read_ms"`
 }
 
 // campaignUser is the bench's user i; campaignUserIndex its inverse.
@@ -249,8 +265,9 @@ func (b campaignBench) run(ctx context.Context) error {
 	if err := producer.Flush(ctx); err != nil {
 		return err
 	}
+	profilesTook := time.Since(start)
 	fmt.Printf("profiles: %d produced to notify.profiles in %v (%d in the segment, %d of them opted out of marketing email)\n",
-		b.users, time.Since(start).Round(time.Millisecond), segment, segment-eligible)
+		b.users, profilesTook.Round(time.Millisecond), segment, segment-eligible)
 
 	tmpl := `{"category":"marketing","channels":{"email":{"subject":"Spring sale","text":"Hello {{.name}}, 20% off for pro users."}}}`
 	if err := call(ctx, client, "PUT", base+"/v1/templates/promo", tmpl, http.StatusOK); err != nil {
@@ -334,8 +351,18 @@ func (b campaignBench) run(ctx context.Context) error {
 			return err
 		}
 	}
-	fmt.Printf("campaign: approved → %d notifications delivered in %v: %.0f notifications/s (rate limit %d/s)\n",
-		eligible, elapsed.Round(time.Millisecond), float64(eligible)/elapsed.Seconds(), b.rate)
+	fig := &campaignFigures{phaseFigures: *newPhase(eligible, elapsed, b.ceiling, nil), Users: b.users, RateLimit: b.rate,
+		ProfilesMS: msec(profilesTook), HeapBeforeBytes: baseHeap, HeapPeakBytes: peakHeap, RSSBeforeBytes: baseRSS,
+		RSSPeakBytes: peakRSS, ProgressReadMS: msec(progressRead)}
+	if b.report != nil {
+		b.report.Phases.Campaign = fig
+	}
+	share := ""
+	if s := b.ceiling.share(fig.Rate); s != "" {
+		share = ", " + s
+	}
+	fmt.Printf("campaign: approved → %d notifications delivered in %v: %.0f notifications/s (rate limit %d/s)%s\n",
+		eligible, elapsed.Round(time.Millisecond), fig.Rate, b.rate, share)
 	fmt.Printf("  heap (live, Go) before %s, peak %s; RSS before %s, peak %s\n", mib(baseHeap), mib(peakHeap), mib(baseRSS), mib(peakRSS))
 	fmt.Printf("  during the run: %s\n", strings.Join(quarters, "; "))
 	fmt.Printf("  progress: targeted %d, queued %d, sent %d, suppressed %d, failed %d (GET /v1/campaigns/bench took %s)\n",

@@ -13,7 +13,7 @@ import (
 func TestBenchCampaignSendsExactlyOncePerEligibleUser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := runBench(ctx, []string{"-campaign", "3000", "-campaign-rate", "2000", "-partitions", "2"}); err != nil {
+	if err := runBench(ctx, []string{"-campaign", "3000", "-campaign-rate", "2000", "-partitions", "2", "-ceiling=false"}); err != nil {
 		t.Fatal(err)
 	}
 }

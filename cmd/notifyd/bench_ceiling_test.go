@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lovoo/goka"
+	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/notifyd/notifyd/service"
+	"github.com/notifyd/notifyd/topology"
+)
+
+// ceilingBroker is the bench's kind of broker (kfake with a data dir) on loopback.
+func ceilingBroker(t *testing.T) []string {
+	t.Helper()
+	cluster, err := service.StartBroker(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	return cluster.ListenAddrs()
+}
+
+func recordsOn(t *testing.T, ctx context.Context, brokers []string, topic string) int64 {
+	t.Helper()
+	cl, err := topology.NewClient(brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	n, err := endOffsets(ctx, kadm.NewClient(cl), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestCeilingRawBrokerPassesEveryRecordThrough(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	brokers := ceilingBroker(t)
+	got, err := measureBroker(ctx, brokers, 2, 1, 2000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Count != 2000 || got.Rate <= 0 || got.DurationMS <= 0 {
+		t.Fatalf("raw broker figures %+v, want 2000 records at a positive rate", got)
+	}
+	if n := recordsOn(t, ctx, brokers, ceilingRawTopic); n != 2000 {
+		t.Fatalf("%s holds %d records, want 2000", ceilingRawTopic, n)
+	}
+}
+
+// The hop reads each key's value and writes the next: after 2,000 messages
+// over 200 keys, each key's value names its last message and counts ten, and
+// the output holds one record per message.
+func TestCeilingGokaHopUpdatesItsTableAndEmitsOncePerMessage(t *testing.T) {
+	for _, storage := range []string{"leveldb", "memory"} {
+		t.Run(storage, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			const n, keys = 2000, 200
+			brokers := ceilingBroker(t)
+			kafka := topology.Kafka{Brokers: brokers, Replication: 1, FlushEvery: 2 * time.Millisecond}
+			if storage == "leveldb" {
+				kafka.StorageDir = t.TempDir()
+			}
+			inspect := func(p *goka.Processor) error {
+				for k := 0; k < keys; k++ {
+					v, err := p.Get(benchHopKey(k))
+					if err != nil {
+						return err
+					}
+					seq, count := topology.BenchHopState(v)
+					if want := uint64(n - keys + k); seq != want || count != n/keys {
+						return fmt.Errorf("%s: last message %d after %d, want %d after %d", benchHopKey(k), seq, count, want, n/keys)
+					}
+				}
+				return nil
+			}
+			got, err := measureHop(ctx, kafka, 2, n, keys, inspect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Count != n || got.Keys != keys || got.Rate <= 0 || got.DurationMS <= 0 {
+				t.Fatalf("hop figures %+v, want %d messages over %d keys at a positive rate", got, n, keys)
+			}
+			if out := recordsOn(t, ctx, brokers, string(topology.BenchHopOutput)); out != n {
+				t.Fatalf("%s holds %d records, want %d", topology.BenchHopOutput, out, n)
+			}
+			if storage == "leveldb" {
+				if _, err := os.Stat(filepath.Join(kafka.StorageDir, "processor-"+string(topology.BenchHopGroup))); err != nil {
+					t.Fatalf("the hop's table is not under the storage dir: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// A short bench run with -json: the file holds every phase's figures, and
+// each ratio is its rate over the bare hop's.
+func TestBenchJSONHoldsEveryFigure(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "bench.json")
+	err := runBench(ctx, []string{"-n", "400", "-paced-rate", "200", "-rate", "200", "-duration", "1s", "-partitions", "2",
+		"-ceiling-n", "2000", "-ceiling-hop-n", "2000", "-json", path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r benchReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Build.GoVersion == "" || r.Build.GOMAXPROCS < 1 || r.Flags["n"] != "400" || r.Flags["partitions"] != "2" {
+		t.Errorf("build %+v, flags %v", r.Build, r.Flags)
+	}
+	c := r.Ceiling
+	if c == nil || c.RawBroker.Count != 2000 || c.RawBroker.Rate <= 0 || c.GokaHop.Count != 2000 || c.GokaHop.Rate <= 0 ||
+		c.GokaHop.Keys != 2000 || c.Partitions != 2 || c.GokaState != "disk" {
+		t.Fatalf("ceiling %+v", c)
+	}
+	for name, tc := range map[string]struct {
+		p     *phaseFigures
+		count int
+	}{"bulk": {r.Phases.Bulk, 400}, "paced": {r.Phases.Paced, 200}, "api": {r.Phases.API, 200}} {
+		p := tc.p
+		if p == nil {
+			t.Errorf("%s: missing", name)
+			continue
+		}
+		if p.Count != tc.count || p.Errors != 0 || p.DurationMS <= 0 || p.Latency == nil {
+			t.Errorf("%s: %+v, want count %d, no errors, a duration and latencies", name, p, tc.count)
+			continue
+		}
+		if want := float64(p.Count) / (p.DurationMS / 1000); math.Abs(p.Rate-want) > want*1e-3 {
+			t.Errorf("%s: rate %f, want count / duration = %f", name, p.Rate, want)
+		}
+		if p.RatioToHop == nil || math.Abs(*p.RatioToHop-p.Rate/c.GokaHop.Rate) > 1e-9 {
+			t.Errorf("%s: ratio to hop %v, want %f", name, p.RatioToHop, p.Rate/c.GokaHop.Rate)
+		}
+		if l := p.Latency; !(l.P50 <= l.P90 && l.P90 <= l.P99 && l.P99 <= l.Max && l.Max > 0) {
+			t.Errorf("%s: latencies %+v out of order", name, l)
+		}
+	}
+	if api := r.Phases.API; api != nil && (api.RequestLatency == nil || api.TargetRate != 200) {
+		t.Errorf("api: %+v, want request latencies and target rate 200", api)
+	}
+	if r.Phases.Campaign != nil {
+		t.Errorf("campaign figures without -campaign: %+v", r.Phases.Campaign)
+	}
+}
