@@ -28,7 +28,9 @@ vet:
 build:
 	$(GO) build -buildvcs=auto -o bin/notifyd ./cmd/notifyd
 
-# Short runs of every fuzz target (FUZZTIME=30s each by default).
+# Short runs of every fuzz target (FUZZTIME=30s each by default). The
+# FuzzCodec* targets (typed Avro codecs against goavro) run many decodes per
+# input, so they cap minimizing a new input to leave the time to fuzzing.
 FUZZTIME ?= 30s
 fuzz:
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzDecodeSendRequest -fuzztime $(FUZZTIME)
@@ -39,6 +41,14 @@ fuzz:
 	$(GO) test ./processors -run '^$$' -fuzz FuzzInboxCommand -fuzztime $(FUZZTIME)
 	$(GO) test ./processors -run '^$$' -fuzz FuzzRedact -fuzztime $(FUZZTIME)
 	$(GO) test ./schemas -run '^$$' -fuzz FuzzTenantKey -fuzztime $(FUZZTIME)
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecNotification$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecStatusEvent$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecSendRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecUserState$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecLifecycle$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecLedgerEntry$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecDedupEntry$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
+	$(GO) test ./schemas -run '^$$' -fuzz '^FuzzCodecOthers$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 3s
 	$(GO) test ./tracking -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./tracking -run '^$$' -fuzz FuzzParseAuthenticated -fuzztime $(FUZZTIME)
 	for f in $$(grep -ho '^func Fuzz[A-Za-z]*' sinks/*_test.go | sed 's/func //'); do \

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/linkedin/goavro/v2"
 )
@@ -41,7 +42,8 @@ type version struct {
 	file   string
 	n      int
 	codec  *goavro.Codec
-	record string // Avro full name, e.g. notifyd.StatusEvent
+	record string    // Avro full name, e.g. notifyd.StatusEvent
+	schema *avroType // for the typed codecs; nil: records of it take the generic path
 }
 
 var (
@@ -92,7 +94,11 @@ func parseVersion(file string) (*version, error) {
 	if err != nil {
 		return nil, fmt.Errorf("schema file %s: %w", file, err)
 	}
-	return &version{file: file, n: n, codec: c, record: typeName(c)}, nil
+	v := &version{file: file, n: n, codec: c, record: typeName(c)}
+	if t, err := parseAvsc(spec); err == nil && t.kind == avroRecord && t.name == v.record {
+		v.schema = t
+	}
+	return v, nil
 }
 
 // Versions lists the embedded schema files of one record type, oldest first.
@@ -115,9 +121,15 @@ func Versions(record string) ([]string, error) {
 }
 
 // Codec encodes T with the newest schema of its record and decodes any known version.
+//
+// It reads and writes T's fields straight from and into Avro binary with plans
+// compiled once (typed.go); goavro through generic maps (toNative,
+// fromNative) is the reference it matches, and the path for any combination
+// of schema and Go type without a plan.
 type Codec[T any] struct {
 	record string
 	latest *version
+	typed  *typedCodec
 }
 
 // NewCodec returns the codec for the Avro record with full name record (e.g. "notifyd.Profile").
@@ -132,11 +144,19 @@ func NewCodec[T any](record string) *Codec[T] {
 	if reflect.TypeFor[T]().Kind() != reflect.Struct {
 		panic("schemas: codec type must be a struct")
 	}
-	return &Codec[T]{record: record, latest: v}
+	return &Codec[T]{record: record, latest: v, typed: compileTyped(reflect.TypeFor[T](), record, v)}
 }
 
 // Encode writes v in Avro single-object encoding with the newest schema.
 func (c *Codec[T]) Encode(v *T) ([]byte, error) {
+	if c.typed.enc == nil || v == nil {
+		return c.encodeGeneric(v)
+	}
+	return c.typed.encode(unsafe.Pointer(v)), nil
+}
+
+// encodeGeneric is the reference encoder: goavro from toNative's maps.
+func (c *Codec[T]) encodeGeneric(v *T) ([]byte, error) {
 	b, err := c.latest.codec.SingleFromNative(nil, toNative(reflect.ValueOf(v).Elem()))
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", c.record, err)
@@ -146,20 +166,54 @@ func (c *Codec[T]) Encode(v *T) ([]byte, error) {
 
 // Decode reads a single-object encoded record written with any known version of the schema.
 func (c *Codec[T]) Decode(b []byte) (*T, error) {
+	v, body, err := c.writer(b)
+	if err != nil {
+		return nil, err
+	}
+	plan := c.typed.dec[v.codec.Rabin]
+	if plan == nil || plan.v != v {
+		return c.decodeNative(v, body)
+	}
+	out := new(T)
+	d := decoder{b: body}
+	if err := plan.root.decode(&d, unsafe.Pointer(out)); err != nil {
+		return nil, fmt.Errorf("decode %s (%s): %w", c.record, v.file, err)
+	}
+	if d.i != len(body) {
+		return nil, fmt.Errorf("decode %s (%s): %d trailing bytes", c.record, v.file, len(body)-d.i)
+	}
+	return out, nil
+}
+
+// writer checks a record's size and header and finds its writer's schema.
+func (c *Codec[T]) writer(b []byte) (*version, []byte, error) {
 	if len(b) > MaxRecordBytes {
-		return nil, fmt.Errorf("decode %s: record of %d bytes exceeds %d", c.record, len(b), MaxRecordBytes)
+		return nil, nil, fmt.Errorf("decode %s: record of %d bytes exceeds %d", c.record, len(b), MaxRecordBytes)
 	}
 	fp, body, err := goavro.FingerprintFromSOE(b)
 	if err != nil {
-		return nil, fmt.Errorf("decode %s: not an Avro single-object record: %w", c.record, err)
+		return nil, nil, fmt.Errorf("decode %s: not an Avro single-object record: %w", c.record, err)
 	}
 	v, ok := byFingerprint[fp]
 	if !ok {
-		return nil, fmt.Errorf("decode %s: %w %016x", c.record, ErrUnknownSchema, fp)
+		return nil, nil, fmt.Errorf("decode %s: %w %016x", c.record, ErrUnknownSchema, fp)
 	}
 	if v.record != c.record {
-		return nil, fmt.Errorf("decode %s: record is a %s", c.record, v.record)
+		return nil, nil, fmt.Errorf("decode %s: record is a %s", c.record, v.record)
 	}
+	return v, body, nil
+}
+
+// decodeGeneric is the reference decoder: goavro's maps through fromNative.
+func (c *Codec[T]) decodeGeneric(b []byte) (*T, error) {
+	v, body, err := c.writer(b)
+	if err != nil {
+		return nil, err
+	}
+	return c.decodeNative(v, body)
+}
+
+func (c *Codec[T]) decodeNative(v *version, body []byte) (*T, error) {
 	native, rest, err := v.codec.NativeFromBinary(body)
 	if err != nil {
 		return nil, fmt.Errorf("decode %s (%s): %w", c.record, v.file, err)
