@@ -74,7 +74,10 @@ type Keyring struct {
 	erased     *lru[string, struct{}]    // record keys this process erased
 	subjectKid *lru[string, string]      // subject → key id Seal uses
 	tenantKid  *lru[string, string]      // tenant → key id new subject keys are wrapped by
-	create     singleflight.Group
+	// pending holds record keys of subject keys Prepare made whose records
+	// the view has not shown yet: Seal does not use them until it does.
+	pending pendingKeys
+	create  singleflight.Group
 }
 
 // New returns a Keyring over view (of Topic) that writes new keys and
@@ -154,6 +157,9 @@ func (k *Keyring) Open(ctx context.Context, field string, envelope []byte) ([]by
 // subjectKey returns the key Seal uses for subject, finding or creating it.
 func (k *Keyring) subjectKey(ctx context.Context, subject string) (string, cipher.AEAD, error) {
 	if kid, ok := k.subjectKid.get(subject); ok {
+		if err := k.awaitWritten(ctx, subjectRecordKey(subject, kid)); err != nil {
+			return "", nil, err
+		}
 		a, err := k.lookup(ctx, subjectRecordKey(subject, kid), k.unwrapSubject)
 		if a != nil || err != nil && !errors.Is(err, ErrErased) {
 			return kid, a, err
@@ -289,19 +295,34 @@ func (k *Keyring) findLive(ctx context.Context, prefix string, match func(*DataK
 }
 
 func (k *Keyring) createSubjectKey(ctx context.Context, subject string) (string, cipher.AEAD, error) {
+	d, a, err := k.newSubjectKey(ctx, subject)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := k.produce(ctx, d.recordKey(), d); err != nil {
+		return "", nil, err
+	}
+	k.keys.put(d.recordKey(), a)
+	k.log.Debug("created subject key", "keyId", d.ID, "tenantKeyId", d.WrappedBy)
+	return d.ID, a, nil
+}
+
+// newSubjectKey makes a key for subject, wrapped by its tenant's key (which
+// it creates, written, if the tenant has none yet); nothing of the subject's
+// key is written or cached.
+func (k *Keyring) newSubjectKey(ctx context.Context, subject string) (*DataKey, cipher.AEAD, error) {
 	tenant, _ := schemas.SplitTenantKey(subject)
 	tenant = schemas.NormTenant(tenant)
 	kekID, kek, err := k.tenantKey(ctx, tenant)
 	if err != nil {
-		return "", nil, fmt.Errorf("tenant key of %s: %w", schemas.TenantName(tenant), err)
+		return nil, nil, fmt.Errorf("tenant key of %s: %w", schemas.TenantName(tenant), err)
 	}
 	d := &DataKey{Kind: KindSubject, Tenant: tenant, Subject: subject, WrappedBy: kekID}
-	a, err := k.createKey(ctx, d, kek)
+	a, err := newWrappedKey(d, kek)
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
 	}
-	k.log.Debug("created subject key", "tenant", schemas.TenantName(tenant), "keyId", d.ID, "tenantKeyId", kekID)
-	return d.ID, a, nil
+	return d, a, nil
 }
 
 func (k *Keyring) createTenantKey(ctx context.Context, tenant string) (string, cipher.AEAD, error) {
@@ -317,6 +338,20 @@ func (k *Keyring) createTenantKey(ctx context.Context, tenant string) (string, c
 // createKey fills d with a fresh key id and a random key wrapped by wrapper,
 // produces it, and caches the key: usable at once, before the view has it.
 func (k *Keyring) createKey(ctx context.Context, d *DataKey, wrapper cipher.AEAD) (cipher.AEAD, error) {
+	a, err := newWrappedKey(d, wrapper)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.produce(ctx, d.recordKey(), d); err != nil {
+		return nil, err
+	}
+	k.keys.put(d.recordKey(), a)
+	return a, nil
+}
+
+// newWrappedKey fills d with a fresh key id and a random key wrapped by
+// wrapper, and returns the key.
+func newWrappedKey(d *DataKey, wrapper cipher.AEAD) (cipher.AEAD, error) {
 	kid, err := newKeyID()
 	if err != nil {
 		return nil, fmt.Errorf("new key id: %w", err)
@@ -331,14 +366,9 @@ func (k *Keyring) createKey(ctx context.Context, d *DataKey, wrapper cipher.AEAD
 		return nil, err
 	}
 	d.ID, d.CreatedAt = kid, time.Now().UnixMilli()
-	rk := d.recordKey()
-	if d.Wrapped, err = wrapKey(wrapper, rk, d.WrappedBy, key); err != nil {
+	if d.Wrapped, err = wrapKey(wrapper, d.recordKey(), d.WrappedBy, key); err != nil {
 		return nil, err
 	}
-	if err := k.produce(ctx, rk, d); err != nil {
-		return nil, err
-	}
-	k.keys.put(rk, a)
 	return a, nil
 }
 

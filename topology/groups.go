@@ -141,6 +141,8 @@ func (p *Pipeline) DedupGraph() *goka.GroupGraph {
 	}
 	return goka.DefineGroup(DedupGroup, append(edges,
 		goka.Input(DedupExpire, rawCodec, p.expire),
+		// New users' data keys (see acceptWhenKeyed).
+		goka.Output(goka.Stream(DataKeys), rawCodec),
 		goka.Output(Events, statusCodec),
 		goka.Output(DLQ, deadCodec),
 		goka.Persist(dedupCodec),
@@ -192,7 +194,7 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 				req.AcceptedAt = entry.FirstSeen
 			}
 			ctx.SetValue(entry)
-			p.accept(ctx, processors.Fanout(req), origin, now)
+			p.acceptWhenKeyed(ctx, raw, req, origin, now)
 			return
 		}
 		reason := "duplicate of request " + req.EventID + " first seen at " +
@@ -209,7 +211,67 @@ func (p *Pipeline) dedup(ctx goka.Context, msg any) {
 	}
 	ctx.SetValue(&schemas.DedupEntry{FirstSeen: now.UnixMilli(), Origin: origin})
 	Fault("dedup.after-entry") // crash tests: the entry written, its notifications not
-	p.accept(ctx, processors.Fanout(req), origin, now)
+	p.acceptWhenKeyed(ctx, raw, req, origin, now)
+}
+
+// keysHeader counts the passes a request made through its ingest lane
+// waiting for the keys of users it is the first to name.
+const keysHeader = "notifyd-keys"
+
+// maxKeyPasses bounds those passes; past it the request is accepted anyway,
+// and sealing waits for the keys in the callback (crypt's wait).
+const maxKeyPasses = 20
+
+// keyPreparer is crypt.Keyring's Prepare.
+type keyPreparer interface {
+	Prepare(ctx context.Context, subject string) (bool, []crypt.Record, error)
+}
+
+// acceptWhenKeyed accepts a request once every recipient has a written data
+// key. A user nobody sealed for before needs one, and writing it from the
+// callback would cost a broker round trip per new user, in series on the
+// partition. Instead the request emits the new keys' records, goes back on
+// its lane (with its origin, so the next pass is the same request, not a
+// duplicate), and the partition goes on with other records. When it comes
+// round again the keys are written (the view holds them) and it is accepted.
+//
+// No sealed record can outlive its key: Seal uses a prepared key only once the
+// view shows its record. A crash between the passes loses nothing: goka
+// commits the pass only after its emits (keys, the request again, the entry)
+// were written, and a replay of the pass does it again.
+func (p *Pipeline) acceptWhenKeyed(ctx goka.Context, raw []byte, req *schemas.SendRequest, origin string, now time.Time) {
+	ns := processors.Fanout(req)
+	kp, ok := p.Keys.(keyPreparer)
+	passes, _ := strconv.Atoi(string(ctx.Headers()[keysHeader]))
+	if !ok || passes >= maxKeyPasses {
+		p.accept(ctx, ns, origin, now)
+		return
+	}
+	waiting := false
+	seen := make(map[string]bool, len(ns))
+	for _, n := range ns {
+		subject := processors.Subject(n)
+		if seen[subject] {
+			continue
+		}
+		seen[subject] = true
+		written, recs, err := kp.Prepare(context.Background(), subject)
+		if err != nil {
+			// accept's Seal meets it too, and rejects with the reason.
+			continue
+		}
+		for _, r := range recs {
+			ctx.Emit(goka.Stream(DataKeys), r.Key, r.Value)
+		}
+		waiting = waiting || !written
+	}
+	if !waiting {
+		p.accept(ctx, ns, origin, now)
+		return
+	}
+	ctx.Emit(ctx.Topic(), ctx.Key(), raw, goka.WithCtxEmitHeaders(goka.Headers{
+		originHeader: []byte(origin), keysHeader: []byte(strconv.Itoa(passes + 1))}))
+	Fault("dedup.after-keys") // crash tests: keys and the request's next pass emitted, not committed
 }
 
 // accept emits each notification and its accepted event; one that is too

@@ -151,8 +151,9 @@ func (in *instance) shutdown() {
 // `sink --channel=email` and one `api` instance as separate OS processes.
 // 20,000 notifications go to a real SMTP server while role instances are
 // killed with SIGKILL every few seconds (and die at crash points between the
-// dedup entry and its notifications, and between a sink's finished records
-// and their commit) and are restarted. At the end every accepted notification
+// dedup entry and its notifications, between a request's new data keys (and
+// its next pass) and their commit, and between a sink's finished records and
+// their commit) and are restarted. At the end every accepted notification
 // was received exactly once and reads sent.
 func TestChaosSeparateProcesses(t *testing.T) {
 	const total, batch = 20_000, 100
@@ -168,8 +169,8 @@ func TestChaosSeparateProcesses(t *testing.T) {
       type: smtp
       smtp: {host: %q, port: %d, from: chaos@example.com, tls: none, connections: 8}
 `, srv.Host, srv.Port),
-		roleSpec{"process-1", "dedup.after-entry=0.0004", []string{"process"}},
-		roleSpec{"process-2", "dedup.after-entry=0.0004", []string{"process"}},
+		roleSpec{"process-1", "dedup.after-entry=0.0004,dedup.after-keys=0.0004", []string{"process"}},
+		roleSpec{"process-2", "dedup.after-entry=0.0004,dedup.after-keys=0.0004", []string{"process"}},
 		roleSpec{"sink-1", "sink.after-finish=0.0003", []string{"sink", "--channel=email"}},
 		roleSpec{"sink-2", "sink.after-finish=0.0003", []string{"sink", "--channel=email"}},
 		roleSpec{"api", "", []string{"api"}})
@@ -205,7 +206,7 @@ func TestChaosSeparateProcesses(t *testing.T) {
 	if k.kills.Load()+int32(faultKills["dedup.after-entry"]+faultKills["sink.after-finish"]) < 10 {
 		t.Fatalf("only %d kills; the test proves too little", k.kills.Load())
 	}
-	if faultKills["dedup.after-entry"] == 0 || faultKills["sink.after-finish"] == 0 {
+	if faultKills["dedup.after-entry"] == 0 || faultKills["dedup.after-keys"] == 0 || faultKills["sink.after-finish"] == 0 {
 		t.Fatalf("crash points not hit: %v", faultKills)
 	}
 	// Every status reads sent, once the status group has caught up and the

@@ -1,0 +1,163 @@
+package crypt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Record is a data key record for the caller to write to Topic.
+type Record struct {
+	Key   string
+	Value []byte
+}
+
+// Prepare makes sure subject has a key whose record is written, without
+// waiting for a write. It tells whether the subject's key is written (the
+// view holds it): then Seal uses it at once. Otherwise it returns the record
+// of a new key, for the caller to write, or none when a key is already on its
+// way; the caller asks again later.
+//
+// This is how a goka group creates keys for users it has never seen without a
+// round trip to the broker in its callback: it emits the records through its
+// context and comes back to the request once the view holds them. Seal never
+// uses a prepared key before the view shows its record, so no sealed record
+// can outlive a key that a crash lost.
+func (k *Keyring) Prepare(ctx context.Context, subject string) (written bool, recs []Record, err error) {
+	if k.initErr != nil {
+		return false, nil, k.initErr
+	}
+	if err := checkSubject(subject); err != nil {
+		return false, nil, fmt.Errorf("prepare: %w", err)
+	}
+	if kid, ok := k.subjectKid.get(subject); ok {
+		rk := subjectRecordKey(subject, kid)
+		d, err := k.record(rk)
+		switch {
+		case err != nil:
+			return false, nil, fmt.Errorf("prepare: %w", err)
+		case d != nil && !d.Erased():
+			k.pending.remove(rk)
+			return true, nil, nil
+		case d == nil && k.pending.has(rk):
+			return false, nil, nil // on its way
+		case d == nil:
+			// Created by Seal, which writes before it caches: written,
+			// the view has not read it yet.
+			return true, nil, nil
+		}
+		k.subjectKid.remove(subject)
+	}
+	v, err, _ := k.create.Do("subject\x00"+subject, func() (any, error) {
+		match := func(d *DataKey) bool { return d.Kind == KindSubject && d.Subject == subject }
+		kid, a, err := k.findLive(ctx, subjectPrefix(subject), match, k.unwrapSubject)
+		if err != nil {
+			return nil, err
+		}
+		if a != nil {
+			k.subjectKid.put(subject, kid)
+			return []Record(nil), nil
+		}
+		rec, err := k.prepareSubjectKey(ctx, subject)
+		if err != nil {
+			return nil, err
+		}
+		return []Record{rec}, nil
+	})
+	if err != nil {
+		return false, nil, fmt.Errorf("prepare: %w", err)
+	}
+	recs = v.([]Record)
+	return len(recs) == 0, recs, nil
+}
+
+// prepareSubjectKey makes subject's key as createSubjectKey does, but leaves
+// the record to the caller and marks the key pending.
+func (k *Keyring) prepareSubjectKey(ctx context.Context, subject string) (Record, error) {
+	d, a, err := k.newSubjectKey(ctx, subject)
+	if err != nil {
+		return Record{}, err
+	}
+	b, err := DataKeyCodec.Encode(d)
+	if err != nil {
+		return Record{}, err
+	}
+	rk := d.recordKey()
+	k.pending.add(rk, k.record)
+	k.keys.put(rk, a)
+	k.subjectKid.put(subject, d.ID)
+	k.log.Debug("prepared subject key", "keyId", d.ID, "tenantKeyId", d.WrappedBy)
+	return Record{Key: rk, Value: b}, nil
+}
+
+// awaitWritten waits, up to the configured wait, until the view holds the
+// record of a key Prepare made; other keys return at once.
+func (k *Keyring) awaitWritten(ctx context.Context, rk string) error {
+	if !k.pending.has(rk) {
+		return nil
+	}
+	deadline := time.Now().Add(k.wait)
+	for {
+		d, err := k.record(rk)
+		if err != nil {
+			return err
+		}
+		if d != nil {
+			k.pending.remove(rk)
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			return fmt.Errorf("%s prepared but not in %s after %s: %w", rk, Topic, k.wait, errors.Join(ErrNoKey, ErrNotWritten))
+		}
+		if err := sleep(ctx, k.poll); err != nil {
+			return fmt.Errorf("waiting for %s: %w", rk, err)
+		}
+	}
+}
+
+// ErrNotWritten means a prepared key's record never showed in the view: its
+// writer did not write it (or failed to), so nothing may be sealed with it.
+var ErrNotWritten = errors.New("crypt: prepared key not written")
+
+// pendingKeys are the record keys of prepared keys not yet seen written. An
+// entry leaves when the view shows its record; it is never evicted otherwise
+// (a key forgotten as pending would count as written). Only a writer that
+// failed leaves entries behind, and its process stops; past maxPending the
+// set drops what the view holds by now.
+type pendingKeys struct {
+	mu sync.Mutex
+	m  map[string]struct{}
+}
+
+const maxPending = 100_000
+
+func (p *pendingKeys) add(rk string, record func(string) (*DataKey, error)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]struct{}{}
+	}
+	if len(p.m) >= maxPending {
+		for k := range p.m {
+			if d, err := record(k); err == nil && d != nil {
+				delete(p.m, k)
+			}
+		}
+	}
+	p.m[rk] = struct{}{}
+}
+
+func (p *pendingKeys) has(rk string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.m[rk]
+	return ok
+}
+
+func (p *pendingKeys) remove(rk string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.m, rk)
+}

@@ -1,0 +1,103 @@
+package crypt_test
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/crypt"
+	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/topology"
+)
+
+// Prepare creates a new subject's key without writing it; nothing is sealed
+// with that key until the view shows its record, and once the caller wrote
+// it, the key seals and opens in every process.
+func TestPrepareLeavesTheWriteToTheCallerAndSealWaitsForIt(t *testing.T) {
+	b := newBroker(t)
+	m1, _ := masterKey(t, "m1")
+	keys := masters(t, "m1", m1)
+	a := b.newProcess(t, keys, crypt.WithWait(300*time.Millisecond))
+	other := b.newProcess(t, keys)
+	ctx := testCtx(t)
+	subject := schemas.TenantKey("acme", "new-user")
+
+	written, recs, err := a.keyring.Prepare(ctx, subject)
+	if err != nil || written || len(recs) != 1 {
+		t.Fatalf("first prepare: written %v, %d records, %v; want a record to write", written, len(recs), err)
+	}
+	// Asked again before the write: the same key is on its way, no second one.
+	if written, again, err := a.keyring.Prepare(ctx, subject); err != nil || written || len(again) != 0 {
+		t.Fatalf("second prepare: written %v, %d records, %v", written, len(again), err)
+	}
+	// Not written: Seal refuses to use it (a sealed record would outlive a
+	// key that a crash lost).
+	if _, err := a.keyring.Seal(ctx, subject, "notification", []byte("x")); !errors.Is(err, crypt.ErrNotWritten) {
+		t.Fatalf("seal with an unwritten key: %v, want ErrNotWritten", err)
+	}
+	if raw := b.rawRecords(t); len(raw) != 1 { // the tenant key only
+		t.Fatalf("%d records on %s before the caller wrote, want the tenant key alone", len(raw), crypt.Topic)
+	}
+
+	producer, err := topology.NewProducer(b.addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	if err := producer.ProduceSync(ctx, &kgo.Record{Topic: crypt.Topic, Key: []byte(recs[0].Key), Value: recs[0].Value}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "prepare sees the key written", func() error {
+		written, more, err := a.keyring.Prepare(ctx, subject)
+		if err != nil || len(more) != 0 {
+			t.Fatalf("prepare after the write: %d records, %v", len(more), err)
+		}
+		if !written {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	env, err := a.keyring.Seal(ctx, subject, "notification", []byte("your code is 123456"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := crypt.ParseEnvelope(env)
+	if want := "subject/" + subject + "/" + e.KeyID; want != recs[0].Key {
+		t.Fatalf("sealed with %s, want the prepared key %s", want, recs[0].Key)
+	}
+	if plain, got, err := other.keyring.Open(ctx, "notification", env); err != nil || string(plain) != "your code is 123456" || got != subject {
+		t.Fatalf("open in another process: %q %q %v", plain, got, err)
+	}
+	// Another process finds the written key: nothing to write.
+	if written, more, err := other.keyring.Prepare(ctx, subject); err != nil || !written || len(more) != 0 {
+		t.Fatalf("prepare in another process: written %v, %d records, %v", written, len(more), err)
+	}
+}
+
+// A subject whose key Seal created (written before it is used) is ready at
+// once; an erased subject gets a new key to write.
+func TestPrepareOfKnownAndErasedSubjects(t *testing.T) {
+	b := newBroker(t)
+	m1, _ := masterKey(t, "m1")
+	a := b.newProcess(t, masters(t, "m1", m1))
+	ctx := testCtx(t)
+	subject := schemas.TenantKey("", "known")
+	if _, err := a.keyring.Seal(ctx, subject, "profile", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if written, recs, err := a.keyring.Prepare(ctx, subject); err != nil || !written || len(recs) != 0 {
+		t.Fatalf("known subject: written %v, %d records, %v", written, len(recs), err)
+	}
+	if _, err := a.keyring.Erase(ctx, subject); err != nil {
+		t.Fatal(err)
+	}
+	written, recs, err := a.keyring.Prepare(ctx, subject)
+	if err != nil || written || len(recs) != 1 {
+		t.Fatalf("erased subject: written %v, %d records, %v; want a new key to write", written, len(recs), err)
+	}
+	if _, _, err := a.keyring.Prepare(ctx, "bad\xffsubject"); err == nil {
+		t.Fatal("a subject that is not UTF-8 was prepared")
+	}
+}
