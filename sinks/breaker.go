@@ -27,6 +27,18 @@ const (
 // neither way, so a burst of them neither opens the breaker nor closes it
 // during an outage.
 func newBreaker(channel, name string, cfg config.Breaker, m *Metrics, log *slog.Logger) *gobreaker.CircuitBreaker[string] {
+	return newBreakerClosing(channel, name, cfg, m, log, nil)
+}
+
+// providerBreaker is the breaker of one of the sink's providers: when it
+// closes again, every retrier releases what that provider's failures parked.
+func (s *Sink) providerBreaker(name string) *gobreaker.CircuitBreaker[string] {
+	return newBreakerClosing(s.Channel, name, s.Opts.Breaker, s.Metrics, s.Log, s.recovered)
+}
+
+// newBreakerClosing is newBreaker that also calls closed(name) (when set) each
+// time the breaker closes again, under the breaker's lock.
+func newBreakerClosing(channel, name string, cfg config.Breaker, m *Metrics, log *slog.Logger, closed func(string)) *gobreaker.CircuitBreaker[string] {
 	failures := uint32(cfg.Failures)
 	m.breakerState(channel, name, breakerClosed)
 	return gobreaker.NewCircuitBreaker[string](gobreaker.Settings{
@@ -51,6 +63,9 @@ func newBreaker(channel, name string, cfg config.Breaker, m *Metrics, log *slog.
 			}
 			m.breakerState(channel, name, state)
 			m.breakerTransition(channel, name, to.String())
+			if to == gobreaker.StateClosed && closed != nil {
+				closed(name)
+			}
 		},
 	})
 }

@@ -14,6 +14,7 @@ type Metrics struct {
 	retries     *prometheus.CounterVec
 	exhausted   *prometheus.CounterVec
 	requeued    *prometheus.CounterVec
+	released    *prometheus.CounterVec
 	breaker     *prometheus.GaugeVec
 	transitions *prometheus.CounterVec
 	inFlight    *prometheus.GaugeVec
@@ -37,6 +38,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Notifications that failed for good after their retry horizon (alert on it), by channel."}, []string{"channel"}),
 		requeued: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "notifyd_retry_requeued_total",
 			Help: "Notifications the retry group put back on their channel's queue when due, by channel."}, []string{"channel"}),
+		released: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "notifyd_retry_released_total",
+			Help: "Notifications the retry group put back on their channel's queue before they were due, because a provider (or the channel's chain, channel:<name>) that parked them recovered; by channel and provider."},
+			[]string{"channel", "provider"}),
 		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "notifyd_breaker_state",
 			Help: "Circuit breaker state per channel and provider (channel:<name> is the channel's own): 0 closed, 1 half-open, 2 open."},
 			[]string{"channel", "provider"}),
@@ -49,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		produceErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "notifyd_sink_produce_errors_total",
 			Help: "Failed produces of status events, ledger entries, retries or dead letters (retried; the offset waits)."}, []string{"channel"}),
 	}
-	reg.MustRegister(m.outcomes, m.skips, m.latency, m.retries, m.exhausted, m.requeued, m.breaker, m.transitions,
+	reg.MustRegister(m.outcomes, m.skips, m.latency, m.retries, m.exhausted, m.requeued, m.released, m.breaker, m.transitions,
 		m.inFlight, m.deadLetters, m.produceErrs)
 	return m
 }
@@ -118,5 +122,11 @@ func (m *Metrics) deadLetter(channel string) {
 func (m *Metrics) produceError(channel string) {
 	if m != nil {
 		m.produceErrs.WithLabelValues(channel).Inc()
+	}
+}
+
+func (m *Metrics) release(channel, provider string) {
+	if m != nil {
+		m.released.WithLabelValues(channel, provider).Inc()
 	}
 }

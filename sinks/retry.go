@@ -1,17 +1,21 @@
 package sinks
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/notifyd/notifyd/config"
 	"github.com/notifyd/notifyd/processors"
@@ -147,7 +151,10 @@ func (s *Sink) retry(j *job) {
 	}
 	tier := config.RetryTierName(plan.Delay)
 	s.ledger.Release(n.ID, s.Channel)
-	s.produce(j, s.Producer, &kgo.Record{Topic: topology.RetryTopic(plan.Delay), Key: []byte(n.ID), Value: b})
+	// The headers say what parked it: a recovery of one of those providers
+	// releases it before its tier (Retrier).
+	s.produce(j, s.Producer, &kgo.Record{Topic: topology.RetryTopic(plan.Delay), Key: []byte(n.ID), Value: b,
+		Headers: s.parkingOf(j, now).headers()})
 	reason := fmt.Sprintf("%s; retry %d at %s", n.LastError, n.Retries, plan.Due.UTC().Format(time.RFC3339))
 	s.event(j, s.notificationEvent(&n, processors.StatusRetrying, j.lastProv, reason, n.Retries, ""))
 	s.Metrics.retried(s.Channel, tier)
@@ -157,7 +164,9 @@ func (s *Sink) retry(j *job) {
 // Retrier is the retry group: it reads every retry topic and puts each
 // notification back on its channel's queue when it is due. Within a tier
 // every record waits the same delay, so a partition's records fall due in
-// order: the head is the only one to wait for.
+// order: the head is the only one to wait for. A record whose provider
+// recovered since it was parked (notify.recoveries, see recovery.go) goes
+// back at once, wherever it is in its partition.
 type Retrier struct {
 	Brokers  []string
 	Producer *kgo.Client // goka-compatible partitioning (topology.NewProducer)
@@ -169,8 +178,9 @@ type Retrier struct {
 	// SessionTimeout of the consumer group (10s when zero).
 	SessionTimeout time.Duration
 
-	ready chan struct{}
-	once  sync.Once
+	ready     chan struct{}
+	once      sync.Once
+	recovered *recoveries
 }
 
 // Ready is closed once the retrier has joined its group.
@@ -188,6 +198,23 @@ func (r *Retrier) now() time.Time {
 
 var retryTopics = "^" + regexp.QuoteMeta(topology.RetryPrefix) + ".+"
 
+// held is a retry record waiting in the retrier, read once when fetched.
+type held struct {
+	rec    *kgo.Record
+	due    time.Time // zero: unreadable, due now (requeue dead-letters it)
+	parked parking
+	// by is the recovery that released it early ("" when due by its tier).
+	by string
+}
+
+func newHeld(rec *kgo.Record) *held {
+	h := &held{rec: rec, parked: parkedBy(rec)}
+	if n, err := schemas.NotificationCodec.Decode(rec.Value); err == nil && rec.Value != nil {
+		h.due = time.UnixMilli(n.RetryAt)
+	}
+	return h
+}
+
 // Run moves due notifications until ctx ends.
 func (r *Retrier) Run(ctx context.Context) error {
 	r.Ready()
@@ -197,18 +224,23 @@ func (r *Retrier) Run(ctx context.Context) error {
 	if r.MaxHeld <= 0 {
 		r.MaxHeld = 10_000
 	}
+	r.recovered = newRecoveries()
 	log := r.Log.With("component", "retry")
-	held := map[tp][]*kgo.Record{}
+	heldBy := map[tp][]*held{}
 	paused := map[tp]bool{}
+	owned := map[tp]bool{}
+	// next is, per partition, the offset after the last record put back:
+	// what to commit once nothing before it is held.
+	next := map[tp]kgo.EpochOffset{}
 	var revokedMu = make(chan struct{}, 1)
 	revokedMu <- struct{}{}
 	drop := func(m map[string][]int32) {
 		<-revokedMu
-		for t, ps := range m {
-			for _, p := range ps {
-				delete(held, tp{t, p})
-				delete(paused, tp{t, p})
-			}
+		for _, k := range tps(m) {
+			delete(heldBy, k)
+			delete(paused, k)
+			delete(owned, k)
+			delete(next, k)
 		}
 		revokedMu <- struct{}{}
 	}
@@ -224,6 +256,13 @@ func (r *Retrier) Run(ctx context.Context) error {
 		kgo.SessionTimeout(topology.SessionTimeout(r.SessionTimeout)),
 		kgo.HeartbeatInterval(topology.SessionTimeout(r.SessionTimeout)/10),
 		kgo.RebalanceTimeout(10*time.Second),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			<-revokedMu
+			for _, k := range tps(m) {
+				owned[k] = true
+			}
+			revokedMu <- struct{}{}
+		}),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { drop(m) }),
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) { drop(m) }),
 	)
@@ -231,16 +270,29 @@ func (r *Retrier) Run(ctx context.Context) error {
 		return fmt.Errorf("retry: %w", err)
 	}
 	defer cl.CloseAllowingRebalance()
+	wctx, stopWatch := context.WithCancel(ctx)
+	var watching sync.WaitGroup
+	watching.Add(1)
+	go func() { defer watching.Done(); r.watchRecoveries(wctx, log) }()
+	defer func() { stopWatch(); watching.Wait() }()
 	close(r.ready)
+	var seen uint64 // generation of the recoveries last applied to every held record
 	for {
 		wait := 500 * time.Millisecond
 		<-revokedMu
-		next := r.nextDue(held)
+		due := nextDue(heldBy)
 		revokedMu <- struct{}{}
-		if !next.IsZero() {
-			wait = min(wait, max(time.Until(next), 5*time.Millisecond))
+		if !due.IsZero() {
+			wait = min(wait, max(time.Until(due), 5*time.Millisecond))
 		}
 		pctx, cancel := context.WithTimeout(ctx, wait)
+		go func() {
+			select {
+			case <-r.recovered.wake: // a recovery: release now, not after the wait
+				cancel()
+			case <-pctx.Done():
+			}
+		}()
 		fetches := cl.PollRecords(pctx, 1000)
 		cancel()
 		if ctx.Err() != nil || fetches.IsClientClosed() {
@@ -251,36 +303,66 @@ func (r *Retrier) Run(ctx context.Context) error {
 				log.Warn("fetch", "topic", t, "partition", p, "err", err)
 			}
 		})
+		recovered, gen := r.recovered.snapshot()
 		<-revokedMu
+		// Fetched records are checked against the recoveries known; every held
+		// record is when a recovery is news.
+		from := map[tp]int{}
 		fetches.EachRecord(func(rec *kgo.Record) {
 			k := tp{rec.Topic, rec.Partition}
-			held[k] = append(held[k], rec)
+			if _, ok := from[k]; !ok {
+				from[k] = len(heldBy[k])
+			}
+			heldBy[k] = append(heldBy[k], newHeld(rec))
 		})
-		due := r.takeDue(held)
+		if gen != seen {
+			from, seen = nil, gen
+		}
+		out := takeReleased(heldBy, recovered, from)
+		released := len(out)
+		out = append(out, takeDue(heldBy, r.now())...)
 		var pause, resume []tp
-		for k, l := range held {
+		for k, l := range heldBy {
 			if len(l) >= r.MaxHeld && !paused[k] {
 				paused[k] = true
 				pause = append(pause, k)
-			} else if len(l) < r.MaxHeld/2 && paused[k] {
-				paused[k] = false
+			}
+		}
+		// A paused partition may hold nothing any more (all of it was due, or
+		// released): it is not in heldBy then, and must be resumed all the same.
+		for k := range paused {
+			if len(heldBy[k]) < r.MaxHeld/2 {
+				delete(paused, k)
 				resume = append(resume, k)
 			}
 		}
 		revokedMu <- struct{}{}
 		setPaused(cl, pause, true)
 		setPaused(cl, resume, false)
-		if len(due) > 0 {
-			if err := r.requeue(ctx, due, log); err != nil {
+		if len(out) > 0 {
+			recs := make([]*kgo.Record, len(out))
+			for i, h := range out {
+				recs[i] = h.rec
+			}
+			if err := r.requeue(ctx, recs, log); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
-				// Not committed: the records are held again from the last commit.
+				// Held again (not committed): tried again on the next round.
 				log.Warn("requeue failed; will retry", "err", err)
+				<-revokedMu
+				holdAgain(heldBy, owned, out)
+				revokedMu <- struct{}{}
 				cl.AllowRebalance()
 				continue
 			}
-			if err := cl.CommitRecords(ctx, due...); err != nil && ctx.Err() == nil {
+			if released > 0 {
+				r.noteReleased(out[:released], log)
+			}
+			<-revokedMu
+			offsets := commitPoints(heldBy, owned, next, out)
+			revokedMu <- struct{}{}
+			if err := commitOffsets(ctx, cl, offsets); err != nil && ctx.Err() == nil {
 				log.Warn("commit", "err", err)
 			}
 		}
@@ -303,23 +385,14 @@ func setPaused(cl *kgo.Client, ks []tp, pause bool) {
 	}
 }
 
-// retryDue reads when a held record is due; an unreadable record is due now
-// (requeue dead-letters it).
-func retryDue(rec *kgo.Record) time.Time {
-	n, err := schemas.NotificationCodec.Decode(rec.Value)
-	if err != nil || rec.Value == nil {
-		return time.Time{}
-	}
-	return time.UnixMilli(n.RetryAt)
-}
-
-func (r *Retrier) nextDue(held map[tp][]*kgo.Record) time.Time {
+// nextDue is when the first held record falls due by its tier.
+func nextDue(heldBy map[tp][]*held) time.Time {
 	var next time.Time
-	for _, l := range held {
+	for _, l := range heldBy {
 		if len(l) == 0 {
 			continue
 		}
-		if d := retryDue(l[0]); next.IsZero() || d.Before(next) {
+		if d := l[0].due; next.IsZero() || d.Before(next) {
 			next = d
 		}
 	}
@@ -327,22 +400,132 @@ func (r *Retrier) nextDue(held map[tp][]*kgo.Record) time.Time {
 }
 
 // takeDue removes the due heads of every partition, in order.
-func (r *Retrier) takeDue(held map[tp][]*kgo.Record) []*kgo.Record {
-	now := r.now()
-	var out []*kgo.Record
-	for k, l := range held {
+func takeDue(heldBy map[tp][]*held, now time.Time) []*held {
+	var out []*held
+	for k, l := range heldBy {
 		i := 0
-		for i < len(l) && !retryDue(l[i]).After(now) {
+		for i < len(l) && !l[i].due.After(now) {
 			i++
 		}
 		out = append(out, l[:i]...)
 		if i == len(l) {
-			delete(held, k)
+			delete(heldBy, k)
 		} else {
-			held[k] = l[i:]
+			heldBy[k] = l[i:]
 		}
 	}
 	return out
+}
+
+// takeReleased removes the held records that a provider's recovery since
+// they were parked releases, wherever they are in their partition. Each
+// partition is looked at from from[k] on (the records just fetched), every
+// partition whole when from is nil.
+func takeReleased(heldBy map[tp][]*held, recovered map[string]time.Time, from map[tp]int) []*held {
+	if len(recovered) == 0 {
+		return nil
+	}
+	var out []*held
+	release := func(k tp, start int) {
+		l := heldBy[k]
+		kept := l[:start]
+		for _, h := range l[start:] {
+			if h.by = h.parked.releasedBy(recovered); h.by != "" {
+				out = append(out, h)
+			} else {
+				kept = append(kept, h)
+			}
+		}
+		clear(l[len(kept):])
+		if len(kept) == 0 {
+			delete(heldBy, k)
+		} else {
+			heldBy[k] = kept
+		}
+	}
+	if from == nil {
+		for k := range heldBy {
+			release(k, 0)
+		}
+		return out
+	}
+	for k, start := range from {
+		release(k, start)
+	}
+	return out
+}
+
+// holdAgain puts records whose requeue failed back among the held ones, in
+// offset order, unless their partition has moved meanwhile.
+func holdAgain(heldBy map[tp][]*held, owned map[tp]bool, hs []*held) {
+	touched := map[tp]bool{}
+	for _, h := range hs {
+		k := tp{h.rec.Topic, h.rec.Partition}
+		if owned[k] {
+			h.by = ""
+			heldBy[k] = append(heldBy[k], h)
+			touched[k] = true
+		}
+	}
+	for k := range touched {
+		slices.SortFunc(heldBy[k], func(a, b *held) int { return cmp.Compare(a.rec.Offset, b.rec.Offset) })
+	}
+}
+
+// commitPoints are the offsets to commit once out is back on its queues:
+// each partition of out up to its first record still held (a record released
+// early leaves older ones held behind it), or past everything put back.
+func commitPoints(heldBy map[tp][]*held, owned map[tp]bool, next map[tp]kgo.EpochOffset, out []*held) map[string]map[int32]kgo.EpochOffset {
+	touched := map[tp]bool{}
+	for _, h := range out {
+		k := tp{h.rec.Topic, h.rec.Partition}
+		if !owned[k] {
+			continue // moved meanwhile: its next owner reads it again
+		}
+		touched[k] = true
+		if h.rec.Offset+1 > next[k].Offset {
+			next[k] = kgo.EpochOffset{Epoch: h.rec.LeaderEpoch, Offset: h.rec.Offset + 1}
+		}
+	}
+	offsets := map[string]map[int32]kgo.EpochOffset{}
+	for k := range touched {
+		at := next[k]
+		if l := heldBy[k]; len(l) > 0 {
+			at = kgo.EpochOffset{Epoch: l[0].rec.LeaderEpoch, Offset: l[0].rec.Offset}
+		}
+		if offsets[k.topic] == nil {
+			offsets[k.topic] = map[int32]kgo.EpochOffset{}
+		}
+		offsets[k.topic][k.partition] = at
+	}
+	return offsets
+}
+
+func commitOffsets(ctx context.Context, cl *kgo.Client, offsets map[string]map[int32]kgo.EpochOffset) error {
+	if len(offsets) == 0 {
+		return nil
+	}
+	var failed error
+	cl.CommitOffsetsSync(ctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+		failed = commitError(resp, err)
+	})
+	return failed
+}
+
+// noteReleased counts and logs the records put back early, by recovery.
+func (r *Retrier) noteReleased(hs []*held, log *slog.Logger) {
+	by := map[string]int{}
+	for _, h := range hs {
+		by[h.by]++
+		channel, provider, _ := strings.Cut(h.by, "/")
+		r.Metrics.release(channel, provider) // a recovery key, as a sink wrote it: not the record's own words
+	}
+	keys := slices.Sorted(maps.Keys(by))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%d", k, by[k])
+	}
+	log.Info("parked notifications released: their provider recovered", "released", len(hs), "by", strings.Join(parts, ","))
 }
 
 // requeue puts due notifications back on their queues (and unreadable ones

@@ -170,7 +170,7 @@ func (s *Sink) init() error {
 	s.wake = make(chan struct{}, 1)
 	s.idle = sync.NewCond(&s.mu)
 	for _, p := range s.Providers {
-		br := newBreaker(s.Channel, p.Name(), s.Opts.Breaker, s.Metrics, s.Log)
+		br := s.providerBreaker(p.Name())
 		l := newLane(p, s.Limits[p.Name()], br, s.Opts.Concurrency, s.serve)
 		l.setShare(0) // sized again on assignment
 		s.lanes = append(s.lanes, l)
@@ -188,6 +188,9 @@ func (s *Sink) init() error {
 				gobreaker.StateOpen: breakerOpen}[to]
 			s.Metrics.breakerState(s.Channel, chanName, state)
 			s.Metrics.breakerTransition(s.Channel, chanName, to.String())
+			if to == gobreaker.StateClosed {
+				s.recovered(chanName) // what the channel's outage parked goes out now
+			}
 		},
 	})
 	w, err := topology.NewProducer(s.Brokers, kgo.RecordPartitioner(kgo.ManualPartitioner()))
