@@ -31,10 +31,14 @@ import (
 
 // benchProvider accepts instantly and notes when each notification reached it.
 type benchProvider struct {
-	mu    sync.Mutex
-	lat   []time.Duration // accept → provider call
-	count atomic.Int64
-	last  atomic.Int64 // unix nanos of the latest call
+	mu   sync.Mutex
+	lat  []time.Duration // accept → provider call
+	high []time.Duration // the same, of high-priority notifications only
+	// lowAtHigh: how many other notifications had reached the provider
+	// when the latest high-priority one did.
+	lowAtHigh int64
+	count     atomic.Int64
+	last      atomic.Int64 // unix nanos of the latest call
 }
 
 func (b *benchProvider) Name() string { return "bench" }
@@ -43,6 +47,10 @@ func (b *benchProvider) Send(_ context.Context, n *schemas.Notification) (string
 	now := time.Now()
 	b.mu.Lock()
 	b.lat = append(b.lat, now.Sub(time.UnixMilli(n.AcceptedAt)))
+	if n.Priority == "high" {
+		b.high = append(b.high, now.Sub(time.UnixMilli(n.AcceptedAt)))
+		b.lowAtHigh = b.count.Load() - int64(len(b.high)-1)
+	}
 	b.mu.Unlock()
 	b.count.Add(1)
 	b.last.Store(now.UnixNano())
@@ -53,7 +61,7 @@ func (b *benchProvider) reset() []time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	out := b.lat
-	b.lat = nil
+	b.lat, b.high, b.lowAtHigh = nil, nil, 0
 	b.count.Store(0)
 	return out
 }
@@ -109,6 +117,7 @@ type benchPhases struct {
 	Paced    *phaseFigures    `json:"paced,omitempty"`
 	API      *phaseFigures    `json:"api,omitempty"`
 	Campaign *campaignFigures `json:"campaign,omitempty"`
+	Priority *priorityFigures `json:"priority,omitempty"`
 }
 
 // phaseFigures: Count notifications delivered in Duration (the phase's first
@@ -220,6 +229,10 @@ func runBench(ctx context.Context, args []string) error {
 	ceilingN := fs.Int("ceiling-n", 200_000, "records of the ceiling's raw broker pass-through")
 	ceilingHopN := fs.Int("ceiling-hop-n", 100_000, "messages of the ceiling's bare goka hop")
 	jsonOut := fs.String("json", "", "write every figure as one JSON object to this file (docs/PERFORMANCE.md)")
+	backlog := fs.Int("priority-backlog", 0, "after the API phase: queue this many low-priority requests, then send -priority-high high-priority ones through the API while they drain (0: no priority phase)")
+	highs := fs.Int("priority-high", 50, "high-priority requests of the priority phase")
+	roles := fs.Bool("roles", false, "instead of the phases in-process: the broker, 2 process, 2 sink and api as separate processes, bulk and API phases, CPU per process (docs/PERFORMANCE.md)")
+	rolesBin := fs.String("roles-bin", "", "with -roles: the notifyd binary the processes run (default: this one)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -241,6 +254,10 @@ func runBench(ctx context.Context, args []string) error {
 			return err
 		}
 		return report.write(*jsonOut)
+	}
+	if *roles {
+		return rolesBench{bin: *rolesBin, n: *n, rate: *rate, dur: *dur, partitions: *partitions, users: *users,
+			ceiling: ceil, report: report, jsonOut: *jsonOut}.run(ctx)
 	}
 	dir, err := os.MkdirTemp("", "notifyd-bench-")
 	if err != nil {
@@ -382,6 +399,11 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("  achieved, first request → last delivery: %.0f notifications/s%s\n", api.Rate, ceil.inParens(api.Rate))
 	fmt.Printf("  request latency: p50 %s  p99 %s  max %s\n", ms(percentile(apiLat, .5)), ms(percentile(apiLat, .99)), ms(percentile(apiLat, 1)))
 	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
+	if *backlog > 0 {
+		if report.Phases.Priority, err = priorityPhase(ctx, producer, client, base, bp, *backlog, *highs); err != nil {
+			return err
+		}
+	}
 	return report.write(*jsonOut)
 }
 
