@@ -30,6 +30,14 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	// A group that joins for the first time must not skip what was already
 	// produced: start streams at the oldest offset, not goka's default newest.
 	c.Consumer.Offsets.Initial = sarama.OffsetOldest
+	// sarama's consumer fetches every partition of a broker in one request
+	// and sends the next only once each partition has taken in its share
+	// of the answer: a partition with a backlog makes every other wait
+	// until goka has processed what was fetched for it. 16 KiB per
+	// partition (sarama's default: 1 MiB) keeps that wait to tens of
+	// records, so a high-priority lane is not held by a low one's backlog;
+	// measured no slower in bulk (docs/PERFORMANCE.md, issue 17).
+	c.Consumer.Fetch.Default = 16 << 10
 	c.Producer.Compression = sarama.CompressionNone
 	c.Producer.MaxMessageBytes = producerMaxBytes
 	if k.FlushEvery > 0 {

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"strings"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,6 +32,8 @@ type priorityFigures struct {
 	// when the last high-priority notification was (with one queue for
 	// all, it would be all of it).
 	LowDeliveredAtLastHigh int64 `json:"low_delivered_at_last_high"`
+	// Stages split the high ones' latency by their status history.
+	Stages map[string]*latencyFigures `json:"stages_ms,omitempty"`
 }
 
 // priorityPhase queues backlog low-priority requests where the API puts them
@@ -66,14 +71,23 @@ func priorityPhase(ctx context.Context, cl *kgo.Client, client *http.Client, bas
 	gap := time.Duration(float64(backlog)/perSec*float64(time.Second)) * 3 / 4 / time.Duration(max(highs, 1))
 	var errs atomic.Int32
 	var wg sync.WaitGroup
+	sent := make([]sentHigh, highs)
 	for i := 0; i < highs; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
 			body := fmt.Sprintf(`{"template":"bench","priority":"high","data":{"orderId":"otp-%d"},"recipients":[{"userId":"user-%d","email":"user-%d@example.com"}]}`, i, i, i)
-			if err := call(ctx, client, "POST", base+"/v1/notifications", body, http.StatusAccepted); err != nil {
-				errs.Add(1)
+			sent[i].at = time.Now()
+			var out struct {
+				Notifications []struct {
+					ID string `json:"id"`
+				} `json:"notifications"`
 			}
+			if err := callJSON(ctx, client, "POST", base+"/v1/notifications", body, http.StatusAccepted, &out); err != nil || len(out.Notifications) != 1 {
+				errs.Add(1)
+				return
+			}
+			sent[i].id, sent[i].took = out.Notifications[0].ID, time.Since(sent[i].at)
 		}(i)
 		time.Sleep(gap)
 	}
@@ -98,5 +112,79 @@ func priorityPhase(ctx context.Context, cl *kgo.Client, client *http.Client, bas
 		backlog, drained.Round(time.Millisecond), len(high), f.Errors)
 	fmt.Printf("  high: API accept → provider p50 %s  p99 %s  max %s; %d of the backlog delivered when the last high one was\n",
 		ms(percentile(high, .5)), ms(percentile(high, .99)), ms(percentile(high, 1)), lowAtLastHigh)
+	f.Stages = highStages(ctx, client, base, sent)
 	return f, nil
+}
+
+type sentHigh struct {
+	id   string
+	at   time.Time
+	took time.Duration // the API's answer
+}
+
+// highStages reads the status history of each high-priority notification:
+// how long it took from the request to the dedup group (accepted), from
+// there to the deliver group (queued) and to the provider (sent).
+func highStages(ctx context.Context, client *http.Client, base string, sent []sentHigh) map[string]*latencyFigures {
+	var request, dedup, deliver, sink []time.Duration
+	for _, s := range sent {
+		if s.id == "" {
+			continue
+		}
+		request = append(request, s.took)
+		var st struct {
+			History []struct {
+				Status string `json:"status"`
+				At     string `json:"at"`
+			} `json:"history"`
+		}
+		if err := callJSON(ctx, client, "GET", base+"/v1/notifications/"+s.id, "", http.StatusOK, &st); err != nil {
+			continue
+		}
+		at := map[string]time.Time{}
+		for _, h := range st.History {
+			if t, err := time.Parse(time.RFC3339Nano, h.At); err == nil {
+				at[h.Status] = t
+			}
+		}
+		a, q, d := at["accepted"], at["queued"], at["sent"]
+		if a.IsZero() || q.IsZero() || d.IsZero() {
+			continue
+		}
+		dedup, deliver, sink = append(dedup, a.Sub(s.at)), append(deliver, q.Sub(a)), append(sink, d.Sub(q))
+	}
+	if len(dedup) == 0 {
+		return nil
+	}
+	fmt.Printf("  high, by stage (p50 / p99): API answer %s / %s · request → dedup %s / %s · dedup → deliver %s / %s · deliver → sent %s / %s\n",
+		ms(percentile(request, .5)), ms(percentile(request, .99)), ms(percentile(dedup, .5)), ms(percentile(dedup, .99)), ms(percentile(deliver, .5)), ms(percentile(deliver, .99)),
+		ms(percentile(sink, .5)), ms(percentile(sink, .99)))
+	return map[string]*latencyFigures{"api_answer": latencies(request), "request_to_dedup": latencies(dedup), "dedup_to_deliver": latencies(deliver), "deliver_to_sent": latencies(sink)}
+}
+
+// callJSON is call that decodes the answer into out.
+func callJSON(ctx context.Context, client *http.Client, method, url, body string, want int, out any) error {
+	var r io.Reader
+	if body != "" {
+		r = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, r)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer bench-key-0001")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != want {
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, b)
+	}
+	return json.Unmarshal(b, out)
 }
