@@ -17,7 +17,7 @@ func BenchmarkSealOpenNotification(b *testing.B) {
 	kr := keyring(b)
 	ctx := context.Background()
 	n := &schemas.Notification{ID: "n-0001", UserID: "user-42", Channel: "email", Address: "user42@example.com",
-		Data: `{"order":"A-1001","items":3,"total":"42.00"}`,
+		Data:      `{"order":"A-1001","items":3,"total":"42.00"}`,
 		Recipient: schemas.Recipient{UserID: "user-42", Email: "user42@example.com", Locale: "en"},
 		Content: schemas.Content{Subject: "Your order A-1001 has shipped",
 			HTML: "<html><body>" + strings.Repeat("<p>Your order is on its way.</p>", 20) + "</body></html>",
