@@ -100,7 +100,14 @@ func deliverThroughSink(t *testing.T, n *schemas.Notification, providers ...Prov
 		})
 		cancel()
 	}
-	d.Feedback = readOptional(t, env, string(topology.Feedback), schemas.FeedbackCodec)
+	// A failed or expired notification always has feedback, produced just
+	// after its final event: worth waiting for on a loaded machine. Others
+	// may have none.
+	wait := time.Second
+	if d.Final.Status != processors.StatusSent {
+		wait = 10 * time.Second
+	}
+	d.Feedback = readOptional(t, env, string(topology.Feedback), schemas.FeedbackCodec, wait)
 	if d.Final.Status == processors.StatusFailed {
 		d.DeadLetters = readTopic(t, env, string(topology.DLQ), schemas.DeadLetterCodec, 1)
 	}
@@ -110,7 +117,7 @@ func deliverThroughSink(t *testing.T, n *schemas.Notification, providers ...Prov
 // readOptional reads the first record of topic, or nil when none comes within
 // a second (produces of a finished job are acknowledged before its terminal
 // status is readable, so a second is plenty).
-func readOptional[T any](t *testing.T, e *sinkEnv, topic string, codec *schemas.Codec[T]) *T {
+func readOptional[T any](t *testing.T, e *sinkEnv, topic string, codec *schemas.Codec[T], wait time.Duration) *T {
 	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokers...), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
@@ -118,7 +125,7 @@ func readOptional[T any](t *testing.T, e *sinkEnv, topic string, codec *schemas.
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(e.ctx, time.Second)
+	ctx, cancel := context.WithTimeout(e.ctx, wait)
 	defer cancel()
 	var out *T
 	cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
