@@ -34,6 +34,12 @@ func (k *Keyring) Prepare(ctx context.Context, subject string) (written bool, re
 	}
 	if kid, ok := k.subjectKid.get(subject); ok {
 		rk := subjectRecordKey(subject, kid)
+		if !k.pending.has(rk) {
+			// Written (Seal writes before it caches; a prepared key leaves
+			// pending once the view shows it). Whether it was erased since
+			// is Seal's to find, as for any cached key.
+			return true, nil, nil
+		}
 		d, err := k.record(rk)
 		switch {
 		case err != nil:
@@ -41,12 +47,8 @@ func (k *Keyring) Prepare(ctx context.Context, subject string) (written bool, re
 		case d != nil && !d.Erased():
 			k.pending.remove(rk)
 			return true, nil, nil
-		case d == nil && k.pending.has(rk):
-			return false, nil, nil // on its way
 		case d == nil:
-			// Created by Seal, which writes before it caches: written,
-			// the view has not read it yet.
-			return true, nil, nil
+			return false, nil, nil // on its way
 		}
 		k.subjectKid.remove(subject)
 	}

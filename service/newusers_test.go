@@ -91,3 +91,58 @@ func TestNewUsersGetTheirKeysWithoutAWaitInTheCallback(t *testing.T) {
 		t.Fatalf("%d sealed notifications on notify.accepted, want %d", sealed, users)
 	}
 }
+
+// The deliver group does the same for a notification that is the first
+// sealed for its user (a campaign's, whose users the campaign group does not
+// seal for; here one produced straight to notify.accepted): it emits the key
+// and takes the notification round its lane once, then delivers it.
+func TestDeliverGroupMakesANewUsersKeyWithoutAWait(t *testing.T) {
+	const users = 50
+	h := newHarness(t)
+	h.cfg.Limits.DefaultPerDay = 0
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
+	cl := h.producer()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for i := 0; i < users; i++ {
+		n := &schemas.Notification{ID: fmt.Sprintf("direct-%d", i), EventID: fmt.Sprintf("direct-%d", i), UserID: fmt.Sprintf("unsealed-%d", i),
+			Template: "hook", Priority: "normal", Data: fmt.Sprintf(`{"orderId":"%d"}`, i), AcceptedAt: time.Now().UnixMilli(),
+			Recipient: schemas.Recipient{UserID: fmt.Sprintf("unsealed-%d", i)}}
+		v, err := schemas.NotificationCodec.Encode(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.Produce(ctx, &kgo.Record{Topic: string(topology.Accepted), Key: []byte(n.UserID), Value: v}, nil)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for len(h.hook.Deliveries()) < users && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if d := h.hook.Deliveries(); len(d) != users {
+		t.Fatalf("%d deliveries, want %d", len(d), users)
+	}
+	passes := map[string]int{}
+	for _, r := range topicRecords(t, h, `^notify\.accepted$`) {
+		for _, hd := range r.Headers {
+			if hd.Key == "notifyd-keys" {
+				passes[string(r.Key)]++
+			}
+		}
+	}
+	if len(passes) != users {
+		t.Fatalf("%d of %d notifications went round for their user's key", len(passes), users)
+	}
+	// What the deliver group routed is sealed with the user's key.
+	for _, r := range topicRecords(t, h, `^notify\.out\.webhook\.normal$`) {
+		n, err := schemas.NotificationCodec.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if env, err := crypt.ParseEnvelope(n.Sealed); err != nil || env.Subject != n.UserID {
+			t.Fatalf("routed notification %s: envelope %+v, %v", n.ID, env, err)
+		}
+	}
+}

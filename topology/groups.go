@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -241,24 +242,36 @@ type keyPreparer interface {
 // were written, and a replay of the pass does it again.
 func (p *Pipeline) acceptWhenKeyed(ctx goka.Context, raw []byte, req *schemas.SendRequest, origin string, now time.Time) {
 	ns := processors.Fanout(req)
+	subjects := make([]string, len(ns))
+	for i, n := range ns {
+		subjects[i] = processors.Subject(n)
+	}
+	if p.keysPending(ctx, raw, goka.Headers{originHeader: []byte(origin)}, subjects) {
+		Fault("dedup.after-keys") // crash tests: keys and the request's next pass emitted, not committed
+		return
+	}
+	p.accept(ctx, ns, origin, now)
+}
+
+// keysPending makes sure every subject has a written data key. When one has
+// not, it emits the new keys' records, puts the record in work back on its
+// topic (with headers, and the pass counted) and tells the caller to stop
+// there: the record comes round again once the keys are written. It never
+// waits; past maxKeyPasses it lets the caller go on (its Seal waits).
+func (p *Pipeline) keysPending(ctx goka.Context, raw []byte, headers goka.Headers, subjects []string) bool {
 	kp, ok := p.Keys.(keyPreparer)
 	passes, _ := strconv.Atoi(string(ctx.Headers()[keysHeader]))
 	if !ok || passes >= maxKeyPasses {
-		p.accept(ctx, ns, origin, now)
-		return
+		return false
 	}
 	waiting := false
-	seen := make(map[string]bool, len(ns))
-	for _, n := range ns {
-		subject := processors.Subject(n)
-		if seen[subject] {
+	for i, subject := range subjects {
+		if slices.Contains(subjects[:i], subject) {
 			continue
 		}
-		seen[subject] = true
 		written, recs, err := kp.Prepare(context.Background(), subject)
 		if err != nil {
-			// accept's Seal meets it too, and rejects with the reason.
-			continue
+			continue // the caller's Seal meets it too, and rejects with the reason
 		}
 		for _, r := range recs {
 			ctx.Emit(goka.Stream(DataKeys), r.Key, r.Value)
@@ -266,12 +279,14 @@ func (p *Pipeline) acceptWhenKeyed(ctx goka.Context, raw []byte, req *schemas.Se
 		waiting = waiting || !written
 	}
 	if !waiting {
-		p.accept(ctx, ns, origin, now)
-		return
+		return false
 	}
-	ctx.Emit(ctx.Topic(), ctx.Key(), raw, goka.WithCtxEmitHeaders(goka.Headers{
-		originHeader: []byte(origin), keysHeader: []byte(strconv.Itoa(passes + 1))}))
-	Fault("dedup.after-keys") // crash tests: keys and the request's next pass emitted, not committed
+	h := goka.Headers{keysHeader: []byte(strconv.Itoa(passes + 1))}
+	for k, v := range headers {
+		h[k] = v
+	}
+	ctx.Emit(ctx.Topic(), ctx.Key(), raw, goka.WithCtxEmitHeaders(h))
+	return true
 }
 
 // accept emits each notification and its accepted event; one that is too
@@ -342,8 +357,10 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		goka.Persist(userStateCodec),
 	}
 	for _, lane := range AcceptedLanes {
-		edges = append(edges, goka.Input(lane, rawCodec, p.deliver))
+		// A notification waiting for its user's new key goes round its lane again.
+		edges = append(edges, goka.Input(lane, rawCodec, p.deliver), goka.Output(lane, rawCodec))
 	}
+	edges = append(edges, goka.Output(goka.Stream(DataKeys), rawCodec))
 	for _, ch := range processors.AllChannels() {
 		for _, pr := range processors.Priorities {
 			edges = append(edges, goka.Output(Out(ch, pr), notifCodec))
@@ -383,6 +400,12 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		ev := processors.NotificationEvent(n, processors.StatusCanceled, "", why, now)
 		ev.ID = processors.StatusEventID(n.ID, processors.StatusCanceled, "deliver", 0)
 		ctx.Emit(Events, n.ID, ev)
+		return
+	}
+	// A campaign's notification may be the first sealed for its user (the
+	// campaign group does not seal for users): its key, as the dedup group
+	// makes them, without a wait here.
+	if p.keysPending(ctx, raw, nil, []string{processors.Subject(n)}) {
 		return
 	}
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
