@@ -11,6 +11,7 @@ import (
 
 	"github.com/notifyd/notifyd/crypt"
 	"github.com/notifyd/notifyd/schemas"
+	"github.com/notifyd/notifyd/sinks/webhooktest"
 	"github.com/notifyd/notifyd/topology"
 )
 
@@ -40,10 +41,7 @@ func TestNewUsersGetTheirKeysWithoutAWaitInTheCallback(t *testing.T) {
 	if err := cl.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for len(h.hook.Deliveries()) < users && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
-	}
-	d := h.hook.Deliveries()
+	d := waitDeliveries(ctx, h, users)
 	seen := map[string]int{}
 	for _, x := range d {
 		seen[x.ID]++
@@ -54,15 +52,7 @@ func TestNewUsersGetTheirKeysWithoutAWaitInTheCallback(t *testing.T) {
 
 	// The passes: each request once from the producer, once more from the
 	// dedup group after its users' keys were emitted, with the same origin.
-	passes := map[string]int{}
-	for _, r := range topicRecords(t, h, `^notify\.ingest$`) {
-		for _, hd := range r.Headers {
-			if hd.Key == "notifyd-keys" {
-				passes[string(r.Key)]++
-			}
-		}
-	}
-	if len(passes) != users {
+	if passes := keyPasses(t, h, `^notify\.ingest$`); len(passes) != users {
 		t.Fatalf("%d of %d requests took a second pass for their keys", len(passes), users)
 	}
 
@@ -118,21 +108,10 @@ func TestDeliverGroupMakesANewUsersKeyWithoutAWait(t *testing.T) {
 	if err := cl.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for len(h.hook.Deliveries()) < users && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if d := h.hook.Deliveries(); len(d) != users {
+	if d := waitDeliveries(ctx, h, users); len(d) != users {
 		t.Fatalf("%d deliveries, want %d", len(d), users)
 	}
-	passes := map[string]int{}
-	for _, r := range topicRecords(t, h, `^notify\.accepted$`) {
-		for _, hd := range r.Headers {
-			if hd.Key == "notifyd-keys" {
-				passes[string(r.Key)]++
-			}
-		}
-	}
-	if len(passes) != users {
+	if passes := keyPasses(t, h, `^notify\.accepted$`); len(passes) != users {
 		t.Fatalf("%d of %d notifications went round for their user's key", len(passes), users)
 	}
 	// What the deliver group routed is sealed with the user's key.
@@ -145,4 +124,27 @@ func TestDeliverGroupMakesANewUsersKeyWithoutAWait(t *testing.T) {
 			t.Fatalf("routed notification %s: envelope %+v, %v", n.ID, env, err)
 		}
 	}
+}
+
+// waitDeliveries waits until the webhook receiver accepted n deliveries (or
+// ctx ends) and returns them.
+func waitDeliveries(ctx context.Context, h *harness, n int) []webhooktest.Delivery {
+	for len(h.hook.Deliveries()) < n && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+	return h.hook.Deliveries()
+}
+
+// keyPasses counts, by record key, the records of the topics matching
+// pattern that went round for a new user's data key.
+func keyPasses(t *testing.T, h *harness, pattern string) map[string]int {
+	passes := map[string]int{}
+	for _, r := range topicRecords(t, h, pattern) {
+		for _, hd := range r.Headers {
+			if hd.Key == "notifyd-keys" {
+				passes[string(r.Key)]++
+			}
+		}
+	}
+	return passes
 }

@@ -194,7 +194,10 @@ func latencies(d []time.Duration) *latencyFigures {
 }
 
 // write writes the report to path as JSON ("" writes nothing).
-func (r *benchReport) write(path string) error {
+func (r *benchReport) write(path string) error { return writeJSON(path, r) }
+
+// writeJSON writes a report to path as indented JSON ("" writes nothing).
+func writeJSON(path string, r any) error {
 	if path == "" {
 		return nil
 	}

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -96,20 +95,7 @@ type rolesReport struct {
 }
 
 // write writes the report to path as JSON, as benchReport.write does.
-func (r rolesReport) write(path string) error {
-	if path == "" {
-		return nil
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("bench -json: %w", err)
-	}
-	fmt.Printf("\nfigures written to %s\n", path)
-	return nil
-}
+func (r rolesReport) write(path string) error { return writeJSON(path, r) }
 
 func (b rolesBench) run(ctx context.Context) error {
 	if b.n < 1 || b.rate < 1 || b.dur <= 0 || b.partitions < 1 {
