@@ -13,3 +13,6 @@ func UnwrapRaw(wrappingKey []byte, d *DataKey) ([]byte, error) {
 	}
 	return unwrapRaw(a, d.recordKey(), d)
 }
+
+// PendingKeys counts the keys k prepared whose records it has not seen written.
+func PendingKeys(k *Keyring) int { return k.pending.len() }

@@ -59,6 +59,9 @@ func (k *Keyring) Prepare(ctx context.Context, subject string) (written bool, re
 			return nil, err
 		}
 		if a != nil {
+			// Written: if this process prepared it and has since forgotten
+			// the subject (a bounded cache), it is no longer pending either.
+			k.pending.remove(subjectRecordKey(subject, kid))
 			k.subjectKid.put(subject, kid)
 			return []Record(nil), nil
 		}
@@ -129,8 +132,9 @@ var ErrNotWritten = errors.New("crypt: prepared key not written")
 // failed leaves entries behind, and its process stops; past maxPending the
 // set drops what the view holds by now.
 type pendingKeys struct {
-	mu sync.Mutex
-	m  map[string]struct{}
+	mu        sync.Mutex
+	m         map[string]struct{}
+	nextSweep int
 }
 
 const maxPending = 100_000
@@ -139,16 +143,25 @@ func (p *pendingKeys) add(rk string, record func(string) (*DataKey, error)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.m == nil {
-		p.m = map[string]struct{}{}
+		p.m, p.nextSweep = map[string]struct{}{}, maxPending
 	}
-	if len(p.m) >= maxPending {
+	if len(p.m) >= p.nextSweep {
 		for k := range p.m {
 			if d, err := record(k); err == nil && d != nil {
 				delete(p.m, k)
 			}
 		}
+		// What is still pending is in flight: sweep again only once as
+		// many more were added, so a sweep costs O(1) per add.
+		p.nextSweep = max(maxPending, 2*len(p.m))
 	}
 	p.m[rk] = struct{}{}
+}
+
+func (p *pendingKeys) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.m)
 }
 
 func (p *pendingKeys) has(rk string) bool {

@@ -2,6 +2,7 @@ package crypt_test
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -99,5 +100,55 @@ func TestPrepareOfKnownAndErasedSubjects(t *testing.T) {
 	}
 	if _, _, err := a.keyring.Prepare(ctx, "bad\xffsubject"); err == nil {
 		t.Fatal("a subject that is not UTF-8 was prepared")
+	}
+}
+
+// A prepared key leaves the pending set once it is seen written, also when
+// the bounded cache forgot its subject in between (a campaign's users
+// outnumber it): nothing stays behind to grow with the users.
+func TestPreparedKeysLeaveThePendingSetWhenTheCacheForgotThem(t *testing.T) {
+	b := newBroker(t)
+	m1, _ := masterKey(t, "m1")
+	a := b.newProcess(t, masters(t, "m1", m1), crypt.WithCacheSize(2))
+	ctx := testCtx(t)
+	producer, err := topology.NewProducer(b.addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	const n = 6
+	for i := 0; i < n; i++ {
+		_, recs, err := a.keyring.Prepare(ctx, schemas.TenantKey("", fmt.Sprintf("u%d", i)))
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("prepare u%d: %d records, %v", i, len(recs), err)
+		}
+		if err := producer.ProduceSync(ctx, &kgo.Record{Topic: crypt.Topic, Key: []byte(recs[0].Key), Value: recs[0].Value}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the view holds "+recs[0].Key, func() error {
+			if v, err := a.view.Get(recs[0].Key); err != nil || v == nil {
+				return fmt.Errorf("not yet (%v)", err)
+			}
+			return nil
+		})
+	}
+	if got := crypt.PendingKeys(a.keyring); got != n {
+		t.Fatalf("%d pending, want %d", got, n)
+	}
+	for i := 0; i < n; i++ {
+		subject := schemas.TenantKey("", fmt.Sprintf("u%d", i))
+		eventually(t, "the key of "+subject+" seen written", func() error {
+			written, recs, err := a.keyring.Prepare(ctx, subject)
+			if err != nil || len(recs) != 0 {
+				t.Fatalf("prepare %s again: %d records, %v", subject, len(recs), err)
+			}
+			if !written {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+	}
+	if got := crypt.PendingKeys(a.keyring); got != 0 {
+		t.Fatalf("%d keys still pending after every one was seen written", got)
 	}
 }
