@@ -3,6 +3,7 @@ package topology
 import (
 	"hash"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -101,6 +102,9 @@ func (k Kafka) producerBuilder() goka.ProducerBuilder {
 func (k Kafka) storage(name string) storage.Builder {
 	if k.StorageDir == "" {
 		return storage.MemoryBuilder()
+	}
+	if strings.HasPrefix(name, "view-") {
+		return batchedLevelDB(filepath.Join(k.StorageDir, name), 20*time.Millisecond, viewWriteBuffer)
 	}
 	return BatchedLevelDB(filepath.Join(k.StorageDir, name), 20*time.Millisecond)
 }
