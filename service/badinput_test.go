@@ -290,3 +290,53 @@ func TestRecordsTooLargeAnswer413(t *testing.T) {
 	id := res[0].(map[string]any)["notifications"].([]any)[0].(map[string]any)["id"].(string)
 	h.waitStatus(id, "sent")
 }
+
+// The priority lanes are entry points like notify.ingest: an undecodable
+// record on any of them goes to notify.dlq naming its lane, and what comes
+// after it on the lane is still delivered. A hostile notifyd-keys header
+// (not a number, negative, huge) changes nothing for a valid request.
+func TestBadRecordsOnPriorityLanesGoToDLQ(t *testing.T) {
+	h := newHarness(t)
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/order-shipped", orderTemplate("transactional"))
+	cl := h.producer()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lanes := []goka.Stream{topology.IngestHigh, topology.IngestLow, topology.AcceptedHigh, topology.AcceptedLow}
+	for _, lane := range lanes {
+		bad := &kgo.Record{Topic: string(lane), Key: []byte("lane-garbage"), Value: []byte("\xc3\x01not avro at all")}
+		if err := cl.ProduceSync(ctx, bad).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ids []string
+	for i, hv := range []string{"not-a-number", "-5", "99999999999999999999999"} {
+		key := fmt.Sprintf("lane-good-%d", i)
+		good, _ := schemas.SendRequestCodec.Encode(&schemas.SendRequest{EventID: key, Template: "order-shipped", Priority: "high",
+			Data: `{"orderId":"g","eta":"now"}`, Recipients: []schemas.Recipient{{UserID: key, Email: key + "@example.com"}}})
+		rec := &kgo.Record{Topic: string(topology.IngestHigh), Key: []byte(key), Value: good,
+			Headers: []kgo.RecordHeader{{Key: "notifyd-keys", Value: []byte(hv)}}}
+		if err := cl.ProduceSync(ctx, rec).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, processors.NotificationID(key, key))
+	}
+	for _, id := range ids {
+		h.waitStatus(id, "sent")
+	}
+	seen := map[string]bool{}
+	for _, r := range topicRecords(t, h, `^notify\.dlq$`) {
+		d, err := schemas.DeadLetterCodec.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(d.Key) == "lane-garbage" && d.Reason != "" {
+			seen[d.Topic] = true
+		}
+	}
+	for _, lane := range lanes {
+		if !seen[string(lane)] {
+			t.Errorf("no dead letter naming %s (have %v)", lane, seen)
+		}
+	}
+}

@@ -522,6 +522,11 @@ func call(ctx context.Context, client *http.Client, method, url, body string, wa
 }
 
 func callAs(ctx context.Context, client *http.Client, key, method, url, body string, want int) error {
+	return callAsInto(ctx, client, key, method, url, body, want, nil)
+}
+
+// callAsInto is callAs that decodes a JSON answer into out (nil: ignored).
+func callAsInto(ctx context.Context, client *http.Client, key, method, url, body string, want int, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewBufferString(body))
 	if err != nil {
 		return err
@@ -533,9 +538,12 @@ func callAs(ctx context.Context, client *http.Client, key, method, url, body str
 		return err
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != want {
 		return errors.New(resp.Status + ": " + string(b))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
 	}
 	return nil
 }
