@@ -82,50 +82,6 @@ func TestNewUsersGetTheirKeysWithoutAWaitInTheCallback(t *testing.T) {
 	}
 }
 
-// The deliver group does the same for a notification that is the first
-// sealed for its user (a campaign's, whose users the campaign group does not
-// seal for; here one produced straight to notify.accepted): it emits the key
-// and takes the notification round its lane once, then delivers it.
-func TestDeliverGroupMakesANewUsersKeyWithoutAWait(t *testing.T) {
-	const users = 50
-	h := newHarness(t)
-	h.cfg.Limits.DefaultPerDay = 0
-	h.start()
-	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
-	cl := h.producer()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	for i := 0; i < users; i++ {
-		n := &schemas.Notification{ID: fmt.Sprintf("direct-%d", i), EventID: fmt.Sprintf("direct-%d", i), UserID: fmt.Sprintf("unsealed-%d", i),
-			Template: "hook", Priority: "normal", Data: fmt.Sprintf(`{"orderId":"%d"}`, i), AcceptedAt: time.Now().UnixMilli(),
-			Recipient: schemas.Recipient{UserID: fmt.Sprintf("unsealed-%d", i)}}
-		v, err := schemas.NotificationCodec.Encode(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl.Produce(ctx, &kgo.Record{Topic: string(topology.Accepted), Key: []byte(n.UserID), Value: v}, nil)
-	}
-	if err := cl.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if d := waitDeliveries(ctx, h, users); len(d) != users {
-		t.Fatalf("%d deliveries, want %d", len(d), users)
-	}
-	if passes := keyPasses(t, h, `^notify\.accepted$`); len(passes) != users {
-		t.Fatalf("%d of %d notifications went round for their user's key", len(passes), users)
-	}
-	// What the deliver group routed is sealed with the user's key.
-	for _, r := range topicRecords(t, h, `^notify\.out\.webhook\.normal$`) {
-		n, err := schemas.NotificationCodec.Decode(r.Value)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if env, err := crypt.ParseEnvelope(n.Sealed); err != nil || env.Subject != n.UserID {
-			t.Fatalf("routed notification %s: envelope %+v, %v", n.ID, env, err)
-		}
-	}
-}
-
 // waitDeliveries waits until the webhook receiver accepted n deliveries (or
 // ctx ends) and returns them.
 func waitDeliveries(ctx context.Context, h *harness, n int) []webhooktest.Delivery {

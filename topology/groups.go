@@ -357,10 +357,8 @@ func (p *Pipeline) DeliverGraph() *goka.GroupGraph {
 		goka.Persist(userStateCodec),
 	}
 	for _, lane := range AcceptedLanes {
-		// A notification waiting for its user's new key goes round its lane again.
-		edges = append(edges, goka.Input(lane, rawCodec, p.deliver), goka.Output(lane, rawCodec))
+		edges = append(edges, goka.Input(lane, rawCodec, p.deliver))
 	}
-	edges = append(edges, goka.Output(goka.Stream(DataKeys), rawCodec))
 	for _, ch := range processors.AllChannels() {
 		for _, pr := range processors.Priorities {
 			edges = append(edges, goka.Output(Out(ch, pr), notifCodec))
@@ -400,12 +398,6 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 		ev := processors.NotificationEvent(n, processors.StatusCanceled, "", why, now)
 		ev.ID = processors.StatusEventID(n.ID, processors.StatusCanceled, "deliver", 0)
 		ctx.Emit(Events, n.ID, ev)
-		return
-	}
-	// A campaign's notification may be the first sealed for its user (the
-	// campaign group does not seal for users): its key, as the dedup group
-	// makes them, without a wait here.
-	if p.keysPending(ctx, raw, nil, []string{processors.Subject(n)}) {
 		return
 	}
 	fresh := now.Sub(time.UnixMilli(n.AcceptedAt)) < 10*p.TableWait && p.mayWait(ctx.Partition())
