@@ -385,7 +385,12 @@ func (s *Server) produceRequests(ctx context.Context, reqs []*schemas.SendReques
 			return err
 		}
 		wg.Add(1)
-		s.Producer.Produce(ctx, &kgo.Record{Topic: string(topology.IngestLane(req.Priority)), Key: []byte(schemas.TenantKey(req.Tenant, req.EventID)), Value: v},
+		key := []byte(schemas.TenantKey(req.Tenant, req.EventID))
+		p := s.Producer
+		if s.IngestProducer != nil && topology.FitsIngestBatch(key, v) {
+			p = s.IngestProducer
+		}
+		p.Produce(ctx, &kgo.Record{Topic: string(topology.IngestLane(req.Priority)), Key: key, Value: v},
 			func(_ *kgo.Record, err error) {
 				if err != nil {
 					mu.Lock()

@@ -31,8 +31,13 @@ type IterableTable interface {
 
 // Server serves the API.
 type Server struct {
-	Producer  *kgo.Client
-	Templates IterableTable
+	Producer *kgo.Client
+	// IngestProducer, when set, writes the send requests that fit
+	// topology.FitsIngestBatch to the ingest lanes in small batches
+	// (topology.NewIngestProducer), so a high-priority request is not
+	// fetched behind a large batch of low ones; larger ones go by Producer.
+	IngestProducer *kgo.Client
+	Templates      IterableTable
 	// TemplateVersions is a view of notify.template.versions: every saved
 	// version of every template (nil: template PUTs answer 503).
 	TemplateVersions RangeTable

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -321,4 +322,91 @@ func TestQuietHoursHoldUntilTheyEnd(t *testing.T) {
 	if len(msgs) != 2 || msgs[1].At.Add(offset).Before(time.Date(2026, 11, 23, 8, 0, 0, 0, time.UTC)) {
 		t.Fatalf("promo sent at %v (service clock), before quiet hours ended", msgs[len(msgs)-1].At.Add(offset))
 	}
+}
+
+// The API writes the ingest lanes in record batches of at most
+// topology.IngestBatchBytes, so the dedup group's consumer is never handed a
+// large batch of low-priority requests to take in before it can fetch a
+// high-priority one; a request too large for such a batch still goes
+// through, in a batch of its own.
+func TestAPIWritesTheIngestLanesInSmallBatches(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.Limits.DefaultPerDay = 0
+	h.start()
+	h.mustCall(http.StatusOK, "PUT", "/v1/templates/hook", webhookTemplate())
+	burst := func(priority string) {
+		var reqs []any
+		for i := 0; i < 1000; i++ {
+			reqs = append(reqs, map[string]any{"eventId": fmt.Sprintf("%s-%d", priority, i), "template": "hook", "priority": priority,
+				"data":       map[string]any{"orderId": i, "note": strings.Repeat("n", 800)},
+				"recipients": []any{map[string]any{"userId": fmt.Sprintf("user-%d", i)}}})
+		}
+		h.mustCall(http.StatusOK, "POST", "/v1/notifications/batch", map[string]any{"requests": reqs})
+	}
+	// The users' keys first: the dedup group sends a request to a new user
+	// round its lane once (in goka's batches, not the API's).
+	burst("normal")
+	for deadline := time.Now().Add(time.Minute); len(h.hook.Deliveries()) < 1000; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 1,000 delivered", len(h.hook.Deliveries()))
+		}
+	}
+	burst("low")
+	big := strings.Repeat("x", 3*topology.IngestBatchBytes)
+	ids := h.send(map[string]any{"eventId": "big", "template": "hook", "priority": "low",
+		"data": map[string]any{"orderId": "big", "note": big}, "recipients": []any{map[string]any{"userId": "big"}}})
+	h.waitStatus(ids["big"], "sent")
+
+	type batch struct{ records, bytes int }
+	var mu sync.Mutex
+	var batches []batch
+	cl, err := kgo.NewClient(kgo.SeedBrokers(h.svc.Brokers()...), kgo.ConsumeTopics(string(topology.IngestLow)),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.WithHooks(batchHook(func(records, bytes int) {
+			mu.Lock()
+			batches = append(batches, batch{records, bytes})
+			mu.Unlock()
+		})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var largest []byte
+	for n := 0; n < 1001 && ctx.Err() == nil; {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			n++
+			if len(r.Value) > len(largest) {
+				largest = r.Value
+			}
+		})
+	}
+	if ctx.Err() != nil {
+		t.Fatal("notify.ingest.low does not hold the 1,001 requests")
+	}
+	if len(largest) <= len(big) {
+		t.Fatalf("largest request on the lane is %d bytes, want the one above %d", len(largest), len(big))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	multi := 0
+	for _, b := range batches {
+		if b.records > 1 {
+			multi++
+			if b.bytes > topology.IngestBatchBytes {
+				t.Errorf("a batch of %d requests is %d bytes, above %d", b.records, b.bytes, topology.IngestBatchBytes)
+			}
+		}
+	}
+	t.Logf("%d batches on notify.ingest.low, %d of them of several requests", len(batches), multi)
+	if multi == 0 {
+		t.Fatal("no batch held more than one request: the burst was not batched at all")
+	}
+}
+
+// batchHook reports each record batch a consumer reads.
+type batchHook func(records, bytes int)
+
+func (f batchHook) OnFetchBatchRead(_ kgo.BrokerMetadata, _ string, _ int32, m kgo.FetchBatchMetrics) {
+	f(m.NumRecords, m.UncompressedBytes)
 }

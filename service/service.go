@@ -304,7 +304,12 @@ func (s *Service) Run(ctx context.Context) error {
 			return fail(err)
 		}
 		defer apiProducer.Close()
-		w, err := s.startAPI(gctx, g, kafka, apiProducer, reg)
+		ingestProducer, err := topology.NewIngestProducer(brokers)
+		if err != nil {
+			return fail(err)
+		}
+		defer ingestProducer.Close()
+		w, err := s.startAPI(gctx, g, kafka, apiProducer, ingestProducer, reg)
 		if err != nil {
 			return fail(err)
 		}
@@ -526,7 +531,7 @@ func viewReady(v *goka.View) func(context.Context) error {
 	}
 }
 
-func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer *kgo.Client, reg *prometheus.Registry) ([]func(context.Context) error, error) {
+func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, producer, ingestProducer *kgo.Client, reg *prometheus.Registry) ([]func(context.Context) error, error) {
 	cfg := s.Cfg
 	templates, err := s.startView(ctx, g, kafka, "api-templates", topology.Templates, topology.TemplateTableCodec())
 	if err != nil {
@@ -587,7 +592,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	srv := &api.Server{Producer: producer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
+	srv := &api.Server{Producer: producer, IngestProducer: ingestProducer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
 		Templates:        &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		TemplateVersions: &syncedView{View: templateVersions, adm: adm, topic: string(topology.TemplateVersions), partitions: cfg.Kafka.Partitions},
 		Profiles:         &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},

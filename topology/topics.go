@@ -318,6 +318,37 @@ func NewProducer(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
 	return kgo.NewClient(append(opts, extra...)...)
 }
 
+// IngestBatchBytes bounds the record batches an IngestProducer writes to
+// the ingest lanes. A broker answers a fetch with at least one whole batch
+// per partition whatever the consumer asks for, and the dedup group's
+// consumer sends its next fetch, the one that brings a high-priority request,
+// only once every partition took in its share of the last answer: batches of
+// 1 MiB (a producer's default) make a high-priority request wait behind
+// thousands of low ones. 16 KiB measured no better for priority and cost the
+// API its throughput at 10,000 requests/s (docs/PERFORMANCE.md, issue 17).
+const IngestBatchBytes = 64 << 10
+
+// FitsIngestBatch tells whether a record of this key and value fits a batch
+// of IngestBatchBytes (with room for the batch's and the record's headers).
+func FitsIngestBatch(key, value []byte) bool {
+	return len(key)+len(value)+512 <= IngestBatchBytes
+}
+
+// NewIngestProducer returns a producer (as NewProducer) whose batches to the
+// ingest lanes are at most IngestBatchBytes. franz-go fails a record larger
+// than a batch, so the caller gives it the records FitsIngestBatch accepts and
+// a larger one to a NewProducer client.
+func NewIngestProducer(brokers []string, extra ...kgo.Opt) (*kgo.Client, error) {
+	return NewProducer(brokers, append([]kgo.Opt{kgo.ProducerBatchMaxBytesFn(func(topic string) int32 {
+		for _, l := range IngestLanes {
+			if topic == string(l) {
+				return IngestBatchBytes
+			}
+		}
+		return producerMaxBytes
+	})}, extra...)...)
+}
+
 // DataKeysOnKafka is notify.datakeys with the settings a real Kafka cluster
 // (2.3+) has and the embedded broker lacks: a replaced key record is
 // compacted away within a day (docs/SECURITY.md).

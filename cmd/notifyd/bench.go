@@ -233,6 +233,7 @@ func runBench(ctx context.Context, args []string) error {
 	ceilingHopN := fs.Int("ceiling-hop-n", 100_000, "messages of the ceiling's bare goka hop")
 	jsonOut := fs.String("json", "", "write every figure as one JSON object to this file (docs/PERFORMANCE.md)")
 	backlog := fs.Int("priority-backlog", 0, "after the API phase: queue this many low-priority requests, then send -priority-high high-priority ones through the API while they drain (0: no priority phase)")
+	backlogBatch := fs.Int("priority-batch-bytes", topology.IngestBatchBytes, "the record batches the backlog is produced in: as the API writes them by default; 1048576 shows a foreign producer's default batches")
 	highs := fs.Int("priority-high", 50, "high-priority requests of the priority phase")
 	roles := fs.Bool("roles", false, "instead of the phases in-process: the broker, 2 process, 2 sink and api as separate processes, bulk and API phases, CPU per process (docs/PERFORMANCE.md)")
 	rolesBin := fs.String("roles-bin", "", "with -roles: the notifyd binary the processes run (default: this one)")
@@ -403,7 +404,7 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("  request latency: p50 %s  p99 %s  max %s\n", ms(percentile(apiLat, .5)), ms(percentile(apiLat, .99)), ms(percentile(apiLat, 1)))
 	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 	if *backlog > 0 {
-		if report.Phases.Priority, err = priorityPhase(ctx, producer, client, base, bp, *backlog, *highs); err != nil {
+		if report.Phases.Priority, err = priorityPhase(ctx, svc.Brokers(), *backlogBatch, client, base, bp, *backlog, *highs); err != nil {
 			return err
 		}
 	}

@@ -19,8 +19,10 @@ import (
 // backlog of low-priority ones drained.
 type priorityFigures struct {
 	Backlog int `json:"backlog"`
-	High    int `json:"high"`
-	Errors  int `json:"errors"`
+	// BatchBytes bounds the record batches the backlog was produced in.
+	BatchBytes int `json:"batch_bytes"`
+	High       int `json:"high"`
+	Errors     int `json:"errors"`
 	// HighLatency is API accept → provider of the high-priority ones.
 	HighLatency *latencyFigures `json:"high_latency_ms,omitempty"`
 	// DrainedMS: the backlog's first produce → its last delivery.
@@ -34,10 +36,15 @@ type priorityFigures struct {
 }
 
 // priorityPhase queues backlog low-priority requests where the API puts them
-// (notify.ingest.low), then sends highs high-priority requests through the
+// (notify.ingest.low), in record batches of batchBytes, then sends highs high-priority requests through the
 // API, spread over the time the backlog takes to drain, and measures how long
 // each took from the API's accept to the provider.
-func priorityPhase(ctx context.Context, cl *kgo.Client, client *http.Client, base string, bp *benchProvider, backlog, highs int) (*priorityFigures, error) {
+func priorityPhase(ctx context.Context, brokers []string, batchBytes int, client *http.Client, base string, bp *benchProvider, backlog, highs int) (*priorityFigures, error) {
+	cl, err := topology.NewProducer(brokers, kgo.ProducerBatchMaxBytes(int32(batchBytes)))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
 	bp.reset()
 	start := time.Now()
 	var firstErr atomic.Value
@@ -103,10 +110,10 @@ func priorityPhase(ctx context.Context, cl *kgo.Client, client *http.Client, bas
 	lowAtLastHigh := bp.lowAtHigh
 	bp.mu.Unlock()
 	bp.reset()
-	f := &priorityFigures{Backlog: backlog, High: len(high), Errors: int(errs.Load()), HighLatency: latencies(high),
+	f := &priorityFigures{Backlog: backlog, BatchBytes: batchBytes, High: len(high), Errors: int(errs.Load()), HighLatency: latencies(high),
 		DrainedMS: msec(drained), LowDeliveredAtLastHigh: lowAtLastHigh}
-	fmt.Printf("\npriority: %d low-priority requests queued on notify.ingest.low, drained in %v; %d high-priority sent through the API meanwhile (%d errors)\n",
-		backlog, drained.Round(time.Millisecond), len(high), f.Errors)
+	fmt.Printf("\npriority: %d low-priority requests queued on notify.ingest.low in batches of ≤ %d bytes, drained in %v; %d high-priority sent through the API meanwhile (%d errors)\n",
+		backlog, batchBytes, drained.Round(time.Millisecond), len(high), f.Errors)
 	fmt.Printf("  high: API accept → provider p50 %s  p99 %s  max %s; %d of the backlog delivered when the last high one was\n",
 		ms(percentile(high, .5)), ms(percentile(high, .99)), ms(percentile(high, 1)), lowAtLastHigh)
 	f.Stages = highStages(ctx, client, base, sent)
