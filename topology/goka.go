@@ -78,7 +78,13 @@ func (k Kafka) consumerGroupBuilder() goka.ConsumerGroupBuilder {
 	return func(brokers []string, group, clientID string) (sarama.ConsumerGroup, error) {
 		c := k.saramaConfig()
 		c.ClientID = clientID
-		return sarama.NewConsumerGroup(brokers, group, c)
+		f := newFlowControl()
+		flowConfig(c, f)
+		cg, err := sarama.NewConsumerGroup(brokers, group, c)
+		if err != nil {
+			return nil, err
+		}
+		return newFlowGroup(cg, f), nil
 	}
 }
 

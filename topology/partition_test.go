@@ -49,12 +49,7 @@ func TestFranzGoAndGokaAgreeOnPartitions(t *testing.T) {
 // The same, through a real broker: records produced by franz-go update the
 // goka group table entry of their key.
 func TestFranzGoRecordsReachGokaTableOfTheirKey(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	brokers := c.ListenAddrs()
+	brokers := testBrokers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const group goka.Group = "partition-agreement"
@@ -140,4 +135,15 @@ func TestCreateTopicsRefusesPartitionMismatch(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "notify.ingest has 4 partitions, config says 8") {
 		t.Fatalf("want a partition mismatch error, got %v", err)
 	}
+}
+
+// testBrokers starts an embedded broker for the test and closes it after.
+func testBrokers(t *testing.T) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.Ports(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
 }
