@@ -59,11 +59,25 @@ type process struct {
 	keyring *crypt.Keyring
 }
 
-// newProcess starts a real goka view of notify.datakeys and a keyring over it.
+// newProcess starts a real goka view of notify.datakeys and a keyring over
+// it, with the filter of owners' prefixes the service gives it.
 func (b *broker) newProcess(t testing.TB, master crypt.MasterKeys, opts ...crypt.Option) *process {
+	return b.newProcessView(t, master, func(v crypt.PrefixView) crypt.KeyView { return v }, opts...)
+}
+
+// filteredView is the service's view of notify.datakeys: a goka view and the
+// prefix filter its storages feed.
+type filteredView struct {
+	*goka.View
+	*topology.PrefixFilter
+}
+
+// newProcessView is newProcess with the keyring's view passed through wrap.
+func (b *broker) newProcessView(t testing.TB, master crypt.MasterKeys, wrap func(crypt.PrefixView) crypt.KeyView, opts ...crypt.Option) *process {
 	t.Helper()
 	k := topology.Kafka{Brokers: b.addrs, Replication: 1}
-	view, err := goka.NewView(b.addrs, goka.Table(crypt.Topic), crypt.TableCodec(), k.ViewOptions("datakeys")...)
+	filter, opt := k.PrefixFilteredStorage("datakeys", crypt.RecordPrefix)
+	view, err := goka.NewView(b.addrs, goka.Table(crypt.Topic), crypt.TableCodec(), append(k.ViewOptions("datakeys"), opt)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +103,7 @@ func (b *broker) newProcess(t testing.TB, master crypt.MasterKeys, opts ...crypt
 	}
 	t.Cleanup(producer.Close)
 	log := slog.New(slog.DiscardHandler)
-	return &process{view: view, keyring: crypt.New(master, view, producer, log, opts...)}
+	return &process{view: view, keyring: crypt.New(master, wrap(filteredView{view, filter}), producer, log, opts...)}
 }
 
 // rawRecords reads every record of notify.datakeys as the broker holds it.

@@ -45,6 +45,15 @@ type KeyView interface {
 	IteratorWithRange(start, limit string) (goka.Iterator, error)
 }
 
+// PrefixView is a KeyView that can tell, without a scan, that it holds no
+// record under an owner's prefix (RecordPrefix of the owner's record keys).
+// The keyring then skips the scan for a user it has never seen, which opens
+// an iterator on every partition of the view.
+type PrefixView interface {
+	KeyView
+	MayHave(prefix string) bool
+}
+
 // Option tunes a Keyring.
 type Option func(*Keyring)
 
@@ -267,6 +276,9 @@ func (k *Keyring) await(ctx context.Context, rk string, unwrap unwrapFunc) (ciph
 
 // findLive returns the oldest live key under prefix that unwraps, or no key.
 func (k *Keyring) findLive(ctx context.Context, prefix string, match func(*DataKey) bool, unwrap unwrapFunc) (string, cipher.AEAD, error) {
+	if pv, ok := k.view.(PrefixView); ok && !pv.MayHave(prefix) {
+		return "", nil, nil
+	}
 	var live []*DataKey
 	err := k.scan(prefix, func(rk string, d *DataKey) error {
 		if _, gone := k.erased.get(rk); !gone && !d.Erased() && match(d) {

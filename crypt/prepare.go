@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 )
@@ -51,6 +52,22 @@ func (k *Keyring) Prepare(ctx context.Context, subject string) (written bool, re
 			return false, nil, nil // on its way
 		}
 		k.subjectKid.remove(subject)
+	} else if rk, ok := k.pending.ofSubject(subject); ok {
+		// Prepared here, the subject since forgotten by the cache: look up
+		// that record instead of scanning for the subject's keys.
+		d, err := k.record(rk)
+		switch {
+		case err != nil:
+			return false, nil, fmt.Errorf("prepare: %w", err)
+		case d == nil:
+			k.subjectKid.put(subject, rk[strings.LastIndexByte(rk, '/')+1:])
+			return false, nil, nil // on its way
+		case !d.Erased():
+			k.pending.remove(rk)
+			k.subjectKid.put(subject, d.ID)
+			return true, nil, nil
+		}
+		k.pending.remove(rk) // erased since: the subject needs a new key
 	}
 	v, err, _ := k.create.Do("subject\x00"+subject, func() (any, error) {
 		match := func(d *DataKey) bool { return d.Kind == KindSubject && d.Subject == subject }
@@ -90,7 +107,7 @@ func (k *Keyring) prepareSubjectKey(ctx context.Context, subject string) (Record
 		return Record{}, err
 	}
 	rk := d.recordKey()
-	k.pending.add(rk, k.record)
+	k.pending.add(rk, subject, k.record)
 	k.keys.put(rk, a)
 	k.subjectKid.put(subject, d.ID)
 	k.log.Debug("prepared subject key", "keyId", d.ID, "tenantKeyId", d.WrappedBy)
@@ -131,31 +148,48 @@ var ErrNotWritten = errors.New("crypt: prepared key not written")
 // (a key forgotten as pending would count as written). Only a writer that
 // failed leaves entries behind, and its process stops; past maxPending the
 // set drops what the view holds by now.
+//
+// It also answers "which key did this process prepare for subject?" when the
+// bounded cache has forgotten: a burst of new users larger than the cache
+// (a campaign, a bulk send) comes back for its second pass after their
+// subjects were evicted, and one lookup of the prepared record is cheaper
+// than a scan of every partition of the view.
 type pendingKeys struct {
 	mu        sync.Mutex
-	m         map[string]struct{}
+	m         map[string]string // record key → subject
+	bySubject map[string]string // subject → its latest prepared record key
 	nextSweep int
 }
 
 const maxPending = 100_000
 
-func (p *pendingKeys) add(rk string, record func(string) (*DataKey, error)) {
+func (p *pendingKeys) add(rk, subject string, record func(string) (*DataKey, error)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.m == nil {
-		p.m, p.nextSweep = map[string]struct{}{}, maxPending
+		p.m, p.bySubject, p.nextSweep = map[string]string{}, map[string]string{}, maxPending
 	}
 	if len(p.m) >= p.nextSweep {
 		for k := range p.m {
 			if d, err := record(k); err == nil && d != nil {
-				delete(p.m, k)
+				p.removeLocked(k)
 			}
 		}
 		// What is still pending is in flight: sweep again only once as
 		// many more were added, so a sweep costs O(1) per add.
 		p.nextSweep = max(maxPending, 2*len(p.m))
 	}
-	p.m[rk] = struct{}{}
+	p.m[rk] = subject
+	p.bySubject[subject] = rk
+}
+
+// ofSubject is the record key of the latest key prepared for subject, while
+// it is pending.
+func (p *pendingKeys) ofSubject(subject string) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rk, ok := p.bySubject[subject]
+	return rk, ok
 }
 
 func (p *pendingKeys) len() int {
@@ -174,5 +208,16 @@ func (p *pendingKeys) has(rk string) bool {
 func (p *pendingKeys) remove(rk string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.removeLocked(rk)
+}
+
+func (p *pendingKeys) removeLocked(rk string) {
+	subject, ok := p.m[rk]
+	if !ok {
+		return
+	}
 	delete(p.m, rk)
+	if p.bySubject[subject] == rk {
+		delete(p.bySubject, subject)
+	}
 }

@@ -3,8 +3,11 @@ package crypt_test
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/lovoo/goka"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -150,5 +153,133 @@ func TestPreparedKeysLeaveThePendingSetWhenTheCacheForgotThem(t *testing.T) {
 	}
 	if got := crypt.PendingKeys(a.keyring); got != 0 {
 		t.Fatalf("%d keys still pending after every one was seen written", got)
+	}
+}
+
+// scanCounter counts the prefix scans a keyring makes of its view.
+type scanCounter struct {
+	crypt.PrefixView
+	scans atomic.Int64
+}
+
+func (c *scanCounter) IteratorWithRange(start, limit string) (goka.Iterator, error) {
+	c.scans.Add(1)
+	return c.PrefixView.IteratorWithRange(start, limit)
+}
+
+// A user never seen before costs no scan of notify.datakeys (an iterator on
+// every partition of the view): the view's prefix filter knows it holds no
+// key of theirs. A user whose key another process wrote, after this process
+// started, is still found, in this process and in one started afterwards
+// (whose filter is filled from the storage it opens).
+func TestPrepareSkipsTheScanForUsersWithoutKeys(t *testing.T) {
+	b := newBroker(t)
+	m1, _ := masterKey(t, "m1")
+	keys := masters(t, "m1", m1)
+	var counter *scanCounter
+	count := func(v crypt.PrefixView) crypt.KeyView { counter = &scanCounter{PrefixView: v}; return counter }
+	a := b.newProcessView(t, keys, count)
+	other := b.newProcess(t, keys)
+	ctx := testCtx(t)
+
+	// Another process seals for a user first: its key is written.
+	known := schemas.TenantKey("acme", "known")
+	env, err := other.keyring.Seal(ctx, known, "profile", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := crypt.ParseEnvelope(env)
+	eventually(t, "the view holds the known user's key", func() error {
+		if v, err := a.view.Get("subject/" + known + "/" + e.KeyID); err != nil || v == nil {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
+
+	const n = 300
+	before := counter.scans.Load()
+	for i := 0; i < n; i++ {
+		written, recs, err := a.keyring.Prepare(ctx, schemas.TenantKey("acme", fmt.Sprintf("new-%d", i)))
+		if err != nil || written || len(recs) != 1 {
+			t.Fatalf("new user %d: written %v, %d records, %v; want a key to write", i, written, len(recs), err)
+		}
+	}
+	// The filter lets 1 % of absent prefixes through.
+	if scans := counter.scans.Load() - before; scans > n/20 {
+		t.Fatalf("%d scans of the view for %d users without keys, want at most %d", scans, n, n/20)
+	}
+
+	before = counter.scans.Load()
+	if written, recs, err := a.keyring.Prepare(ctx, known); err != nil || !written || len(recs) != 0 {
+		t.Fatalf("known user: written %v, %d records, %v; want the key another process wrote", written, len(recs), err)
+	}
+	if counter.scans.Load() == before {
+		t.Fatal("the known user's key was found without reading the view")
+	}
+	later := b.newProcess(t, keys)
+	if written, recs, err := later.keyring.Prepare(ctx, known); err != nil || !written || len(recs) != 0 {
+		t.Fatalf("known user in a process started later: written %v, %d records, %v", written, len(recs), err)
+	}
+	if plain, _, err := later.keyring.Open(ctx, "profile", env); err != nil || string(plain) != "x" {
+		t.Fatalf("open in a process started later: %q %v", plain, err)
+	}
+}
+
+// A burst of new users larger than the keyring's cache comes back for its
+// second pass after the cache forgot them: each is found written by a lookup
+// of the key this process prepared, not by a scan of the view.
+func TestSecondPassOfABurstLargerThanTheCacheDoesNotScan(t *testing.T) {
+	b := newBroker(t)
+	m1, _ := masterKey(t, "m1")
+	var counter *scanCounter
+	count := func(v crypt.PrefixView) crypt.KeyView { counter = &scanCounter{PrefixView: v}; return counter }
+	a := b.newProcessView(t, masters(t, "m1", m1), count, crypt.WithCacheSize(2))
+	ctx := testCtx(t)
+	producer, err := topology.NewProducer(b.addrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer producer.Close()
+	const n = 50
+	var last string
+	for i := 0; i < n; i++ {
+		_, recs, err := a.keyring.Prepare(ctx, schemas.TenantKey("", fmt.Sprintf("burst-%d", i)))
+		if err != nil || len(recs) != 1 {
+			t.Fatalf("prepare burst-%d: %d records, %v", i, len(recs), err)
+		}
+		producer.Produce(ctx, &kgo.Record{Topic: crypt.Topic, Key: []byte(recs[0].Key), Value: recs[0].Value}, nil)
+		last = recs[0].Key
+	}
+	if err := producer.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the view holds the burst's keys", func() error {
+		if v, err := a.view.Get(last); err != nil || v == nil {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
+	before := counter.scans.Load()
+	for i := 0; i < n; i++ {
+		subject := schemas.TenantKey("", fmt.Sprintf("burst-%d", i))
+		eventually(t, "burst-"+fmt.Sprint(i)+" written", func() error {
+			written, recs, err := a.keyring.Prepare(ctx, subject)
+			if err != nil || len(recs) != 0 {
+				t.Fatalf("second pass of %s: %d records, %v", subject, len(recs), err)
+			}
+			if !written {
+				return errors.New("not yet")
+			}
+			return nil
+		})
+		if _, err := a.keyring.Seal(ctx, subject, "notification", []byte("x")); err != nil {
+			t.Fatalf("seal for %s: %v", subject, err)
+		}
+	}
+	if scans := counter.scans.Load() - before; scans != 0 {
+		t.Fatalf("%d scans of the view in the second pass of %d users, want none", scans, n)
+	}
+	if got := crypt.PendingKeys(a.keyring); got != 0 {
+		t.Fatalf("%d keys still pending after the second pass", got)
 	}
 }

@@ -3,6 +3,7 @@ package crypt
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"strings"
 
 	"github.com/lovoo/goka"
 
@@ -80,6 +81,12 @@ func subjectPrefix(subject string) string { return KindSubject + "/" + subject +
 
 func tenantRecordKey(tenant, kid string) string   { return tenantPrefix(tenant) + kid }
 func subjectRecordKey(subject, kid string) string { return subjectPrefix(subject) + kid }
+
+// RecordPrefix is the owner part of a record key: everything up to and
+// including its last "/" (a key id has none). findLive looks for an owner's
+// keys under exactly this prefix, so a PrefixView built over RecordPrefix
+// answers it.
+func RecordPrefix(rk string) string { return rk[:strings.LastIndexByte(rk, '/')+1] }
 
 // prefixLimit is the first key after every key that starts with prefix.
 func prefixLimit(prefix string) string {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/lovoo/goka"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -82,11 +83,19 @@ func (s *Service) startKeyring(ctx context.Context, g *errgroup.Group, kafka top
 	if err != nil {
 		return nil, nil, err
 	}
-	v, err := s.startView(ctx, g, kafka, "datakeys", topology.DataKeys, crypt.TableCodec())
+	filter, opt := kafka.PrefixFilteredStorage("datakeys", crypt.RecordPrefix)
+	v, err := s.startView(ctx, g, kafka, "datakeys", topology.DataKeys, crypt.TableCodec(), opt)
 	if err != nil {
 		return nil, nil, err
 	}
-	return crypt.New(mk, v, producer, s.Log), viewReady(v), nil
+	return crypt.New(mk, filteredKeyView{v, filter}, producer, s.Log), viewReady(v), nil
+}
+
+// filteredKeyView is the view of notify.datakeys with the filter of its
+// owners' prefixes: the keyring skips the scan for a user without keys.
+type filteredKeyView struct {
+	*goka.View
+	*topology.PrefixFilter
 }
 
 // RewrapKeys rewraps every tenant key under the current master key (the

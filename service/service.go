@@ -503,8 +503,9 @@ func (s *Service) startProcess(ctx context.Context, g *errgroup.Group, kafka top
 }
 
 // startView runs a view of table in g; name keeps its local storage apart.
-func (s *Service) startView(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, name string, table goka.Table, codec goka.Codec) (*goka.View, error) {
+func (s *Service) startView(ctx context.Context, g *errgroup.Group, kafka topology.Kafka, name string, table goka.Table, codec goka.Codec, extra ...goka.ViewOption) (*goka.View, error) {
 	opts := append(kafka.ViewOptions(name), goka.WithViewLogger(slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug)))
+	opts = append(opts, extra...)
 	v, err := goka.NewView(kafka.Brokers, table, codec, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("view %s: %w", table, err)

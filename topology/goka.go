@@ -152,6 +152,17 @@ func (k Kafka) ViewOptions(name string) []goka.ViewOption {
 	}
 }
 
+// PrefixFilteredStorage is the storage option of view name whose storages
+// feed a PrefixFilter of prefixOf(key) (append it after ViewOptions(name)).
+func (k Kafka) PrefixFilteredStorage(name string, prefixOf func(string) string) (*PrefixFilter, goka.ViewOption) {
+	f := NewPrefixFilter(prefixOf, prefixFilterCapacity)
+	return f, goka.WithViewStorageBuilder(f.Wrap(k.storage("view-" + name)))
+}
+
+// prefixFilterCapacity is what a PrefixFilter starts with: 1,000,000 owners
+// in 1.2 MB; it doubles when more are added.
+const prefixFilterCapacity = 1 << 20
+
 // EmitterOptions are the options of a goka emitter of notifyd (tests and
 // tools): the same topic manager, producer and partitioning as the processors.
 func (k Kafka) EmitterOptions() []goka.EmitterOption {
