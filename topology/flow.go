@@ -58,12 +58,11 @@ type flowPart struct {
 // flowControl is a sarama ConsumerInterceptor (it sees every record as the
 // partition's feeder is about to push it into the channel) and the resumer.
 type flowControl struct {
-	group  sarama.ConsumerGroup
-	mu     sync.Mutex                            // writers of parts
-	parts  atomic.Pointer[map[flowKey]*flowPart] // copied on write: read per record
-	kick   chan struct{}
-	stop   chan struct{}
-	pauses atomic.Int64
+	group sarama.ConsumerGroup
+	mu    sync.Mutex                            // writers of parts
+	parts atomic.Pointer[map[flowKey]*flowPart] // copied on write: read per record
+	kick  chan struct{}
+	stop  chan struct{}
 }
 
 func newFlowControl() *flowControl {
@@ -89,7 +88,6 @@ func (f *flowControl) OnConsume(m *sarama.ConsumerMessage) {
 	}
 	if p.paused.CompareAndSwap(false, true) {
 		f.group.Pause(map[string][]int32{m.Topic: {m.Partition}})
-		f.pauses.Add(1)
 		select {
 		case f.kick <- struct{}{}:
 		default:
