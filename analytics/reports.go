@@ -83,7 +83,18 @@ func Summary(ctx context.Context, conn driver.Conn, db string, q SummaryQuery) (
 	if len(group) > 0 {
 		sql += " GROUP BY " + strings.Join(group, ", ") + " ORDER BY " + strings.Join(group, ", ")
 	}
-	return query(ctx, conn, t, sql, schemas.NormTenant(q.Tenant), q.From.Unix(), q.To.Unix())
+	// A minute counts when it began before To: To is rounded up to the
+	// second, or a report asked in the first second of a minute (To = now)
+	// would leave that minute out.
+	return query(ctx, conn, t, sql, schemas.NormTenant(q.Tenant), q.From.Unix(), ceilUnix(q.To))
+}
+
+// ceilUnix is t in whole seconds, rounded up.
+func ceilUnix(t time.Time) int64 {
+	if t.Nanosecond() > 0 {
+		return t.Unix() + 1
+	}
+	return t.Unix()
 }
 
 // LatencyQuery asks for accept→sent and sent→delivered percentiles of a

@@ -82,6 +82,15 @@ func TestSummaryCountsPerStatusAndHour(t *testing.T) {
 			t.Fatalf("summary %v, want %v", got, want)
 		}
 	}
+	// Asked 0.5 s into the minute its events are in (the default To is now):
+	// that minute counts.
+	early, err := Summary(context.Background(), conn, db, SummaryQuery{Tenant: tenantA, From: day, To: day.Add(9*time.Hour + 500*time.Millisecond), GroupBy: []string{"status"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(early.Rows) == 0 || early.Rows[0][0] != "accepted" || early.Rows[0][1] != uint64(5) {
+		t.Fatalf("summary to half a second into 09:00: %v, want the 5 accepted at 09:00:00", early.Rows)
+	}
 	hourly, err := Summary(context.Background(), conn, db, SummaryQuery{Tenant: tenantA, From: day, To: day.Add(24 * time.Hour),
 		GroupBy: []string{"channel"}, Interval: "hour"})
 	if err != nil {
