@@ -240,6 +240,10 @@ func runBench(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	// Checked before anything starts, not when the priority phase comes.
+	if *backlogBatch < 1<<10 || *backlogBatch > 16<<20 {
+		return fmt.Errorf("bench: -priority-batch-bytes must be between 1024 and 16777216, got %d", *backlogBatch)
+	}
 	report := newBenchReport(fs)
 	var ceil *ceiling
 	if *withCeiling {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,5 +160,18 @@ func TestBenchJSONHoldsEveryFigure(t *testing.T) {
 	}
 	if r.Phases.Campaign != nil {
 		t.Errorf("campaign figures without -campaign: %+v", r.Phases.Campaign)
+	}
+}
+
+// A batch size franz-go cannot use is refused before the bench starts anything.
+func TestBenchRefusesABadPriorityBatchSize(t *testing.T) {
+	for _, v := range []string{"0", "-5", "100", "999999999"} {
+		err := runBench(context.Background(), []string{"-priority-batch-bytes", v, "-ceiling=false"})
+		if err == nil || !strings.Contains(err.Error(), "-priority-batch-bytes must be between 1024 and 16777216") {
+			t.Fatalf("-priority-batch-bytes %s: %v", v, err)
+		}
+	}
+	if err := runBench(context.Background(), []string{"-priority-batch-bytes", "x"}); err == nil {
+		t.Fatal("-priority-batch-bytes x was accepted")
 	}
 }
