@@ -57,15 +57,7 @@ func TestBacklogOnOneLaneDoesNotHoldTheOther(t *testing.T) {
 			highAt <- lowDone.Load()
 		}),
 		goka.Persist(new(codec.Int64)))
-	p, err := goka.NewProcessor(brokers, g, k.ProcessorOptions(group)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	if err := p.WaitForReadyContext(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, done := runProcessor(ctx, t, k, group, g)
 
 	// The backlog in 64 KiB batches, as the API writes the ingest lanes.
 	cl, err := NewProducer(brokers, kgo.ProducerBatchMaxBytes(64<<10), kgo.ProducerLinger(50*time.Millisecond))

@@ -69,15 +69,7 @@ func TestFranzGoRecordsReachGokaTableOfTheirKey(t *testing.T) {
 		n, _ := ctx.Value().(int64)
 		ctx.SetValue(n + 1)
 	}), goka.Persist(new(codec.Int64)))
-	p, err := goka.NewProcessor(brokers, g, k.ProcessorOptions(group)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	if err := p.WaitForReadyContext(ctx); err != nil {
-		t.Fatal(err)
-	}
+	p, done := runProcessor(ctx, t, k, group, g)
 	cl, err := NewProducer(brokers)
 	if err != nil {
 		t.Fatal(err)
@@ -146,4 +138,20 @@ func testBrokers(t *testing.T) []string {
 	}
 	t.Cleanup(c.Close)
 	return c.ListenAddrs()
+}
+
+// runProcessor runs the group's processor with the options notifyd uses,
+// until ctx ends, and waits until it is ready; done reports its end.
+func runProcessor(ctx context.Context, t *testing.T, k Kafka, group goka.Group, g *goka.GroupGraph) (*goka.Processor, chan error) {
+	t.Helper()
+	p, err := goka.NewProcessor(k.Brokers, g, k.ProcessorOptions(group)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	if err := p.WaitForReadyContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return p, done
 }
