@@ -61,7 +61,6 @@ type sendResponse struct {
 const MaxRecipients = 1000
 
 var (
-	idPattern     = regexp.MustCompile(`^[A-Za-z0-9._:@/+=-]{1,200}$`)
 	localePattern = regexp.MustCompile(`^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$`)
 )
 
@@ -70,7 +69,7 @@ func validID(field, v string) *Error {
 	if v == "" {
 		return invalid(field, "%s is required", field)
 	}
-	if !idPattern.MatchString(v) {
+	if !processors.ValidID(v) {
 		return invalid(field, "%s must be 1-200 characters of letters, digits and ._:@/+=-", field)
 	}
 	return nil

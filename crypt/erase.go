@@ -121,6 +121,9 @@ func (k *Keyring) eraseRecord(ctx context.Context, d *DataKey) error {
 	}
 	k.erased.put(rk, struct{}{})
 	k.keys.remove(rk)
+	if k.live != nil {
+		k.live.remove(rk)
+	}
 	return nil
 }
 

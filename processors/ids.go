@@ -3,6 +3,7 @@
 package processors
 
 import (
+	"crypto/sha1"
 	"regexp"
 	"strconv"
 	"unicode/utf8"
@@ -17,7 +18,22 @@ var notificationNS = uuid.MustParse("6f1c3a52-9d0e-4c1b-8f7a-2e5d9b3c4a10")
 // NotificationID is deterministic from (eventId, userId), so a retried request
 // yields the same ids.
 func NotificationID(eventID, userID string) string {
-	return uuid.NewSHA1(notificationNS, []byte(eventID+"\x00"+userID)).String()
+	var buf [256]byte
+	b := append(append(append(buf[:0], eventID...), 0), userID...)
+	return nameUUID(b)
+}
+
+// nameUUID is uuid.NewSHA1(notificationNS, name).String() without its
+// allocations but the string's (the ids are computed several times per
+// notification; TestNameUUIDIsUUIDv5 and FuzzNameUUID prove them equal).
+func nameUUID(name []byte) string {
+	var in [16 + 256]byte
+	sum := sha1.Sum(append(append(in[:0], notificationNS[:]...), name...))
+	var id uuid.UUID
+	copy(id[:], sum[:])
+	id[6] = id[6]&0x0f | 0x50 // version 5
+	id[8] = id[8]&0x3f | 0x80 // RFC 4122 variant
+	return id.String()
 }
 
 // TenantNotificationID is NotificationID within a tenant: the same as
@@ -34,7 +50,11 @@ func NewEventID() string { return uuid.Must(uuid.NewV7()).String() }
 // StatusEventID is deterministic from what the event says, so a stage that
 // re-emits after a crash produces the same id and analytics can deduplicate.
 func StatusEventID(notificationID, status, channel string, attempt int32) string {
-	return uuid.NewSHA1(notificationNS, []byte(notificationID+"\x00"+status+"\x00"+channel+"\x00"+strconv.Itoa(int(attempt)))).String()
+	var buf [256]byte
+	b := append(append(buf[:0], notificationID...), 0)
+	b = append(append(b, status...), 0)
+	b = append(append(b, channel...), 0)
+	return nameUUID(strconv.AppendInt(b, int64(attempt), 10))
 }
 
 // RecordID names a record that could not be read as a notification, so its
@@ -45,10 +65,37 @@ func RecordID(topic string, partition int32, offset int64) string {
 
 // idPattern is what notifyd accepts as an id (eventId, userId, template,
 // notification id): short enough to be a Kafka key and a URL segment.
+// ValidID implements it without the regexp, which was 2.6 % of the bulk
+// profile (FuzzValidID proves the two agree).
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:@/+=-]{1,200}$`)
 
+// idByte marks the bytes idPattern allows.
+var idByte = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "._:@/+=-" {
+		t[c] = true
+	}
+	return t
+}()
+
 // ValidID tells whether s may be used as an id.
-func ValidID(s string) bool { return idPattern.MatchString(s) }
+func ValidID(s string) bool {
+	if len(s) == 0 || len(s) > 200 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !idByte[s[i]] {
+			return false
+		}
+	}
+	return true
+}
 
 // Clip shortens s to at most n bytes (on a character boundary), marking the
 // cut: text from a record (keys, reasons) is bounded before it is echoed.

@@ -2,9 +2,12 @@ package processors
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/notifyd/notifyd/schemas"
 )
@@ -322,4 +325,69 @@ func TestNeedsProfile(t *testing.T) {
 			t.Errorf("case %d: %v, want %v", i, got, c.want)
 		}
 	}
+}
+
+// FuzzValidID: the hand-written ValidID accepts exactly what idPattern does.
+func FuzzValidID(f *testing.F) {
+	for _, s := range []string{"", "a", "user-42", "a b", "x\n", "é", strings.Repeat("a", 200), strings.Repeat("a", 201), "a$", "tenant/user:1@x+y=z.w_v-"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := ValidID(s), idPattern.MatchString(s); got != want {
+			t.Fatalf("ValidID(%q) = %v, idPattern says %v", s, got, want)
+		}
+	})
+}
+
+// FuzzNameUUID: the ids computed without allocations are uuid.NewSHA1's, so
+// ids written before stay what a replay computes.
+func FuzzNameUUID(f *testing.F) {
+	f.Add("evt-1", "user-1", "accepted", "email", int32(0))
+	f.Add("", "", "", "", int32(-3))
+	f.Add(strings.Repeat("e", 300), "u", "sent", strings.Repeat("c", 300), int32(1<<30))
+	f.Fuzz(func(t *testing.T, a, b, status, channel string, attempt int32) {
+		if got, want := NotificationID(a, b), uuid.NewSHA1(notificationNS, []byte(a+"\x00"+b)).String(); got != want {
+			t.Fatalf("NotificationID(%q, %q) = %s, want %s", a, b, got, want)
+		}
+		want := uuid.NewSHA1(notificationNS, []byte(a+"\x00"+status+"\x00"+channel+"\x00"+strconv.Itoa(int(attempt)))).String()
+		if got := StatusEventID(a, status, channel, attempt); got != want {
+			t.Fatalf("StatusEventID = %s, want %s", got, want)
+		}
+	})
+}
+
+// TestNameUUIDIsUUIDv5 pins one id computed by the code before nameUUID, so
+// the fuzz target's reference cannot drift with it.
+func TestNameUUIDIsUUIDv5(t *testing.T) {
+	id := NotificationID("evt-1", "user-1")
+	if want := "9f781b2b-e5ee-5e39-a1ea-6073db27e594"; id != want { // uuid.NewSHA1's, computed before nameUUID
+		t.Fatalf("NotificationID = %s, want %s", id, want)
+	}
+	if u := uuid.MustParse(id); u.Version() != 5 || u.Variant() != uuid.RFC4122 {
+		t.Fatalf("%s is version %d variant %s, want a version-5 RFC 4122 uuid", id, u.Version(), u.Variant())
+	}
+}
+
+func BenchmarkIDs(b *testing.B) {
+	b.ReportAllocs()
+	b.Run("ValidID", func(b *testing.B) {
+		for b.Loop() {
+			ValidID("0f8b7c6e-1d2a-5b3c-9e4f-a1b2c3d4e5f6")
+		}
+	})
+	b.Run("ValidID/regexp", func(b *testing.B) {
+		for b.Loop() {
+			idPattern.MatchString("0f8b7c6e-1d2a-5b3c-9e4f-a1b2c3d4e5f6")
+		}
+	})
+	b.Run("StatusEventID", func(b *testing.B) {
+		for b.Loop() {
+			StatusEventID("0f8b7c6e-1d2a-5b3c-9e4f-a1b2c3d4e5f6", "queued", "email", 0)
+		}
+	})
+	b.Run("StatusEventID/uuid.NewSHA1", func(b *testing.B) {
+		for b.Loop() {
+			_ = uuid.NewSHA1(notificationNS, []byte("0f8b7c6e-1d2a-5b3c-9e4f-a1b2c3d4e5f6"+"\x00"+"queued"+"\x00"+"email"+"\x00"+strconv.Itoa(0))).String()
+		}
+	})
 }

@@ -98,6 +98,9 @@ type filteredKeyView struct {
 	*topology.PrefixFilter
 }
 
+// The keyring trusts a key it read until the view changes its record.
+var _ crypt.WatchedView = filteredKeyView{}
+
 // RewrapKeys rewraps every tenant key under the current master key (the
 // first of encryption.masterKeys), the step of a master key rotation that
 // lets the old master key be removed afterwards. It needs the brokers of a

@@ -9,7 +9,14 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/storage"
+	"github.com/rcrowley/go-metrics"
 )
+
+// sarama keeps histograms and meters of every request, batch and topic in a
+// go-metrics registry that notifyd never reads (its own metrics are
+// Prometheus'): 2 % of the pipeline's CPU in bulk (docs/PERFORMANCE.md).
+// go-metrics then hands out metrics that do nothing.
+func init() { metrics.UseNilMetrics = true }
 
 // Kafka is how the goka parts of notifyd reach the broker and keep local state.
 type Kafka struct {

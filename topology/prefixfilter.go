@@ -3,6 +3,7 @@ package topology
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/bits-and-blooms/bloom/v3"
 	"github.com/lovoo/goka/storage"
@@ -27,6 +28,20 @@ type PrefixFilter struct {
 	capacity uint
 	added    uint
 	opened   []storage.Storage // to rebuild a larger filter from
+
+	watch atomic.Pointer[func(key string, value []byte)]
+}
+
+// Watch calls fn with every key a storage sets (value) or deletes (nil),
+// once the change is readable from the storage: a cache over the view can
+// keep what it read until the view changes it. One watcher; a later call
+// replaces it.
+func (f *PrefixFilter) Watch(fn func(key string, value []byte)) { f.watch.Store(&fn) }
+
+func (f *PrefixFilter) changed(key string, value []byte) {
+	if fn := f.watch.Load(); fn != nil {
+		(*fn)(key, value)
+	}
 }
 
 // prefixFilterFP is the share of absent prefixes the filter lets through.
@@ -129,7 +144,16 @@ func (s *filteredStorage) Set(key string, value []byte) error {
 	if err := s.Storage.Set(key, value); err != nil {
 		return err
 	}
+	s.f.changed(key, value)
 	return s.f.add(key)
+}
+
+func (s *filteredStorage) Delete(key string) error {
+	if err := s.Storage.Delete(key); err != nil {
+		return err
+	}
+	s.f.changed(key, nil)
+	return nil
 }
 
 func (s *filteredStorage) Close() error {

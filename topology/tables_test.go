@@ -88,3 +88,12 @@ func TestWatchdogReportsRecordsInWorkTooLong(t *testing.T) {
 		t.Fatal("a nil watchdog reports")
 	}
 }
+
+// BenchmarkWatchdogBegin is the watchdog's cost per record of every group.
+func BenchmarkWatchdogBegin(b *testing.B) {
+	w := NewWatchdog()
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Begin("notify.deliver", 3)()
+	}
+}

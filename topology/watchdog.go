@@ -17,9 +17,12 @@ type Watchdog struct {
 	busy map[uint64]inWork
 }
 
+// inWork names where a record is in work; the name is formatted only when
+// Stuck reports it (Begin runs for every record of every group).
 type inWork struct {
-	where string
-	since time.Time
+	consumer  string
+	partition int32
+	since     time.Time
 }
 
 // NewWatchdog returns a watchdog with nothing in work.
@@ -34,7 +37,7 @@ func (w *Watchdog) Begin(consumer string, partition int32) func() {
 	w.mu.Lock()
 	w.seq++
 	id := w.seq
-	w.busy[id] = inWork{where: fmt.Sprintf("%s/%d", consumer, partition), since: time.Now()}
+	w.busy[id] = inWork{consumer: consumer, partition: partition, since: time.Now()}
 	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
@@ -53,8 +56,12 @@ func (w *Watchdog) Stuck(after time.Duration) []string {
 	w.mu.Lock()
 	oldest := map[string]time.Duration{}
 	for _, b := range w.busy {
-		if d := now.Sub(b.since); d > after && d > oldest[b.where] {
-			oldest[b.where] = d
+		d := now.Sub(b.since)
+		if d <= after {
+			continue
+		}
+		if where := fmt.Sprintf("%s/%d", b.consumer, b.partition); d > oldest[where] {
+			oldest[where] = d
 		}
 	}
 	w.mu.Unlock()
