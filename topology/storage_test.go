@@ -1,6 +1,7 @@
 package topology
 
 import (
+	"strconv"
 	"testing"
 	"time"
 )
@@ -88,5 +89,90 @@ func TestBatchedLevelDBOffsetTravelsWithItsData(t *testing.T) {
 	}
 	if off, _ := s2.GetOffset(-2); off != 10 {
 		t.Fatalf("offset %d, want 10 (the tail is replayed from the topic)", off)
+	}
+}
+
+// Flushes reuse one batch: what a flush wrote is not what the next one writes
+// again, and the buffer of a burst is not kept.
+func TestBatchedLevelDBFlushesReuseTheirBatch(t *testing.T) {
+	dir := t.TempDir()
+	st, err := BatchedLevelDB(dir, time.Hour)("tbl", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Open(); err != nil {
+		t.Fatal(err)
+	}
+	s := st.(*batchedStorage)
+	_ = s.Set("a", []byte("first"))
+	_ = s.Set("b", []byte("first"))
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if s.batch.Len() != 0 || cap(s.batch.Dump()) == 0 {
+		t.Fatalf("after a flush the batch holds %d records in a buffer of %d bytes, want it empty and kept", s.batch.Len(), cap(s.batch.Dump()))
+	}
+	_ = s.Set("b", []byte("second"))
+	_ = s.Delete("a")
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	big := make([]byte, 64<<10)
+	for i := range 2 * maxKeptBatch / len(big) {
+		_ = s.Set(string(rune('c'+i)), big)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if c := cap(s.batch.Dump()); c > maxKeptBatch {
+		t.Fatalf("a burst's batch of %d bytes was kept, at most %d", c, maxKeptBatch)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err = BatchedLevelDB(dir, time.Hour)("tbl", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if v, _ := st.Get("a"); v != nil {
+		t.Fatalf("a deleted in the second flush reads %q", v)
+	}
+	if v, _ := st.Get("b"); string(v) != "second" {
+		t.Fatalf("b reads %q, want the second flush's", v)
+	}
+	if v, _ := st.Get("d"); len(v) != len(big) {
+		t.Fatalf("d of the burst reads %d bytes, want %d", len(v), len(big))
+	}
+}
+
+// BenchmarkBatchedLevelDBFlush: a flush of 200 values of 600 bytes (20 ms of
+// a status partition in bulk).
+func BenchmarkBatchedLevelDBFlush(b *testing.B) {
+	st, err := BatchedLevelDB(b.TempDir(), time.Hour)("tbl", 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Open(); err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	s := st.(*batchedStorage)
+	v := make([]byte, 600)
+	keys := make([]string, 200)
+	for i := range keys {
+		keys[i] = strconv.Itoa(i)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, k := range keys {
+			_ = s.Set(k, v)
+		}
+		if err := s.Flush(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

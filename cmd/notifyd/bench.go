@@ -226,7 +226,7 @@ func runBench(ctx context.Context, args []string) error {
 	withAnalytics := fs.Bool("analytics", false, "also stream events into a local clickhouse-server and report the sink's rate and lag")
 	campaign := fs.Int("campaign", 0, "instead of the three phases: a campaign to a segment of this many users (see docs/PERFORMANCE.md)")
 	campaignRate := fs.Int("campaign-rate", 100_000, "the campaign's rate limit, recipients/s")
-	memProfile := fs.String("memprofile", "", "with -campaign: write a heap profile to this file once the campaign settled")
+	memProfile := fs.String("memprofile", "", "write a heap profile to this file: with -campaign once the campaign settled, otherwise at the end of the bulk phase (its allocations: go tool pprof -sample_index=alloc_space)")
 	externalBroker := fs.Bool("external-broker", false, "with -campaign: run the broker in a child process, so the heap figures are notifyd's alone")
 	withCeiling := fs.Bool("ceiling", true, "first measure the raw broker and a bare goka stateful hop, and report every rate as a share of the hop")
 	ceilingN := fs.Int("ceiling-n", 200_000, "records of the ceiling's raw broker pass-through")
@@ -340,6 +340,11 @@ func runBench(ctx context.Context, args []string) error {
 	elapsed := time.Unix(0, bp.last.Load()).Sub(start)
 	if *cpuProfile != "" {
 		pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		if err := writeHeapProfile(*memProfile); err != nil {
+			return err
+		}
 	}
 	lat := bp.reset()
 	bulk := newPhase(*n, elapsed, ceil, lat)
