@@ -39,13 +39,25 @@ type benchProvider struct {
 	lowAtHigh int64
 	count     atomic.Int64
 	last      atomic.Int64 // unix nanos of the latest call
+	// The outage phase: while down every call fails (transiently) and is
+	// counted in refused; seen holds the notifications accepted, when set.
+	down    atomic.Bool
+	refused atomic.Int64
+	seen    map[string]struct{}
 }
 
 func (b *benchProvider) Name() string { return "bench" }
 
 func (b *benchProvider) Send(_ context.Context, n *schemas.Notification) (string, error) {
+	if b.down.Load() {
+		b.refused.Add(1)
+		return "", errBenchOutage
+	}
 	now := time.Now()
 	b.mu.Lock()
+	if b.seen != nil {
+		b.seen[n.ID] = struct{}{}
+	}
 	b.lat = append(b.lat, now.Sub(time.UnixMilli(n.AcceptedAt)))
 	if n.Priority == "high" {
 		b.high = append(b.high, now.Sub(time.UnixMilli(n.AcceptedAt)))
@@ -118,6 +130,7 @@ type benchPhases struct {
 	API      *phaseFigures    `json:"api,omitempty"`
 	Campaign *campaignFigures `json:"campaign,omitempty"`
 	Priority *priorityFigures `json:"priority,omitempty"`
+	Outage   *outageFigures   `json:"outage,omitempty"`
 }
 
 // phaseFigures: Count notifications delivered in Duration (the phase's first
@@ -237,12 +250,19 @@ func runBench(ctx context.Context, args []string) error {
 	highs := fs.Int("priority-high", 50, "high-priority requests of the priority phase")
 	roles := fs.Bool("roles", false, "instead of the phases in-process: the broker, 2 process, 2 sink and api as separate processes, bulk and API phases, CPU per process (docs/PERFORMANCE.md)")
 	rolesBin := fs.String("roles-bin", "", "with -roles: the notifyd binary the processes run (default: this one)")
+	outage := fs.Duration("outage", 0, "after the other phases: the provider goes down for this long while -outage-n notifications are sent at -outage-rate, and the bench reports how long after its return the parked ones arrived (0: no outage phase)")
+	outageN := fs.Int("outage-n", 3000, "notifications of the outage phase")
+	outageRate := fs.Int("outage-rate", 50, "notifications/s of the outage phase")
+	outageWait := fs.Duration("outage-wait", 12*time.Minute, "how long after the provider's return the outage phase waits for every notification")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	// Checked before anything starts, not when the priority phase comes.
 	if *backlogBatch < 1<<10 || *backlogBatch > 16<<20 {
 		return fmt.Errorf("bench: -priority-batch-bytes must be between 1024 and 16777216, got %d", *backlogBatch)
+	}
+	if *outage < 0 || *outage > 0 && (*outageN < 5 || *outageRate < 1) {
+		return fmt.Errorf("bench: -outage needs a duration ≥ 0, -outage-n ≥ 5 and -outage-rate ≥ 1")
 	}
 	report := newBenchReport(fs)
 	var ceil *ceiling
@@ -414,6 +434,11 @@ func runBench(ctx context.Context, args []string) error {
 	fmt.Printf("  API accept → provider: p50 %s  p99 %s\n", ms(percentile(lat, .5)), ms(percentile(lat, .99)))
 	if *backlog > 0 {
 		if report.Phases.Priority, err = priorityPhase(ctx, svc.Brokers(), *backlogBatch, client, base, bp, *backlog, *highs); err != nil {
+			return err
+		}
+	}
+	if *outage > 0 {
+		if report.Phases.Outage, err = outagePhase(ctx, producer, bp, *outageN, *outageRate, *outage, *outageWait); err != nil {
 			return err
 		}
 	}

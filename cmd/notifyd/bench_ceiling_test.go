@@ -175,3 +175,52 @@ func TestBenchRefusesABadPriorityBatchSize(t *testing.T) {
 		t.Fatal("-priority-batch-bytes x was accepted")
 	}
 }
+
+// The outage phase: the provider refuses every call for a while, and the
+// bench reports what it accepted before, at its return and after, up to
+// every notification, each counted once.
+func TestBenchOutagePhaseReportsEveryParkedNotificationArriving(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "bench.json")
+	err := runBench(ctx, []string{"-n", "200", "-paced-rate", "100", "-rate", "100", "-duration", "1s", "-partitions", "2",
+		"-ceiling=false", "-outage", "2s", "-outage-n", "100", "-outage-rate", "50", "-outage-wait", "3m", "-json", path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r benchReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	o := r.Phases.Outage
+	if o == nil {
+		t.Fatalf("no outage figures in %s", b)
+	}
+	t.Logf("outage figures %+v", *o)
+	if o.N != 100 || o.Rate != 50 || o.OutageMS != 2000 {
+		t.Errorf("figures %+v, want n 100 at 50/s for 2000 ms", *o)
+	}
+	if o.Refused == 0 || o.DeliveredAtReturn >= 100 {
+		t.Errorf("the provider refused %d calls and had %d of 100 at its return: it was not down", o.Refused, o.DeliveredAtReturn)
+	}
+	if o.AllDeliveredMS < 0 {
+		t.Fatalf("not every notification arrived after the outage: %+v", *o)
+	}
+	if !(o.DeliveredBefore <= o.DeliveredAtReturn && o.DeliveredAtReturn <= o.DeliveredAfter30s &&
+		o.DeliveredAfter30s <= o.DeliveredAfter60s && o.DeliveredAfter60s == 100) {
+		t.Errorf("delivered counts out of order or not all: %+v", *o)
+	}
+}
+
+func TestBenchRefusesABadOutage(t *testing.T) {
+	for _, args := range [][]string{{"-outage", "-1s"}, {"-outage", "5s", "-outage-n", "4"}, {"-outage", "5s", "-outage-rate", "0"}} {
+		err := runBench(context.Background(), append([]string{"-ceiling=false"}, args...))
+		if err == nil || !strings.Contains(err.Error(), "-outage") {
+			t.Errorf("%v: %v, want the outage flags refused before the bench starts", args, err)
+		}
+	}
+}
