@@ -116,14 +116,7 @@ func TestBenchJSONHoldsEveryFigure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r benchReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
+	r, _ := readBenchReport(t, path)
 	if r.Build.GoVersion == "" || r.Build.GOMAXPROCS < 1 || r.Flags["n"] != "400" || r.Flags["partitions"] != "2" {
 		t.Errorf("build %+v, flags %v", r.Build, r.Flags)
 	}
@@ -188,14 +181,7 @@ func TestBenchOutagePhaseReportsEveryParkedNotificationArriving(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r benchReport
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
+	r, b := readBenchReport(t, path)
 	o := r.Phases.Outage
 	if o == nil {
 		t.Fatalf("no outage figures in %s", b)
@@ -223,4 +209,18 @@ func TestBenchRefusesABadOutage(t *testing.T) {
 			t.Errorf("%v: %v, want the outage flags refused before the bench starts", args, err)
 		}
 	}
+}
+
+// readBenchReport reads what -json wrote, and its bytes.
+func readBenchReport(t *testing.T, path string) (benchReport, []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r benchReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r, b
 }
