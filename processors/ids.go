@@ -18,17 +18,17 @@ var notificationNS = uuid.MustParse("6f1c3a52-9d0e-4c1b-8f7a-2e5d9b3c4a10")
 // NotificationID is deterministic from (eventId, userId), so a retried request
 // yields the same ids.
 func NotificationID(eventID, userID string) string {
-	var buf [256]byte
-	b := append(append(append(buf[:0], eventID...), 0), userID...)
-	return nameUUID(b)
+	var buf [16 + 256]byte
+	b := append(append(append(buf[:0], notificationNS[:]...), eventID...), 0)
+	return nameUUID(append(b, userID...))
 }
 
-// nameUUID is uuid.NewSHA1(notificationNS, name).String() without its
-// allocations but the string's (the ids are computed several times per
-// notification; TestNameUUIDIsUUIDv5 and FuzzNameUUID prove them equal).
-func nameUUID(name []byte) string {
-	var in [16 + 256]byte
-	sum := sha1.Sum(append(append(in[:0], notificationNS[:]...), name...))
+// nameUUID is uuid.NewSHA1(notificationNS, name).String() of in, which is
+// notificationNS followed by the name, without uuid's allocations but the
+// string's (the ids are computed several times per notification;
+// TestNameUUIDIsUUIDv5 and FuzzNameUUID prove them equal).
+func nameUUID(in []byte) string {
+	sum := sha1.Sum(in)
 	var id uuid.UUID
 	copy(id[:], sum[:])
 	id[6] = id[6]&0x0f | 0x50 // version 5
@@ -50,8 +50,8 @@ func NewEventID() string { return uuid.Must(uuid.NewV7()).String() }
 // StatusEventID is deterministic from what the event says, so a stage that
 // re-emits after a crash produces the same id and analytics can deduplicate.
 func StatusEventID(notificationID, status, channel string, attempt int32) string {
-	var buf [256]byte
-	b := append(append(buf[:0], notificationID...), 0)
+	var buf [16 + 256]byte
+	b := append(append(append(buf[:0], notificationNS[:]...), notificationID...), 0)
 	b = append(append(b, status...), 0)
 	b = append(append(b, channel...), 0)
 	return nameUUID(strconv.AppendInt(b, int64(attempt), 10))
