@@ -391,3 +391,29 @@ func BenchmarkIDs(b *testing.B) {
 		}
 	})
 }
+
+// A sink's event implies the queued entry of its channel once; a history that
+// dropped old entries does not get it again once the channel has a state.
+func TestImpliedQueued(t *testing.T) {
+	ev := &schemas.StatusEvent{ID: "s", NotificationID: "n", Status: StatusSent, At: 9, Channel: "email", QueuedAt: 2, Tenant: "acme"}
+	q := ImpliedQueued(nil, ev)
+	if q == nil || q.Status != StatusQueued || q.At != 2 || q.Channel != "email" || q.Tenant != "acme" ||
+		q.ID != StatusEventID("n", StatusQueued, "email", 0) || q.QueuedAt != 0 {
+		t.Fatalf("implied %+v", q)
+	}
+	lc := ApplyStatus(ApplyStatus(nil, q), ev)
+	if ImpliedQueued(lc, ev) != nil {
+		t.Fatal("implied again after the history has it")
+	}
+	if ImpliedQueued(nil, &schemas.StatusEvent{NotificationID: "n", Status: StatusSent, Channel: "email"}) != nil ||
+		ImpliedQueued(nil, &schemas.StatusEvent{NotificationID: "n", Status: StatusOpened, QueuedAt: 2}) != nil {
+		t.Fatal("implied without a routing time or a channel")
+	}
+	trimmed := &schemas.Lifecycle{ID: "n", DroppedHistory: 3, Channels: map[string]string{"email": StatusSent}}
+	if ImpliedQueued(trimmed, ev) != nil {
+		t.Fatal("implied again into a trimmed history whose channel has a state")
+	}
+	if ImpliedQueued(trimmed, &schemas.StatusEvent{NotificationID: "n", Channel: "sms", QueuedAt: 2}) == nil {
+		t.Fatal("not implied for another channel")
+	}
+}

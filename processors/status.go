@@ -55,6 +55,34 @@ func SeenStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) bool {
 	return false
 }
 
+// QueuedEvent is the queued event a sink's event implies: the deliver group
+// routed the notification to ev's channel at ev.QueuedAt. It has the id the
+// deliver group's own queued event had (before status_event.v5), so either
+// one, seen first, makes the other a replay. nil when ev states no routing.
+func QueuedEvent(ev *schemas.StatusEvent) *schemas.StatusEvent {
+	if ev.QueuedAt <= 0 || ev.Channel == "" {
+		return nil
+	}
+	return &schemas.StatusEvent{
+		ID: StatusEventID(ev.NotificationID, StatusQueued, ev.Channel, 0), NotificationID: ev.NotificationID,
+		EventID: ev.EventID, UserID: ev.UserID, Template: ev.Template, Channel: ev.Channel, Priority: ev.Priority,
+		Category: ev.Category, Status: StatusQueued, At: ev.QueuedAt, AcceptedAt: ev.AcceptedAt,
+		Tenant: ev.Tenant, Campaign: ev.Campaign, TemplateVersion: ev.TemplateVersion,
+	}
+}
+
+// ImpliedQueued is the queued event to fold into lc before ev (see
+// QueuedEvent), or nil when lc has it already. A history that dropped old
+// entries may have dropped it: once the channel has a state there, it is not
+// stated again.
+func ImpliedQueued(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.StatusEvent {
+	q := QueuedEvent(ev)
+	if q == nil || SeenStatus(lc, q) || (lc != nil && lc.DroppedHistory > 0 && lc.Channels[ev.Channel] != "") {
+		return nil
+	}
+	return q
+}
+
 // ApplyStatus folds one status event into a notification's lifecycle.
 func ApplyStatus(lc *schemas.Lifecycle, ev *schemas.StatusEvent) *schemas.Lifecycle {
 	if lc == nil {

@@ -333,6 +333,11 @@ func TestOlderSchemaVersionsStillDecode(t *testing.T) {
 	if err != nil || se.Campaign != "c" || se.TemplateVersion != 0 {
 		t.Fatalf("status_event v3 decoded %+v, %v", se, err)
 	}
+	se, err = StatusEventCodec.Decode(encode("status_event.v4.avsc", map[string]any{"id": "i", "notificationId": "n",
+		"status": "sent", "at": int64(1), "templateVersion": int64(3)}))
+	if err != nil || se.TemplateVersion != 3 || se.QueuedAt != 0 {
+		t.Fatalf("status_event v4 decoded %+v, %v", se, err)
+	}
 	lc, err = LifecycleCodec.Decode(encode("lifecycle.v4.avsc", map[string]any{"id": "n", "status": "sent", "campaign": "c"}))
 	if err != nil || lc.Campaign != "c" || lc.TemplateVersion != 0 {
 		t.Fatalf("lifecycle v4 decoded %+v, %v", lc, err)

@@ -54,7 +54,7 @@ func sampleStatusEvent() *StatusEvent {
 		UserID: "u-42", Template: "order_shipped", Channel: "email", Priority: "normal", Category: "transactional",
 		Provider: "smtp-primary", Status: "delivered", Reason: "250 2.0.0 OK queued as 4XyZ",
 		At: 1795000001789, AcceptedAt: 1794999999123, Attempt: 1, ProviderMessageID: "<4XyZ.1795000001@mx.example.com>",
-		Tenant: "acme", Campaign: "black-friday-2026", TemplateVersion: 7,
+		Tenant: "acme", Campaign: "black-friday-2026", TemplateVersion: 7, QueuedAt: 1795000000456,
 	}
 }
 

@@ -236,6 +236,10 @@ type StatusEvent struct {
 	Campaign string `avro:"campaign"`
 	// TemplateVersion is the template version it renders (since v4; 0: not known yet).
 	TemplateVersion int64 `avro:"templateVersion"`
+	// QueuedAt is when the deliver group routed the notification to Channel
+	// (since v5; 0: not stated). A sink's events carry it: the queued state is
+	// recorded from it (processors.ImpliedQueued), not from an event of its own.
+	QueuedAt int64 `avro:"queuedAt"`
 }
 
 // DedupEntry records when an eventId was first seen.

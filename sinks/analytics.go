@@ -169,11 +169,20 @@ func (a *AnalyticsSink) insert(ctx context.Context, rows []*schemas.StatusEvent)
 	if err != nil {
 		return err
 	}
+	add := func(e *schemas.StatusEvent) error {
+		return b.Append(e.ID, e.NotificationID, e.EventID, e.UserID, e.Template, e.Channel, e.Priority, e.Category,
+			e.Provider, e.Status, e.Reason, time.UnixMilli(e.At), uint64(max(e.At, 0)), uint64(max(e.AcceptedAt, 0)), uint32(max(e.Attempt, 0)),
+			e.ProviderMessageID, schemas.NormTenant(e.Tenant), processors.Clip(e.Campaign, maxCampaign))
+	}
 	for _, e := range rows {
-		at := time.UnixMilli(e.At)
-		if err := b.Append(e.ID, e.NotificationID, e.EventID, e.UserID, e.Template, e.Channel, e.Priority, e.Category,
-			e.Provider, e.Status, e.Reason, at, uint64(max(e.At, 0)), uint64(max(e.AcceptedAt, 0)), uint32(max(e.Attempt, 0)),
-			e.ProviderMessageID, schemas.NormTenant(e.Tenant), processors.Clip(e.Campaign, maxCampaign)); err != nil {
+		err := add(e)
+		if q := processors.QueuedEvent(e); q != nil && err == nil {
+			// The routing a sink's event states is a row of its own, as the
+			// deliver group's queued event was: the same id each time, so the
+			// table folds the repeats (ReplacingMergeTree) like a redelivery.
+			err = add(q)
+		}
+		if err != nil {
 			_ = b.Abort()
 			return err
 		}

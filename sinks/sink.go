@@ -988,6 +988,9 @@ func (s *Sink) notificationEvent(n *schemas.Notification, status, provider, reas
 		ev.ID = processors.StatusEventID(n.ID, status, s.Channel, 0)
 	}
 	ev.Provider, ev.Attempt, ev.ProviderMessageID = provider, attempt, msgID
+	// The deliver group routed it here then: the queued state is recorded
+	// from this (processors.ImpliedQueued), not from an event of its own.
+	ev.QueuedAt = n.RoutedAt
 	return ev
 }
 

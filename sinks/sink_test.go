@@ -52,10 +52,14 @@ func (e *sinkEnv) produce(t *testing.T, topic string, key string, value []byte) 
 	}
 }
 
+// routedAt is when the deliver group routed the notifications of route.
+const routedAt = 1795000000456
+
 func (e *sinkEnv) route(t *testing.T, id string) {
 	t.Helper()
 	b, _ := schemas.NotificationCodec.Encode(&schemas.Notification{ID: id, EventID: "e-" + id, UserID: "u", Template: "t",
-		Channel: "webhook", Address: "default", Priority: "normal", Content: schemas.Content{Body: `{"id":"` + id + `"}`}})
+		Channel: "webhook", Address: "default", Priority: "normal", Content: schemas.Content{Body: `{"id":"` + id + `"}`},
+		RoutedAt: routedAt})
 	e.produce(t, string(topology.Out("webhook", "normal")), id, b)
 }
 
@@ -157,6 +161,10 @@ func TestSinkRetriesThenFailsOver(t *testing.T) {
 	evs := env.events(t, 1)
 	if evs[0].Status != "sent" || evs[0].Provider != "wh-2" || evs[0].Attempt != 3 {
 		t.Fatalf("event %+v, want sent by wh-2 on attempt 3", evs[0])
+	}
+	// The event states the routing: the queued state is recorded from it.
+	if evs[0].QueuedAt != routedAt || evs[0].Channel != "webhook" {
+		t.Fatalf("event %+v, want queuedAt %d on webhook", evs[0], routedAt)
 	}
 	if primaryCalls.Load() != 2 || len(secondary.Deliveries()) != 1 {
 		t.Fatalf("primary called %d times, secondary delivered %d", primaryCalls.Load(), len(secondary.Deliveries()))

@@ -474,8 +474,10 @@ func (p *Pipeline) deliver(ctx goka.Context, msg any) {
 				continue
 			}
 			queued = true
+			// No queued event: the sink's first event for it carries RoutedAt
+			// (queuedAt), and the status group and analytics record the queued
+			// state from that (processors.ImpliedQueued).
 			ctx.Emit(Out(o.Channel, o.Out.Priority), o.Out.ID, b)
-			ctx.Emit(Events, n.ID, processors.NotificationEvent(o.Out, processors.StatusQueued, o.Channel, "", now))
 			continue
 		}
 		ctx.Emit(Events, n.ID, processors.NotificationEvent(n, o.Status, o.Channel, o.Reason, now))
@@ -753,6 +755,11 @@ func (p *Pipeline) status(ctx goka.Context, msg any) {
 		return
 	}
 	lc, _ := ctx.Value().(*schemas.Lifecycle)
+	if q := processors.ImpliedQueued(lc, ev); q != nil {
+		// The routing a sink's event states: the deliver group emits no
+		// queued event of its own (one record less per notification).
+		lc = processors.ApplyStatus(lc, q)
+	}
 	if processors.SeenStatus(lc, ev) {
 		// A replayed event: the history has it already. Written again all the
 		// same: goka applies a write to local state before the table topic has

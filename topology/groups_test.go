@@ -191,12 +191,51 @@ func TestDeliverGroupRoutesRendersAndLimits(t *testing.T) {
 	for _, e := range events(t, evs) {
 		got = append(got, e.NotificationID+":"+e.Status)
 	}
-	if strings.Join(got, " ") != "n1:queued n2:suppressed n3:queued n4:rate_limited" {
+	// Routed notifications have no event here: the sink's events carry
+	// their routing (queuedAt), see TestStatusGroupRecordsTheQueuedStateASinkEventStates.
+	if strings.Join(got, " ") != "n2:suppressed n4:rate_limited" {
 		t.Fatalf("events %v", got)
 	}
 	st := tt.TableValue(goka.GroupTable(DeliverGroup), "u").(*schemas.UserState)
 	if st.SentToday["email"] != 2 || st.Day != "2026-11-22" {
 		t.Fatalf("user state %+v", st)
+	}
+}
+
+// A sink's event states when the notification was routed (queuedAt): the
+// history gets the queued entry at that time, before the event's own, once —
+// whether the deliver group's own queued event (before status_event.v5) came
+// first, or the same routing is stated again by a later event.
+func TestStatusGroupRecordsTheQueuedStateASinkEventStates(t *testing.T) {
+	tt := tester.New(t)
+	run(t, tt, (&Pipeline{}).StatusGraph())
+	ev := func(id, status string, at, queuedAt int64) []byte {
+		return encode(t, schemas.StatusEventCodec, &schemas.StatusEvent{ID: id, NotificationID: "n", Status: status, At: at,
+			Channel: "email", Provider: "p", QueuedAt: queuedAt})
+	}
+	statuses := func(key string) string {
+		lc := tt.TableValue(goka.GroupTable(StatusGroup), key).(*schemas.Lifecycle)
+		var out []string
+		for _, h := range lc.History {
+			out = append(out, fmt.Sprintf("%s@%d", h.Status, h.At))
+		}
+		return lc.Status + ": " + strings.Join(out, " ")
+	}
+	tt.Consume(string(Events), "n", ev("a", processors.StatusAccepted, 1, 0))
+	tt.Consume(string(Events), "n", ev("r", processors.StatusRetrying, 5, 2))
+	tt.Consume(string(Events), "n", ev("s", processors.StatusSent, 9, 2))
+	tt.Consume(string(Events), "n", ev("s", processors.StatusSent, 9, 2)) // a replay
+	if got, want := statuses("n"), "sent: accepted@1 queued@2 retrying@5 sent@9"; got != want {
+		t.Fatalf("lifecycle %q, want %q", got, want)
+	}
+	// The deliver group's own queued event, from a build before v5, has the
+	// id the implied one gets: the history holds the routing once.
+	old := processors.NotificationEvent(&schemas.Notification{ID: "m"}, processors.StatusQueued, "email", "", time.UnixMilli(2))
+	tt.Consume(string(Events), "m", encode(t, schemas.StatusEventCodec, old))
+	tt.Consume(string(Events), "m", encode(t, schemas.StatusEventCodec, &schemas.StatusEvent{ID: "s2", NotificationID: "m",
+		Status: processors.StatusSent, At: 9, Channel: "email", QueuedAt: 2}))
+	if got, want := statuses("m"), "sent: queued@2 sent@9"; got != want {
+		t.Fatalf("lifecycle %q, want %q", got, want)
 	}
 }
 
@@ -315,12 +354,16 @@ func TestDeliverGroupReplayIsNotItsOwnDuplicate(t *testing.T) {
 	run(t, tt, p.DeliverGraph())
 	tt.SetTableValue(Templates, "t", &schemas.Template{ID: "t", Channels: map[string]schemas.ChannelContent{"email": {Text: "x"}}})
 	evs := tt.NewQueueTracker(string(Events))
+	out := tt.NewQueueTracker(string(Out("email", "normal")))
 	n := &schemas.Notification{ID: "n1", UserID: "u", Template: "t", Recipient: schemas.Recipient{Email: "u@example.com"}}
 	tt.Consume(string(Accepted), "u", encode(t, schemas.NotificationCodec, n))
 	tt.Consume(string(Accepted), "u", encode(t, schemas.NotificationCodec, n))
 	for _, e := range events(t, evs) {
-		if e.Status != processors.StatusQueued {
-			t.Fatalf("replay became %s: %s", e.Status, e.Reason)
+		t.Fatalf("replay became %s: %s", e.Status, e.Reason)
+	}
+	for i := range 2 {
+		if key, _, ok := out.Next(); !ok || key != "n1" {
+			t.Fatalf("routing %d: %q, %v", i+1, key, ok)
 		}
 	}
 	if st := tt.TableValue(goka.GroupTable(DeliverGroup), "u").(*schemas.UserState); st.SentToday["email"] != 1 {

@@ -102,11 +102,14 @@ channels:
 	// more than working), then the crash point alone.
 	k.wait(t, segment)
 	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
-		if state, _ := readCampaign(); state == processors.CampaignCompleted {
+		state, p := readCampaign()
+		if state == processors.CampaignCompleted {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the campaign never completed its fan-out")
+			t.Fatalf("the campaign never completed its fan-out: %s, %+v, %d messages received; %s; campaign: %s",
+				state, p, len(receivedIDs(t, srv)), groupOffsets(c.brokerPort, "notify.campaign", "notify.campaigns"),
+				chaosCall(t, c.base, "GET", "/v1/campaigns/chaos", nil, http.StatusOK, time.Minute))
 		}
 	}
 
@@ -141,6 +144,12 @@ channels:
 			if id := processors.CampaignNotificationID("", "chaos", u); got[id] == 0 && n < 3 {
 				n++
 				t.Logf("%s", chaosCall(t, c.base, "GET", "/v1/notifications/"+id, nil, http.StatusOK, time.Minute))
+			}
+		}
+		for _, in := range c.roles {
+			if strings.HasPrefix(in.name, "sink") {
+				t.Logf("%s; %s; %s: stacks in %s", groupOffsets(c.brokerPort, "notify.sink.email", "notify.out.email.low"),
+					groupOffsets(c.brokerPort, "notify.retry", "notify.retry.email.1s"), in.name, in.dumpStacks())
 			}
 		}
 		t.Fatalf("%d eligible users got nothing", missing)

@@ -129,6 +129,30 @@ func (in *instance) kill() {
 	}
 }
 
+// dumpStacks makes the instance print every goroutine's stack (SIGQUIT: it
+// exits; its supervisor starts it again) and writes its whole output to a
+// file that outlives the test, for a failure to be read afterwards.
+func (in *instance) dumpStacks() string {
+	in.mu.Lock()
+	cmd, out, exited := in.cmd, in.out, in.exited
+	in.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return "not running"
+	}
+	_ = cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+	}
+	f, err := os.CreateTemp("", "notifyd-chaos-"+in.name+"-*.txt")
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	_, _ = f.WriteString(out.String())
+	return f.Name()
+}
+
 // shutdown stops the instance for good: SIGTERM, then SIGKILL after a while.
 func (in *instance) shutdown() {
 	in.mu.Lock()
@@ -542,6 +566,34 @@ func waitGroupCaughtUp(t *testing.T, brokerPort int, group, topic string, d time
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Fatalf("%s still %d records behind after %v", group, lag, d)
+}
+
+// groupOffsets describes, for a failure message, where group stands on each
+// partition of topic: committed offset / end offset.
+func groupOffsets(brokerPort int, group, topic string) string {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fmt.Sprintf("127.0.0.1:%d", brokerPort)))
+	if err != nil {
+		return err.Error()
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	offs, err := adm.FetchOffsets(ctx, group)
+	if err != nil {
+		return err.Error()
+	}
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s on %s:", group, topic)
+	ends.Each(func(e kadm.ListedOffset) {
+		o, _ := offs.Lookup(e.Topic, e.Partition)
+		fmt.Fprintf(&b, " p%d %d/%d", e.Partition, o.At, e.Offset)
+	})
+	return b.String()
 }
 
 // testMasterKeys is the master key every process of a test cluster shares.
