@@ -107,6 +107,11 @@ channels:
 			break
 		}
 		if time.Now().After(deadline) {
+			for _, in := range c.roles {
+				if strings.HasPrefix(in.name, "process") {
+					t.Logf("%s: stacks in %s", in.name, in.dumpStacks())
+				}
+			}
 			t.Fatalf("the campaign never completed its fan-out: %s, %+v, %d messages received; %s; campaign: %s",
 				state, p, len(receivedIDs(t, srv)), groupOffsets(c.brokerPort, "notify.campaign", "notify.campaigns"),
 				chaosCall(t, c.base, "GET", "/v1/campaigns/chaos", nil, http.StatusOK, time.Minute))

@@ -593,6 +593,26 @@ func groupOffsets(brokerPort int, group, topic string) string {
 		o, _ := offs.Lookup(e.Topic, e.Partition)
 		fmt.Fprintf(&b, " p%d %d/%d", e.Partition, o.At, e.Offset)
 	})
+	// The group's state and who holds what of topic: a group that never
+	// settles again has no owner to consume.
+	if groups, err := adm.DescribeGroups(ctx, group); err != nil {
+		fmt.Fprintf(&b, "; describe: %v", err)
+	} else {
+		for _, g := range groups {
+			fmt.Fprintf(&b, "; state %s, %d members", g.State, len(g.Members))
+			for _, m := range g.Members {
+				var parts []int32
+				if a, ok := m.Assigned.AsConsumer(); ok {
+					for _, t := range a.Topics {
+						if t.Topic == topic {
+							parts = append(parts, t.Partitions...)
+						}
+					}
+				}
+				fmt.Fprintf(&b, " [%s %v]", m.ClientID, parts)
+			}
+		}
+	}
 	return b.String()
 }
 
