@@ -13,16 +13,15 @@ clickhouse:
 	  echo "installing clickhouse-server (Debian) for analytics"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client; }
 
-# Everything CI runs. The command's tests (separate OS processes killed at
-# crash points) run after the rest, not beside the service's: on two cores the
-# two heaviest packages starved each other's timing-sensitive tests, and one
-# after the other takes about as long. The chaos tests run without the race
-# detector: what they test runs in the role processes, binaries built without
-# it, and in the test process it only slowed the harness (its SMTP server
-# takes every message) and took CPU from the roles.
+# Everything CI runs. The chaos tests (separate OS processes killed at crash
+# points) run after the rest, not beside the service's: on two cores they
+# starved the service's timing-sensitive tests, and one after the other takes
+# about as long. They run without the race detector: what they test runs in
+# the role processes, binaries built without it, and in the test process it
+# only slowed the harness (its SMTP server takes every message) and took CPU
+# from the roles.
 test: clickhouse vet
-	$(GO) test -race -count=1 -timeout 14m $$($(GO) list ./... | grep -v '/cmd/notifyd$$')
-	$(GO) test -race -count=1 -timeout 14m -skip '^TestChaos' ./cmd/notifyd
+	$(GO) test -race -count=1 -timeout 14m -skip '^TestChaos' ./...
 	$(GO) test -count=1 -timeout 14m -run '^TestChaos' ./cmd/notifyd
 
 vet:
