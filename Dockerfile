@@ -2,6 +2,8 @@
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
+# The embedded broker's patched kfake (go.mod replaces it; third_party/kfake/PATCHES.md).
+COPY third_party ./third_party
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -o /notifyd ./cmd/notifyd
