@@ -634,7 +634,7 @@ func groupOffsets(brokerPort int, group, topic string) string {
 						}
 					}
 				}
-				fmt.Fprintf(&b, " [%s %v]", m.ClientID, parts)
+				fmt.Fprintf(&b, " [%s %s %v]", m.MemberID, m.ClientHost, parts)
 			}
 		}
 	}
