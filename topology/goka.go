@@ -22,7 +22,9 @@ func init() { metrics.UseNilMetrics = true }
 type Kafka struct {
 	Brokers     []string
 	Replication int
-	FlushEvery  time.Duration
+	// FlushEvery is the linger of the processors' producers (0: a record is
+	// sent at once, and batched with others while a request is in flight).
+	FlushEvery time.Duration
 	// SessionTimeout of the consumer groups (10s when zero).
 	SessionTimeout time.Duration
 	// StorageDir holds goka's local tables (DESIGN rule 3); "" keeps them in memory.
@@ -46,12 +48,7 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	// records, so a high-priority lane is not held by a low one's backlog;
 	// measured no slower in bulk (docs/PERFORMANCE.md, issue 17).
 	c.Consumer.Fetch.Default = 16 << 10
-	c.Producer.Compression = sarama.CompressionNone
-	c.Producer.MaxMessageBytes = producerMaxBytes
-	if k.FlushEvery > 0 {
-		c.Producer.Flush.Frequency = k.FlushEvery
-	}
-	c.Producer.Flush.Messages = 500
+	// goka's producers are franz-go clients (producerBuilder), not sarama's.
 	c.Metadata.RefreshFrequency = time.Minute
 	// A crashed member must not hold its partitions for sarama's default minute.
 	c.Consumer.Group.Session.Timeout = SessionTimeout(k.SessionTimeout)
@@ -103,12 +100,12 @@ func (k Kafka) consumerBuilder() goka.SaramaConsumerBuilder {
 	}
 }
 
+// producerBuilder gives goka a franz-go producer (gokaProducer). Its
+// partitioner is Partitioner, which agrees with Hasher, the only hasher
+// notifyd gives goka.
 func (k Kafka) producerBuilder() goka.ProducerBuilder {
-	return func(brokers []string, clientID string, hasher func() hash.Hash32) (goka.Producer, error) {
-		c := k.saramaConfig()
-		c.ClientID = clientID
-		c.Producer.Partitioner = sarama.NewCustomHashPartitioner(hasher)
-		return goka.NewProducer(brokers, c)
+	return func(brokers []string, clientID string, _ func() hash.Hash32) (goka.Producer, error) {
+		return NewGokaProducer(brokers, clientID, k.FlushEvery)
 	}
 }
 
