@@ -274,7 +274,7 @@ func Default() Config {
 	return Config{
 		DataDir:   "./data",
 		HTTP:      HTTP{Addr: ":8080", MaxBodyBytes: 1 << 20, MaxBatch: 1000},
-		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, SessionTimeout: 10 * time.Second},
+		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond, SessionTimeout: 10 * time.Second},
 		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
 		Scheduler: Scheduler{Interval: time.Second},
 		Campaigns: Campaigns{Step: time.Second, CatchUp: time.Hour, MaxListBytes: 1 << 30},
