@@ -47,7 +47,7 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	// partition (sarama's default: 1 MiB) keeps that wait to tens of
 	// records, so a high-priority lane is not held by a low one's backlog;
 	// measured no slower in bulk (docs/PERFORMANCE.md, issue 17).
-	c.Consumer.Fetch.Default = 16 << 10
+	c.Consumer.Fetch.Default = laneFetchBytes
 	// goka's producers are franz-go clients (producerBuilder), not sarama's.
 	c.Metadata.RefreshFrequency = time.Minute
 	// A crashed member must not hold its partitions for sarama's default minute.
@@ -56,6 +56,24 @@ func (k Kafka) saramaConfig() *sarama.Config {
 	c.Consumer.Group.Rebalance.Timeout = 10 * time.Second
 	secureSarama(c)
 	return c
+}
+
+// laneFetchBytes is what a consumer that reads priority lanes fetches per
+// partition (see saramaConfig).
+const laneFetchBytes = 16 << 10
+
+// groupFetchBytes is what group's consumer fetches per partition:
+// laneFetchBytes, so that a low lane's backlog does not hold the fetch that
+// brings a high-priority record, except for the status group. It reads no
+// lanes (only notify.events), and small fetches only slowed it: the last
+// stage of every notification, it caught up with a bulk's events about a
+// second after the last delivery with 16 KiB, and with it at 1 MiB
+// (docs/PERFORMANCE.md, issue 17, eighth sitting).
+func groupFetchBytes(group goka.Group) int32 {
+	if group == StatusGroup {
+		return 1 << 20
+	}
+	return laneFetchBytes
 }
 
 func (k Kafka) topicManager() goka.TopicManagerBuilder {
@@ -82,6 +100,7 @@ func (k Kafka) consumerGroupBuilder() goka.ConsumerGroupBuilder {
 	return func(brokers []string, group, clientID string) (sarama.ConsumerGroup, error) {
 		c := k.saramaConfig()
 		c.ClientID = clientID
+		c.Consumer.Fetch.Default = groupFetchBytes(goka.Group(group))
 		f := newFlowControl()
 		flowConfig(c, f)
 		cg, err := sarama.NewConsumerGroup(brokers, group, c)

@@ -3,6 +3,8 @@ package topology
 import (
 	"testing"
 
+	"github.com/lovoo/goka"
+
 	"github.com/rcrowley/go-metrics"
 )
 
@@ -19,5 +21,19 @@ func TestSaramaKeepsNoMetrics(t *testing.T) {
 	m.Mark(1000)
 	if m.Count() != 0 {
 		t.Fatalf("sarama's meters count %d bytes, want nothing recorded", m.Count())
+	}
+}
+
+// The groups that read priority lanes fetch little per partition (a low
+// lane's backlog must not hold the fetch of a high record); the status group,
+// which reads none, fetches 1 MiB, or it falls behind a bulk's events.
+func TestGroupsFetchByWhetherTheyReadLanes(t *testing.T) {
+	for _, g := range []goka.Group{DedupGroup, DeliverGroup, "flow"} {
+		if got := groupFetchBytes(g); got > 16<<10 {
+			t.Errorf("%s fetches %d bytes per partition, want at most 16 KiB", g, got)
+		}
+	}
+	if got := groupFetchBytes(StatusGroup); got < 1<<20 {
+		t.Errorf("the status group fetches %d bytes per partition, want 1 MiB", got)
 	}
 }

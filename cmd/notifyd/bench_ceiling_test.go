@@ -148,6 +148,11 @@ func TestBenchJSONHoldsEveryFigure(t *testing.T) {
 			t.Errorf("%s: latencies %+v out of order", name, l)
 		}
 	}
+	// The bulk's work ends when the status group recorded its last events,
+	// after the last delivery.
+	if b := r.Phases.Bulk; b != nil && b.SettledMS < b.DurationMS {
+		t.Errorf("bulk: the status group caught up %.1f ms after the first produce, before the last delivery (%.1f ms)", b.SettledMS, b.DurationMS)
+	}
 	if api := r.Phases.API; api != nil && (api.RequestLatency == nil || api.TargetRate != 200) {
 		t.Errorf("api: %+v, want request latencies and target rate 200", api)
 	}
