@@ -2,6 +2,7 @@ package topology
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -21,20 +22,57 @@ import (
 // of all in-sync replicas, idempotent, as every notifyd franz-go producer),
 // with the offset goka stores as its table's changelog position.
 type gokaProducer struct {
+	// cl writes every record; a priority lane's in batches of at most
+	// IngestBatchBytes (see laneBatchBytes).
 	cl *kgo.Client
+	// big writes a lane's record too large for such a batch (franz-go fails
+	// a record larger than its batch limit).
+	big *kgo.Client
 }
 
-// NewGokaProducer returns a goka.Producer writing through a franz-go client.
+// NewGokaProducer returns a goka.Producer writing through franz-go clients
+// that let a partition's records wait linger for more.
 func NewGokaProducer(brokers []string, clientID string, linger time.Duration) (goka.Producer, error) {
 	opts := []kgo.Opt{kgo.ProducerLinger(linger)}
 	if clientID != "" {
 		opts = append(opts, kgo.ClientID(clientID))
 	}
-	cl, err := NewProducer(brokers, opts...)
+	cl, err := NewProducer(brokers, append(opts, kgo.ProducerBatchMaxBytesFn(laneBatchBytes))...)
 	if err != nil {
 		return nil, err
 	}
-	return &gokaProducer{cl: cl}, nil
+	big, err := NewProducer(brokers, opts...)
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return &gokaProducer{cl: cl, big: big}, nil
+}
+
+// laneBatchBytes bounds the batches of the priority lanes (notify.ingest*,
+// notify.accepted*) as the API's ingest producer does: a consumer's fetch
+// takes at least a whole batch of a partition, and the next fetch, the one
+// that brings a high-priority record, waits until goka took it in
+// (docs/TOPICS.md, "Small batches on the lanes").
+func laneBatchBytes(topic string) int32 {
+	if isLane(topic) {
+		return IngestBatchBytes
+	}
+	return producerMaxBytes
+}
+
+func isLane(topic string) bool {
+	for _, l := range IngestLanes {
+		if topic == string(l) {
+			return true
+		}
+	}
+	for _, l := range AcceptedLanes {
+		if topic == string(l) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *gokaProducer) Emit(topic, key string, value []byte) *goka.Promise {
@@ -50,7 +88,11 @@ func (p *gokaProducer) EmitWithHeaders(topic, key string, value []byte, headers 
 			r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: v})
 		}
 	}
-	p.cl.Produce(context.Background(), r, func(r *kgo.Record, err error) {
+	cl := p.cl
+	if isLane(topic) && !FitsIngestBatch(r.Key, value) {
+		cl = p.big
+	}
+	cl.Produce(context.Background(), r, func(r *kgo.Record, err error) {
 		if err != nil {
 			finish(nil, err)
 			return
@@ -70,7 +112,8 @@ const producerCloseTimeout = time.Minute
 func (p *gokaProducer) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), producerCloseTimeout)
 	defer cancel()
-	err := p.cl.Flush(ctx)
+	err := errors.Join(p.cl.Flush(ctx), p.big.Flush(ctx))
 	p.cl.Close()
+	p.big.Close()
 	return err
 }

@@ -3,8 +3,11 @@ package topology
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,7 +15,10 @@ import (
 	"github.com/lovoo/goka"
 	"github.com/lovoo/goka/codec"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"github.com/twmb/franz-go/pkg/kversion"
 )
 
 // goka's producer is a franz-go client (gokaProducer): each record goes to
@@ -251,4 +257,118 @@ func TestGokaTableKeepsItsChangelogOffsetAcrossRestarts(t *testing.T) {
 
 	produce(2)
 	run(5)
+}
+
+// A priority lane is written in batches of at most IngestBatchBytes, as the
+// API writes its lanes, whatever the load; a lane's record too large for such
+// a batch still goes out. Other topics take batches of up to a MiB.
+func TestGokaProducerWritesTheLanesInSmallBatches(t *testing.T) {
+	brokers := testBrokers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	adm, err := kgo.NewClient(ClientOpts(brokers...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	other := "goka-producer-other"
+	for _, topic := range []string{string(AcceptedLow), other} {
+		if _, err := kadm.NewClient(adm).CreateTopic(ctx, 1, 1, nil, topic); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A long linger, so that records pile up into the largest batches allowed.
+	p, err := NewGokaProducer(brokers, "", 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	emit := func(topic string, value []byte) {
+		wg.Add(1)
+		p.Emit(topic, "user-1", value).Then(func(err error) {
+			if err != nil {
+				failed.Add(1)
+			}
+			wg.Done()
+		})
+	}
+	value := bytes.Repeat([]byte("v"), 300)
+	for i := 0; i < 3000; i++ {
+		emit(string(AcceptedLow), value)
+		emit(other, value)
+	}
+	emit(string(AcceptedLow), bytes.Repeat([]byte("b"), 200<<10))
+	wg.Wait()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if failed.Load() > 0 {
+		t.Fatalf("%d records failed", failed.Load())
+	}
+	batches := func(topic string) (sizes []int, records int64) {
+		req := kmsg.NewPtrFetchRequest()
+		req.MaxWaitMillis = 100
+		req.MaxBytes = 64 << 20
+		req.ReplicaID = -1
+		ft := kmsg.NewFetchRequestTopic()
+		ft.Topic = topic
+		fp := kmsg.NewFetchRequestTopicPartition()
+		fp.PartitionMaxBytes = 64 << 20
+		ft.Partitions = append(ft.Partitions, fp)
+		req.Topics = append(req.Topics, ft)
+		// Fetch before v13 names topics, not topic ids.
+		old, err := kgo.NewClient(append(ClientOpts(brokers...), kgo.MaxVersions(kversion.V2_8_0()))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer old.Close()
+		resp, err := req.RequestWith(ctx, old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Topics) != 1 || len(resp.Topics[0].Partitions) != 1 {
+			t.Fatalf("fetch of %s: %+v", topic, resp)
+		}
+		part := resp.Topics[0].Partitions[0]
+		if err := kerr.ErrorForCode(part.ErrorCode); err != nil {
+			t.Fatalf("fetch of %s: %v", topic, err)
+		}
+		b := part.RecordBatches
+		for len(b) >= 12 {
+			size := 12 + int(binary.BigEndian.Uint32(b[8:12]))
+			var rb kmsg.RecordBatch
+			if err := rb.ReadFrom(b[:size]); err != nil {
+				t.Fatalf("a batch of %s: %v", topic, err)
+			}
+			sizes = append(sizes, size)
+			records += int64(rb.NumRecords)
+			b = b[size:]
+		}
+		return sizes, records
+	}
+	lane, n := batches(string(AcceptedLow))
+	if n != 3001 {
+		t.Fatalf("%s holds %d records, want 3001", AcceptedLow, n)
+	}
+	// Every batch is small but the large record's own.
+	large := 0
+	for i, size := range lane {
+		switch {
+		case size >= 200<<10 && large == 0:
+			large++
+		case size > IngestBatchBytes:
+			t.Fatalf("batch %d of %s is %d bytes, want at most %d", i, AcceptedLow, size, IngestBatchBytes)
+		}
+	}
+	if large != 1 {
+		t.Fatalf("no batch of %s holds the large record: %v", AcceptedLow, lane)
+	}
+	others, n := batches(other)
+	if n != 3000 {
+		t.Fatalf("%s holds %d records, want 3000", other, n)
+	}
+	if slices.Max(others) <= IngestBatchBytes {
+		t.Fatalf("batches of a topic that is no lane: %v bytes, want larger ones than a lane's", others)
+	}
 }
