@@ -13,10 +13,10 @@ import (
 // gokaProducer is goka's Producer on a franz-go client: every record a goka
 // processor or emitter writes (its emits and its table's changelog) goes
 // through it. goka's own producer is sarama's AsyncProducer, whose per-record
-// channels, goroutine hops and encoding were the largest share of a
-// notification's produce cost (docs/PERFORMANCE.md, issue 17, eighth
-// sitting); franz-go writes the same records, to the same partitions
-// (Partitioner agrees with goka's hasher), with one callback per record.
+// channels and goroutines were 16 % of the bulk's CPU (docs/PERFORMANCE.md,
+// issue 17, eighth sitting); franz-go writes the same records, to the same
+// partitions (Partitioner agrees with goka's hasher), with one callback per
+// record.
 //
 // The promise of a record is finished once the broker acknowledged it (acks
 // of all in-sync replicas, idempotent, as every notifyd franz-go producer),
