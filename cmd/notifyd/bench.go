@@ -237,6 +237,7 @@ func runBench(ctx context.Context, args []string) error {
 	partitions := fs.Int("partitions", 4, "partitions per topic")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the bulk phase (with -campaign: approval → last delivery) to this file")
 	apiProfile := fs.String("cpuprofile-api", "", "write a CPU profile of the API phase to this file")
+	pacedProfile := fs.String("cpuprofile-paced", "", "write a CPU profile of the paced phase to this file")
 	memState := fs.Bool("memory-state", false, "keep goka tables in memory instead of on disk")
 	users := fs.Int("users", 0, "send to this many users in turn (0: a new user per notification, each needing its own data key: the worst case)")
 	withAnalytics := fs.Bool("analytics", false, "also stream events into a local clickhouse-server and report the sink's rate and lag")
@@ -394,6 +395,10 @@ func runBench(ctx context.Context, args []string) error {
 	}
 
 	// Phase 2: paced, a steady rate below saturation.
+	stopProfile, err := startProfile(*pacedProfile)
+	if err != nil {
+		return err
+	}
 	total := int(float64(*paced) * dur.Seconds())
 	start = time.Now()
 	lags = sampleLag(ctx, producer, *withAnalytics)
@@ -403,6 +408,7 @@ func runBench(ctx context.Context, args []string) error {
 	if err := bp.wait(ctx, int64(total), 5*time.Minute); err != nil {
 		return err
 	}
+	stopProfile()
 	lat = bp.reset()
 	pacedPhase := newPhase(total, time.Unix(0, bp.last.Load()).Sub(start), ceil, lat)
 	pacedPhase.TargetRate = *paced
@@ -417,21 +423,12 @@ func runBench(ctx context.Context, args []string) error {
 	}
 
 	// Phase 3: the API under an open-loop request rate.
-	if *apiProfile != "" {
-		f, err := os.Create(*apiProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	if stopProfile, err = startProfile(*apiProfile); err != nil {
+		return err
 	}
 	start = time.Now()
 	apiLat, errs, err := apiLoad(ctx, client, base, *rate, *dur)
-	if *apiProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	if err != nil {
 		return err
 	}
@@ -846,4 +843,27 @@ func percentileInt(v []int64, p float64) int64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[int(float64(len(s)-1)*p)]
+}
+
+// startProfile starts a CPU profile into path ("": none) and returns what
+// stops it (at most once).
+func startProfile(path string) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		})
+	}, nil
 }

@@ -112,9 +112,13 @@ func TestBenchJSONHoldsEveryFigure(t *testing.T) {
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "bench.json")
 	err := runBench(ctx, []string{"-n", "400", "-paced-rate", "200", "-rate", "200", "-duration", "1s", "-partitions", "2",
-		"-ceiling-n", "2000", "-ceiling-hop-n", "2000", "-json", path})
+		"-ceiling-n", "2000", "-ceiling-hop-n", "2000", "-json", path, "-cpuprofile-paced", path + ".paced.prof"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A CPU profile is a gzip-compressed protocol buffer.
+	if b, err := os.ReadFile(path + ".paced.prof"); err != nil || len(b) < 64 || b[0] != 0x1f || b[1] != 0x8b {
+		t.Errorf("the paced phase's CPU profile: %v, %d bytes", err, len(b))
 	}
 	r, _ := readBenchReport(t, path)
 	if r.Build.GoVersion == "" || r.Build.GOMAXPROCS < 1 || r.Flags["n"] != "400" || r.Flags["partitions"] != "2" {
