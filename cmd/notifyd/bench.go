@@ -268,6 +268,18 @@ func runBench(ctx context.Context, args []string) error {
 	if *outage < 0 || *outage > 0 && (*outageN < 5 || *outageRate < 1) {
 		return fmt.Errorf("bench: -outage needs a duration ≥ 0, -outage-n ≥ 5 and -outage-rate ≥ 1")
 	}
+	// The phase profiles' files are created now: a path that cannot be
+	// written is refused before the bulk runs, not after.
+	pacedProf, err := openProfile(*pacedProfile)
+	if err != nil {
+		return err
+	}
+	defer pacedProf.stop()
+	apiProf, err := openProfile(*apiProfile)
+	if err != nil {
+		return err
+	}
+	defer apiProf.stop()
 	report := newBenchReport(fs)
 	var ceil *ceiling
 	if *withCeiling {
@@ -395,8 +407,7 @@ func runBench(ctx context.Context, args []string) error {
 	}
 
 	// Phase 2: paced, a steady rate below saturation.
-	stopProfile, err := startProfile(*pacedProfile)
-	if err != nil {
+	if err := pacedProf.start(); err != nil {
 		return err
 	}
 	total := int(float64(*paced) * dur.Seconds())
@@ -408,7 +419,7 @@ func runBench(ctx context.Context, args []string) error {
 	if err := bp.wait(ctx, int64(total), 5*time.Minute); err != nil {
 		return err
 	}
-	stopProfile()
+	pacedProf.stop()
 	lat = bp.reset()
 	pacedPhase := newPhase(total, time.Unix(0, bp.last.Load()).Sub(start), ceil, lat)
 	pacedPhase.TargetRate = *paced
@@ -423,12 +434,12 @@ func runBench(ctx context.Context, args []string) error {
 	}
 
 	// Phase 3: the API under an open-loop request rate.
-	if stopProfile, err = startProfile(*apiProfile); err != nil {
+	if err := apiProf.start(); err != nil {
 		return err
 	}
 	start = time.Now()
 	apiLat, errs, err := apiLoad(ctx, client, base, *rate, *dur)
-	stopProfile()
+	apiProf.stop()
 	if err != nil {
 		return err
 	}
@@ -662,20 +673,14 @@ func waitStatusCaughtUp(ctx context.Context, brokers []string, cl *kgo.Client, c
 				continue // not an event: the status group dead-letters it
 			}
 			var st struct {
-				History []struct {
-					Status string `json:"status"`
-					At     string `json:"at"`
-				} `json:"history"`
+				History []historyJSON `json:"history"`
 			}
 			if err := callAsInto(ctx, client, "bench-key-0001", "GET", base+"/v1/notifications/"+ev.NotificationID, "", http.StatusOK, &st); err != nil {
 				recorded = false
 				break
 			}
 			at := time.UnixMilli(ev.At).UTC().Format("2006-01-02T15:04:05.000Z07:00")
-			if !slices.ContainsFunc(st.History, func(h struct {
-				Status string `json:"status"`
-				At     string `json:"at"`
-			}) bool {
+			if !slices.ContainsFunc(st.History, func(h historyJSON) bool {
 				return h.Status == ev.Status && h.At == at
 			}) {
 				recorded = false
@@ -845,25 +850,49 @@ func percentileInt(v []int64, p float64) int64 {
 	return s[int(float64(len(s)-1)*p)]
 }
 
-// startProfile starts a CPU profile into path ("": none) and returns what
-// stops it (at most once).
-func startProfile(path string) (func(), error) {
+// phaseProfile is a CPU profile of one phase, written to a file created
+// before the bench starts; a nil one (no path) does nothing.
+type phaseProfile struct {
+	f       *os.File
+	running bool
+}
+
+func openProfile(path string) (*phaseProfile, error) {
 	if path == "" {
-		return func() {}, nil
+		return nil, nil
 	}
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("bench: CPU profile: %w", err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, err
+	return &phaseProfile{f: f}, nil
+}
+
+func (p *phaseProfile) start() error {
+	if p == nil {
+		return nil
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		})
-	}, nil
+	if err := pprof.StartCPUProfile(p.f); err != nil {
+		return err
+	}
+	p.running = true
+	return nil
+}
+
+// stop ends the profile and closes its file; calling it again does nothing.
+func (p *phaseProfile) stop() {
+	if p == nil || p.f == nil {
+		return
+	}
+	if p.running {
+		pprof.StopCPUProfile()
+	}
+	p.f.Close()
+	p.f, p.running = nil, false
+}
+
+// historyJSON is an entry of a notification's history as the API answers it.
+type historyJSON struct {
+	Status string `json:"status"`
+	At     string `json:"at"`
 }

@@ -165,6 +165,20 @@ func TestBenchJSONHoldsEveryFigure(t *testing.T) {
 	}
 }
 
+// A phase profile that cannot be written is refused before the bench starts
+// anything (the ceiling would take seconds, the bulk minutes).
+func TestBenchRefusesAnUnwritableProfileAtOnce(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "no-such-dir", "p.prof")
+	for _, flag := range []string{"-cpuprofile-paced", "-cpuprofile-api"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := runBench(ctx, []string{flag, missing})
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "CPU profile") || !strings.Contains(err.Error(), "no-such-dir") {
+			t.Fatalf("%s %s: %v, want the profile's error before anything ran", flag, missing, err)
+		}
+	}
+}
+
 // A batch size franz-go cannot use is refused before the bench starts anything.
 func TestBenchRefusesABadPriorityBatchSize(t *testing.T) {
 	for _, v := range []string{"0", "-5", "100", "999999999"} {
