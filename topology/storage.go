@@ -61,9 +61,13 @@ func batchedLevelDB(dir string, flushEvery time.Duration, writeBuffer int) stora
 		if err != nil {
 			return nil, fmt.Errorf("open leveldb %s: %w", path, err)
 		}
-		return &batchedStorage{db: db, every: flushEvery, pending: map[string]pendingWrite{}, flushed: map[string]pendingWrite{},
-			stop: make(chan struct{}), stopped: make(chan struct{})}, nil
+		return newBatchedStorage(db, flushEvery), nil
 	}
+}
+
+func newBatchedStorage(db *leveldb.DB, flushEvery time.Duration) *batchedStorage {
+	return &batchedStorage{db: db, every: flushEvery, pending: map[string]pendingWrite{}, flushed: map[string]pendingWrite{},
+		stop: make(chan struct{}), stopped: make(chan struct{})}
 }
 
 type pendingWrite struct {
@@ -75,15 +79,25 @@ type batchedStorage struct {
 	db    *leveldb.DB
 	every time.Duration
 
+	// flushMu lets one flush run at a time. It is not mu: LevelDB's write
+	// can take hundreds of milliseconds when its compactions fall behind
+	// (its level-0 slowdown and pause), and the partition's reads and writes
+	// must not wait for it (docs/PERFORMANCE.md, issue 17, ninth sitting).
+	flushMu sync.Mutex
 	mu      sync.RWMutex
 	pending map[string]pendingWrite
+	// writing holds what the flush in progress writes (nil when none):
+	// readable until LevelDB has it.
+	writing map[string]pendingWrite
 	// flushed keeps the previous flush's writes readable from memory: the
 	// events of one notification arrive within milliseconds of each other.
-	flushed     map[string]pendingWrite
+	flushed map[string]pendingWrite
+	// spare is an emptied map, the next pending.
+	spare       map[string]pendingWrite
 	offset      atomic.Int64
-	savedOffset int64 // guarded by mu
-	// batch is reused by every flush (guarded by mu): a new one grew from
-	// nothing each time, 6 % of the bytes the pipeline allocated in bulk.
+	savedOffset int64 // guarded by flushMu
+	// batch is reused by every flush (guarded by flushMu): a new one grew
+	// from nothing each time, 6 % of the bytes the pipeline allocated in bulk.
 	batch leveldb.Batch
 
 	stop, stopped chan struct{}
@@ -119,19 +133,33 @@ func (s *batchedStorage) Close() error {
 
 // Flush writes the pending changes and the offset as one batch.
 func (s *batchedStorage) Flush() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	return s.flushLocked()
 }
 
+// flushLocked (flushMu held) takes the pending changes aside and writes them
+// without holding mu: Get, Set and Delete go on meanwhile, reading what is
+// being written from memory.
 func (s *batchedStorage) flushLocked() error {
+	s.mu.Lock()
 	off := s.offset.Load()
 	if len(s.pending) == 0 && off == s.savedOffset {
+		s.mu.Unlock()
 		return nil
 	}
+	writing := s.pending
+	s.writing = writing
+	s.pending = s.spare
+	if s.pending == nil {
+		s.pending = map[string]pendingWrite{}
+	}
+	s.spare = nil
+	s.mu.Unlock()
+
 	b := &s.batch
 	defer s.keepBatch()
-	for k, w := range s.pending {
+	for k, w := range writing {
 		if w.deleted {
 			b.Delete([]byte(k))
 		} else {
@@ -141,11 +169,23 @@ func (s *batchedStorage) flushLocked() error {
 	if off != 0 && off != s.savedOffset {
 		b.Put([]byte(offsetKey), []byte(strconv.FormatInt(off, 10)))
 	}
-	if err := s.db.Write(b, nil); err != nil {
+	err := s.db.Write(b, nil)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		// Not written: what was not changed since waits for the next flush.
+		for k, w := range writing {
+			if _, ok := s.pending[k]; !ok {
+				s.pending[k] = w
+			}
+		}
+		s.writing = nil
 		return fmt.Errorf("leveldb batch: %w", err)
 	}
-	s.flushed, s.pending = s.pending, s.flushed
-	clear(s.pending)
+	spare := s.flushed
+	clear(spare)
+	s.flushed, s.writing, s.spare = writing, nil, spare
 	s.savedOffset = off
 	return nil
 }
@@ -172,6 +212,9 @@ func (s *batchedStorage) Get(key string) ([]byte, error) {
 	s.mu.RLock()
 	w, ok := s.pending[key]
 	if !ok {
+		w, ok = s.writing[key]
+	}
+	if !ok {
 		w, ok = s.flushed[key]
 	}
 	s.mu.RUnlock()
@@ -191,20 +234,22 @@ func (s *batchedStorage) Get(key string) ([]byte, error) {
 func (s *batchedStorage) Set(key string, value []byte) error {
 	v := append([]byte(nil), value...) // goka may reuse the slice
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.pending[key] = pendingWrite{value: v}
-	if len(s.pending) >= maxPending {
-		return s.flushLocked()
+	full := len(s.pending) >= maxPending
+	s.mu.Unlock()
+	if full {
+		return s.Flush()
 	}
 	return nil
 }
 
 func (s *batchedStorage) Delete(key string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.pending[key] = pendingWrite{deleted: true}
-	if len(s.pending) >= maxPending {
-		return s.flushLocked()
+	full := len(s.pending) >= maxPending
+	s.mu.Unlock()
+	if full {
+		return s.Flush()
 	}
 	return nil
 }
