@@ -375,6 +375,12 @@ func (s *Server) produceRequests(ctx context.Context, reqs []*schemas.SendReques
 	if len(reqs) == 0 {
 		return nil
 	}
+	for _, req := range reqs {
+		if req.Priority == "high" {
+			s.Priority.High() // this process's lower lanes make room for it
+			break
+		}
+	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error

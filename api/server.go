@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/processors"
+	"github.com/notifyd/notifyd/topology"
 	"github.com/notifyd/notifyd/tracking"
 )
 
@@ -37,7 +38,10 @@ type Server struct {
 	// (topology.NewIngestProducer), so a high-priority request is not
 	// fetched behind a large batch of low ones; larger ones go by Producer.
 	IngestProducer *kgo.Client
-	Templates      IterableTable
+	// Priority is the process's topology.PriorityGate, told of every
+	// high-priority request (nil: none).
+	Priority  *topology.PriorityGate
+	Templates IterableTable
 	// TemplateVersions is a view of notify.template.versions: every saved
 	// version of every template (nil: template PUTs answer 503).
 	TemplateVersions RangeTable

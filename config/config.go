@@ -37,6 +37,7 @@ type Config struct {
 	Encryption Encryption            `yaml:"encryption"`
 	Tracking   Tracking              `yaml:"tracking"`
 	Campaigns  Campaigns             `yaml:"campaigns"`
+	Priority   Priority              `yaml:"priority"`
 	LogLevel   string                `yaml:"logLevel"`
 }
 
@@ -134,6 +135,24 @@ type APIKey struct {
 	// rate rounded up, at least 1).
 	Burst int `yaml:"burst"`
 }
+
+// Priority is how a process gives high-priority work its CPU first
+// (topology.PriorityGate).
+type Priority struct {
+	// Enabled holds lower-priority work while high-priority work passes
+	// (default true).
+	Enabled *bool `yaml:"enabled"`
+	// Hold is how long the lower lanes wait after the last high-priority
+	// request or record a stage saw.
+	Hold time.Duration `yaml:"hold"`
+	// MaxHold bounds one hold; after a hold this long the lower lanes run
+	// for as long before the next, so a stream of high-priority work leaves
+	// them at least half of the time.
+	MaxHold time.Duration `yaml:"maxHold"`
+}
+
+// On tells whether the gate runs.
+func (p Priority) On() bool { return p.Enabled == nil || *p.Enabled }
 
 // Dedup bounds the eventId deduplication state.
 type Dedup struct {
@@ -275,6 +294,7 @@ func Default() Config {
 		DataDir:   "./data",
 		HTTP:      HTTP{Addr: ":8080", MaxBodyBytes: 1 << 20, MaxBatch: 1000},
 		Kafka:     Kafka{EmbeddedPort: 9092, Partitions: 4, Replication: 1, FlushEvery: 2 * time.Millisecond, SessionTimeout: 10 * time.Second},
+		Priority:  Priority{Hold: 50 * time.Millisecond, MaxHold: 250 * time.Millisecond},
 		Dedup:     Dedup{Window: 24 * time.Hour, SweepInterval: time.Minute},
 		Scheduler: Scheduler{Interval: time.Second},
 		Campaigns: Campaigns{Step: time.Second, CatchUp: time.Hour, MaxListBytes: 1 << 30},
@@ -372,6 +392,15 @@ func (c *Config) merge(f Config) {
 	}
 	if len(f.APIKeys) > 0 {
 		c.APIKeys = f.APIKeys
+	}
+	if f.Priority.Enabled != nil {
+		c.Priority.Enabled = f.Priority.Enabled
+	}
+	if f.Priority.Hold != 0 {
+		c.Priority.Hold = f.Priority.Hold
+	}
+	if f.Priority.MaxHold != 0 {
+		c.Priority.MaxHold = f.Priority.MaxHold
 	}
 	if f.Dedup.Window != 0 {
 		c.Dedup.Window = f.Dedup.Window
@@ -703,6 +732,9 @@ func (c *Config) Validate() error {
 	if cp := c.Campaigns; cp.ApprovalAbove < 0 || cp.Step < 10*time.Millisecond || cp.Step > time.Minute ||
 		cp.CatchUp < 0 || cp.MaxListBytes < 1024 {
 		return fmt.Errorf("config: campaigns: approvalAbove must be >= 0, step between 10ms and 1m, catchUp >= 0 and maxListBytes at least 1024")
+	}
+	if p := c.Priority; p.Hold < time.Millisecond || p.Hold > time.Second || p.MaxHold < p.Hold || p.MaxHold > 10*time.Second {
+		return fmt.Errorf("config: priority.hold must be between 1ms and 1s, and priority.maxHold between it and 10s")
 	}
 	if c.Dedup.Window <= 0 || c.Dedup.SweepInterval <= 0 {
 		return fmt.Errorf("config: dedup.window and dedup.sweepInterval must be positive")

@@ -92,6 +92,9 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 		"approvalAbove":    "campaigns: {approvalAbove: -1}",
 		"catchUp":          "campaigns: {catchUp: -1h}",
 		"maxListBytes":     "campaigns: {maxListBytes: 10}",
+		"priority hold":    "priority: {hold: 2s}",
+		"priority maxHold": "priority: {hold: 50ms, maxHold: 20ms}",
+		"priority neg":     "priority: {hold: -1ms}",
 	}
 	for name, body := range cases {
 		path := filepath.Join(t.TempDir(), "c.yaml")
@@ -105,6 +108,26 @@ func TestLoadRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml"), env(nil)); err == nil {
 		t.Error("missing file accepted")
+	}
+}
+
+func TestPriorityGateSettings(t *testing.T) {
+	d := Default()
+	if !d.Priority.On() || d.Priority.Hold != 50*time.Millisecond || d.Priority.MaxHold != 250*time.Millisecond {
+		t.Fatalf("default priority %+v", d.Priority)
+	}
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	_ = os.WriteFile(path, []byte("priority: {hold: 5ms, maxHold: 40ms}"), 0o600)
+	c, err := Load(path, env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Priority.On() || c.Priority.Hold != 5*time.Millisecond || c.Priority.MaxHold != 40*time.Millisecond {
+		t.Fatalf("priority from the file: %+v", c.Priority)
+	}
+	_ = os.WriteFile(path, []byte("priority: {enabled: false}"), 0o600)
+	if c, err = Load(path, env(nil)); err != nil || c.Priority.On() || c.Priority.Hold != 50*time.Millisecond {
+		t.Fatalf("priority off: %+v %v", c.Priority, err)
 	}
 }
 

@@ -87,6 +87,8 @@ type Service struct {
 	watch *topology.Watchdog
 	// keys seals and opens personal data (crypt.Keyring).
 	keys *crypt.Keyring
+	// priority is this process's topology.PriorityGate (nil: off).
+	priority *topology.PriorityGate
 	// tracker signs and verifies email tracking links (nil: off).
 	tracker *tracking.Signer
 	// tables are the group-table partitions this process's groups own.
@@ -233,8 +235,18 @@ func (s *Service) Run(ctx context.Context) error {
 	lag := topology.NewLagCollector(brokers, lagGroups, s.Log)
 	defer lag.Close() // before the embedded broker closes
 	reg.MustRegister(lag)
+	if cfg.Priority.On() {
+		s.priority = topology.NewPriorityGate(cfg.Priority.Hold, cfg.Priority.MaxHold)
+		gate := s.priority
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "notifyd_priority_holds_total",
+			Help: "Times this process held its normal and low lanes for high-priority work (docs/TOPICS.md, the priority gate)."},
+			func() float64 { return float64(gate.Holds()) }))
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "notifyd_priority_held_seconds_total",
+			Help: "How long this process held its normal and low lanes for high-priority work, in all."},
+			func() float64 { return gate.HeldFor().Seconds() }))
+	}
 	kafka := topology.Kafka{Brokers: brokers, Replication: cfg.Kafka.Replication, FlushEvery: cfg.Kafka.FlushEvery,
-		SessionTimeout: cfg.Kafka.SessionTimeout}
+		SessionTimeout: cfg.Kafka.SessionTimeout, Priority: s.priority}
 	if !s.InMemoryState {
 		kafka.StorageDir = filepath.Join(cfg.DataDir, "goka")
 		if err := os.MkdirAll(kafka.StorageDir, 0o700); err != nil {
@@ -593,7 +605,7 @@ func (s *Service) startAPI(ctx context.Context, g *errgroup.Group, kafka topolog
 	if err != nil {
 		return nil, err
 	}
-	srv := &api.Server{Producer: producer, IngestProducer: ingestProducer, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
+	srv := &api.Server{Producer: producer, IngestProducer: ingestProducer, Priority: s.priority, Status: status, Inbox: inbox.api, ReceiptProviders: receipts, Crypt: s.keys, Tracker: s.tracker,
 		Templates:        &syncedView{View: templates, adm: adm, topic: string(topology.Templates), partitions: cfg.Kafka.Partitions},
 		TemplateVersions: &syncedView{View: templateVersions, adm: adm, topic: string(topology.TemplateVersions), partitions: cfg.Kafka.Partitions},
 		Profiles:         &syncedView{View: profiles, adm: adm, topic: string(topology.Profiles), partitions: cfg.Kafka.Partitions},
@@ -792,8 +804,8 @@ func (s *Service) startSinks(ctx context.Context, g *errgroup.Group, brokers []s
 			return fmt.Errorf("sink %s: no provider configured for the channel", ch)
 		}
 		sk := &sinks.Sink{Channel: ch, Brokers: brokers, Providers: providers, Limits: limits, Producer: producer, Log: s.Log, Keys: s.keys,
-			Canceled: canceledBy(s.cancels),
-			Metrics:  metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
+			Canceled: canceledBy(s.cancels), Priority: s.priority,
+			Metrics: metrics, Now: s.Now, Alerter: alerter, Watch: s.watch,
 			Opts: sinks.Options{Chunk: o.Chunk, Concurrency: o.Concurrency, Attempts: o.Attempts,
 				Backoff: o.Backoff, SendTimeout: o.SendTimeout, LedgerLookback: o.LedgerLookback, DrainTimeout: o.DrainTimeout,
 				Retry: o.Retry, Breaker: o.Breaker, Partitions: s.Cfg.Kafka.Partitions, SessionTimeout: s.Cfg.Kafka.SessionTimeout}}

@@ -68,6 +68,9 @@ type Sink struct {
 	// ("" when it may): it, or its campaign, was cancelled. It is asked
 	// before the ledger claim and again just before each provider call.
 	Canceled func(n *schemas.Notification) string
+	// Priority is the process's topology.PriorityGate: the sink tells it of
+	// high-priority records and starts no normal or low one while it holds.
+	Priority *topology.PriorityGate
 
 	ledger       *Ledger
 	loader       *ledgerLoader
@@ -261,6 +264,9 @@ func (s *Sink) Run(ctx context.Context) error {
 		})
 		fetches.EachRecord(func(r *kgo.Record) {
 			if s.isOwned(r) {
+				if topology.IsHighLane(r.Topic) {
+					s.Priority.High()
+				}
 				s.queues.push(r)
 			}
 		})
@@ -556,7 +562,12 @@ func (s *Sink) expireLedger(ctx context.Context) {
 func (s *Sink) dispatch(ctx context.Context) {
 	for {
 		took := false
+		held := false
 		for i := range processors.Priorities {
+			if i > 0 && s.Priority.Held() {
+				held = true
+				break
+			}
 			s.mu.Lock()
 			full := s.inFlight[i] >= s.Opts.Chunk
 			s.mu.Unlock()
@@ -578,11 +589,15 @@ func (s *Sink) dispatch(ctx context.Context) {
 			}
 			continue
 		}
+		wait := 50 * time.Millisecond
+		if held {
+			wait = min(wait, s.Priority.Left())
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.wake:
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(wait):
 		}
 		s.queues.throttle(s.cl, 4*s.Opts.Chunk)
 	}

@@ -63,6 +63,10 @@ type flowControl struct {
 	parts atomic.Pointer[map[flowKey]*flowPart] // copied on write: read per record
 	kick  chan struct{}
 	stop  chan struct{}
+	// gate is told of every high-priority record (nil: none); gated says
+	// which of the group's claims wait while it holds.
+	gate  *PriorityGate
+	gated func(topic string) bool
 }
 
 func newFlowControl() *flowControl {
@@ -82,6 +86,9 @@ func flowConfig(c *sarama.Config, f *flowControl) {
 // the channel holds flowPauseAt records it pauses the partition, so the fetch
 // after the one being fed leaves it out.
 func (f *flowControl) OnConsume(m *sarama.ConsumerMessage) {
+	if f.gate != nil && IsHighLane(m.Topic) {
+		f.gate.High()
+	}
 	p := (*f.parts.Load())[flowKey{m.Topic, m.Partition}]
 	if p == nil || len(p.ch) < flowPauseAt || p.paused.Load() {
 		return
@@ -190,5 +197,10 @@ type flowHandler struct {
 func (h flowHandler) ConsumeClaim(s sarama.ConsumerGroupSession, c sarama.ConsumerGroupClaim) error {
 	p := h.flow.register(c.Topic(), c.Partition(), c.Messages())
 	defer h.flow.unregister(c.Topic(), c.Partition(), p)
+	if h.flow.gate != nil && h.flow.gated(c.Topic()) {
+		g := gateClaim(s.Context(), h.flow.gate, c)
+		defer drainGated(g)
+		return h.ConsumerGroupHandler.ConsumeClaim(s, g)
+	}
 	return h.ConsumerGroupHandler.ConsumeClaim(s, c)
 }

@@ -34,18 +34,7 @@ func TestBacklogOnOneLaneDoesNotHoldTheOther(t *testing.T) {
 		bound               = 100
 	)
 	k := Kafka{Brokers: brokers, Replication: 1}
-	tm, err := k.topicManager()(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []goka.Stream{low, high} {
-		if err := tm.EnsureStreamExists(string(s), 1); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), 1); err != nil {
-		t.Fatal(err)
-	}
+	ensureGroupTopics(t, k, group, low, high)
 	var lowDone atomic.Int64
 	highAt := make(chan int64, highs)
 	g := goka.DefineGroup(group,
@@ -111,6 +100,24 @@ func TestBacklogOnOneLaneDoesNotHoldTheOther(t *testing.T) {
 	waitLow(backlog)
 	cancel()
 	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ensureGroupTopics creates a one-partition group's input streams and table.
+func ensureGroupTopics(t *testing.T, k Kafka, group goka.Group, streams ...goka.Stream) {
+	t.Helper()
+	tm, err := k.topicManager()(k.Brokers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tm.Close()
+	for _, s := range streams {
+		if err := tm.EnsureStreamExists(string(s), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), 1); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -29,6 +29,9 @@ type Kafka struct {
 	SessionTimeout time.Duration
 	// StorageDir holds goka's local tables (DESIGN rule 3); "" keeps them in memory.
 	StorageDir string
+	// Priority, when set, is the process's PriorityGate: the groups tell it
+	// of high-priority records and hold their lower lanes while it holds.
+	Priority *PriorityGate
 	// Tables, when set, registers the processors' table partitions as goka
 	// opens and closes them (the sweepers read them).
 	Tables *Tables
@@ -102,6 +105,7 @@ func (k Kafka) consumerGroupBuilder() goka.ConsumerGroupBuilder {
 		c.ClientID = clientID
 		c.Consumer.Fetch.Default = groupFetchBytes(goka.Group(group))
 		f := newFlowControl()
+		f.gate, f.gated = k.Priority, heldByPriority(goka.Group(group))
 		flowConfig(c, f)
 		cg, err := sarama.NewConsumerGroup(brokers, group, c)
 		if err != nil {

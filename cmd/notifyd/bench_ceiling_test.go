@@ -247,3 +247,31 @@ func readBenchReport(t *testing.T, path string) (benchReport, []byte) {
 	}
 	return r, b
 }
+
+// The priority phase sends high-priority requests through the API while a
+// low-priority backlog drains, and reports their latency, their stages and
+// what the priority gate held the backlog for.
+func TestBenchPriorityPhaseReportsTheHighOnesAndTheHolds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "bench.json")
+	err := runBench(ctx, []string{"-n", "200", "-paced-rate", "100", "-rate", "100", "-duration", "1s", "-partitions", "2",
+		"-ceiling=false", "-priority-backlog", "3000", "-priority-high", "5", "-json", path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := readBenchReport(t, path)
+	p := r.Phases.Priority
+	if p == nil {
+		t.Fatal("no priority figures")
+	}
+	if p.Backlog != 3000 || p.High != 5 || p.Errors != 0 || p.HighLatency == nil || p.HighLatency.Max <= 0 || p.DrainedMS <= 0 {
+		t.Fatalf("priority figures %+v", p)
+	}
+	if p.Holds < 1 || p.HeldMS <= 0 {
+		t.Errorf("the gate held %d times for %.1f ms while 5 high-priority requests passed", p.Holds, p.HeldMS)
+	}
+	if p.LowDeliveredAtLastHigh > int64(p.Backlog) {
+		t.Errorf("%d of a backlog of %d delivered before the last high one", p.LowDeliveredAtLastHigh, p.Backlog)
+	}
+}

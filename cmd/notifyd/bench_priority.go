@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +37,11 @@ type priorityFigures struct {
 	LowDeliveredAtLastHigh int64 `json:"low_delivered_at_last_high"`
 	// Stages split the high ones' latency by their status history.
 	Stages map[string]*latencyFigures `json:"stages_ms,omitempty"`
+	// Holds and HeldMS: how often and how long the process's priority gate
+	// held the lower lanes during the phase (notifyd_priority_holds_total,
+	// notifyd_priority_held_seconds_total): what the backlog paid.
+	Holds  int64   `json:"holds"`
+	HeldMS float64 `json:"held_ms"`
 }
 
 // priorityPhase queues backlog low-priority requests where the API puts them
@@ -45,6 +54,10 @@ func priorityPhase(ctx context.Context, brokers []string, batchBytes int, client
 		return nil, err
 	}
 	defer cl.Close()
+	holds0, held0, err := gateFigures(ctx, client, base)
+	if err != nil {
+		return nil, err
+	}
 	bp.reset()
 	start := time.Now()
 	var firstErr atomic.Value
@@ -117,7 +130,48 @@ func priorityPhase(ctx context.Context, brokers []string, batchBytes int, client
 	fmt.Printf("  high: API accept → provider p50 %s  p99 %s  max %s; %d of the backlog delivered when the last high one was\n",
 		ms(percentile(high, .5)), ms(percentile(high, .99)), ms(percentile(high, 1)), lowAtLastHigh)
 	f.Stages = highStages(ctx, client, base, sent)
+	holds1, held1, err := gateFigures(ctx, client, base)
+	if err != nil {
+		return nil, err
+	}
+	f.Holds, f.HeldMS = int64(holds1-holds0), (held1-held0)*1000
+	fmt.Printf("  the lower lanes held %d times, %.1f s in all (priority.hold, docs/TOPICS.md)\n", f.Holds, f.HeldMS/1000)
 	return f, nil
+}
+
+// gateFigures reads the priority gate's counters from the process's /metrics
+// (0 when the gate is off).
+func gateFigures(ctx context.Context, client *http.Client, base string) (holds, heldSeconds float64, err error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", base+"/metrics", nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("GET /metrics: %s", resp.Status)
+	}
+	sc := bufio.NewScanner(io.LimitReader(resp.Body, 16<<20))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "notifyd_priority_holds_total":
+			holds, err = strconv.ParseFloat(value, 64)
+		case "notifyd_priority_held_seconds_total":
+			heldSeconds, err = strconv.ParseFloat(value, 64)
+		}
+		if err != nil {
+			return 0, 0, fmt.Errorf("GET /metrics: %s: %w", name, err)
+		}
+	}
+	return holds, heldSeconds, sc.Err()
 }
 
 type sentHigh struct {
