@@ -34,7 +34,7 @@ func TestBacklogOnOneLaneDoesNotHoldTheOther(t *testing.T) {
 		bound               = 100
 	)
 	k := Kafka{Brokers: brokers, Replication: 1}
-	ensureGroupTopics(t, k, group, low, high)
+	ensureGroupTopics(t, k, group, 1, low, high)
 	var lowDone atomic.Int64
 	highAt := make(chan int64, highs)
 	g := goka.DefineGroup(group,
@@ -104,8 +104,9 @@ func TestBacklogOnOneLaneDoesNotHoldTheOther(t *testing.T) {
 	}
 }
 
-// ensureGroupTopics creates a one-partition group's input streams and table.
-func ensureGroupTopics(t *testing.T, k Kafka, group goka.Group, streams ...goka.Stream) {
+// ensureGroupTopics creates a group's input streams and table, each of
+// partitions partitions.
+func ensureGroupTopics(t *testing.T, k Kafka, group goka.Group, partitions int32, streams ...goka.Stream) {
 	t.Helper()
 	tm, err := k.topicManager()(k.Brokers)
 	if err != nil {
@@ -113,11 +114,11 @@ func ensureGroupTopics(t *testing.T, k Kafka, group goka.Group, streams ...goka.
 	}
 	defer tm.Close()
 	for _, s := range streams {
-		if err := tm.EnsureStreamExists(string(s), 1); err != nil {
+		if err := tm.EnsureStreamExists(string(s), int(partitions)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), 1); err != nil {
+	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), int(partitions)); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -55,16 +55,7 @@ func TestFranzGoRecordsReachGokaTableOfTheirKey(t *testing.T) {
 	const group goka.Group = "partition-agreement"
 	const input goka.Stream = "partition-agreement-in"
 	k := Kafka{Brokers: brokers, Replication: 1}
-	tm, err := k.topicManager()(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tm.EnsureStreamExists(string(input), 6); err != nil {
-		t.Fatal(err)
-	}
-	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), 6); err != nil {
-		t.Fatal(err)
-	}
+	ensureGroupTopics(t, k, group, 6, input)
 	g := goka.DefineGroup(group, goka.Input(input, new(codec.String), func(ctx goka.Context, msg any) {
 		n, _ := ctx.Value().(int64)
 		ctx.SetValue(n + 1)

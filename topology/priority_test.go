@@ -140,7 +140,7 @@ func TestGokaGroupTakesNoLowerLaneRecordWhileTheGateHolds(t *testing.T) {
 	const group goka.Group = "gate"
 	gate := NewPriorityGate(time.Hour, time.Hour)
 	k := Kafka{Brokers: brokers, Replication: 1, Priority: gate}
-	ensureGroupTopics(t, k, group, AcceptedLow, AcceptedHigh)
+	ensureGroupTopics(t, k, group, 1, AcceptedLow, AcceptedHigh)
 	var low, high atomic.Int64
 	g := goka.DefineGroup(group,
 		goka.Input(AcceptedLow, new(codec.String), func(goka.Context, any) { low.Add(1) }),

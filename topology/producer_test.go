@@ -161,17 +161,7 @@ func TestGokaTableKeepsItsChangelogOffsetAcrossRestarts(t *testing.T) {
 	const input goka.Stream = "changelog-offset-in"
 	const partitions = 4
 	k := Kafka{Brokers: brokers, Replication: 1, StorageDir: t.TempDir()}
-	tm, err := k.topicManager()(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tm.EnsureStreamExists(string(input), partitions); err != nil {
-		t.Fatal(err)
-	}
-	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), partitions); err != nil {
-		t.Fatal(err)
-	}
-	tm.Close()
+	ensureGroupTopics(t, k, group, partitions, input)
 	g := goka.DefineGroup(group, goka.Input(input, new(codec.String), func(ctx goka.Context, msg any) {
 		n, _ := ctx.Value().(int64)
 		ctx.SetValue(n + 1)

@@ -230,17 +230,7 @@ func runGokaRoundTrip(t *testing.T, brokers []string) {
 	const group goka.Group = "secure-count"
 	const input goka.Stream = "secure-count-in"
 	k := Kafka{Brokers: brokers, Replication: 1}
-	tm, err := k.topicManager()(brokers)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tm.Close()
-	if err := tm.EnsureStreamExists(string(input), 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := tm.EnsureTableExists(string(goka.GroupTable(group)), 2); err != nil {
-		t.Fatal(err)
-	}
+	ensureGroupTopics(t, k, group, 2, input)
 	g := goka.DefineGroup(group, goka.Input(input, new(codec.String), func(ctx goka.Context, _ any) {
 		n, _ := ctx.Value().(int64)
 		ctx.SetValue(n + 1)
